@@ -1,0 +1,129 @@
+"""Loading LazyConfig files with strict, typed command-line overrides.
+
+Detectron2's ``LazyConfig.apply_overrides`` silently adds unknown keys and accepts any value
+type, so a typo (``model.backbone.net.embeddim=384``) or a wrong type (``train.max_iter=1.5``)
+only surfaces deep inside instantiation. :func:`load_config` rejects both up front with a
+:class:`~tokenprune.errors.ConfigError` naming the key.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from detectron2.config import LazyConfig
+from detectron2.utils.registry import locate
+
+from .errors import ConfigError
+
+__all__ = ["load_config", "apply_overrides"]
+
+_MISSING = object()
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Load a LazyConfig python/yaml file and apply ``key=value`` overrides strictly."""
+    if not path:
+        raise ConfigError("no config file given (use --config-file PATH)")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        cfg = LazyConfig.load(path)
+    except Exception as e:  # a config file is user code: any failure is a config error
+        raise ConfigError(f"cannot load config {path}: {type(e).__name__}: {e}") from e
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """Apply hydra-syntax overrides in place; each key must exist and keep its value type.
+
+    A key absent from the file is accepted when it names a parameter of the ``_target_``
+    of the node it belongs to (a default the file did not spell out).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    for text in overrides:
+        try:
+            (override,) = OverridesParser.create().parse_overrides([text])
+        except HydraException as e:
+            raise ConfigError(f"malformed override '{text}': expected key=value") from e
+        key = override.key_or_group
+        if override.is_delete():
+            raise ConfigError(f"override '{text}': deleting keys is not supported")
+        value = _check_override(cfg, key, override.value())
+        OmegaConf.update(cfg, key, value, merge=True)
+    return cfg
+
+
+def _check_override(cfg: DictConfig, key: str, value: Any) -> Any:
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key, default=_MISSING) if parent_key else cfg
+    if parent is _MISSING or not isinstance(parent, DictConfig):
+        raise ConfigError(f"override '{key}': no such config key '{parent_key}'")
+    if leaf not in parent:
+        if _target_accepts(parent, leaf):
+            return value
+        close = difflib.get_close_matches(leaf, [str(k) for k in parent.keys()], n=3)
+        hint = f" (did you mean {', '.join(f'{parent_key}.{c}' if parent_key else c for c in close)}?)" if close else ""
+        raise ConfigError(f"override '{key}': no such config key{hint}")
+    old = parent._get_node(leaf)._value()  # raw value: interpolations stay strings
+    if isinstance(old, str) and old.startswith("${"):
+        return value
+    return _coerce(key, old, value)
+
+
+def _target_accepts(node: DictConfig, name: str) -> bool:
+    target = node.get("_target_", None)
+    if target is None:
+        return False
+    fn = locate(target) if isinstance(target, str) else target
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _coerce(key: str, old: Any, value: Any) -> Any:
+    """Return ``value`` if it fits the type of ``old``; raise ConfigError otherwise."""
+    if old is None or value is None:
+        return value
+    expected: tuple[type, ...]
+    if isinstance(old, bool):
+        expected = (bool,)
+    elif isinstance(old, int):
+        expected = (int,)
+    elif isinstance(old, float):
+        expected = (int, float)
+    elif isinstance(old, str):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        expected = (str,)
+    elif isinstance(old, (list, tuple, ListConfig)):
+        expected = (list, tuple, ListConfig)
+    elif isinstance(old, (dict, DictConfig)):
+        expected = (dict, DictConfig)
+    else:
+        return value
+    if isinstance(value, bool) and bool not in expected:
+        ok = False
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        raise ConfigError(
+            f"override '{key}={value}': expected {_type_name(old)} "
+            f"(current value {old!r}), got {_type_name(value)}"
+        )
+    return value
+
+
+def _type_name(v: Any) -> str:
+    if isinstance(v, (ListConfig, tuple)):
+        return "list"
+    if isinstance(v, DictConfig):
+        return "dict"
+    return type(v).__name__

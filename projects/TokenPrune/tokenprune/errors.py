@@ -1,0 +1,21 @@
+"""User-facing errors: each is reported as one line by the command-line entry points."""
+
+
+class TokenPruneError(Exception):
+    """Base class: an error in the user's input, printed as one line without a traceback."""
+
+
+class ConfigError(TokenPruneError):
+    """A config file that is missing or malformed, or an override that does not fit it."""
+
+
+class DatasetNotFoundError(TokenPruneError):
+    """A registered dataset whose files are not where its registration says."""
+
+
+class CheckpointError(TokenPruneError):
+    """A checkpoint that does not exist or does not match the model."""
+
+
+class InputError(TokenPruneError):
+    """A bad model or tool input (image file, guidance vector, task id, prompt, ...)."""

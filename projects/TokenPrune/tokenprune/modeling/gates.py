@@ -1,0 +1,58 @@
+"""Token gates: per-token keep/drop scores for one pruned ViT block.
+
+Every gate maps tokens ``x`` of shape (B, N, C) to log-probabilities of shape (B, N, 2),
+index 0 = keep, index 1 = drop. Gates are built by name from :data:`GATE_REGISTRY` with
+``GATE_REGISTRY.get(name)(dim=C, **kwargs)``. A gate may read an optional per-image
+guidance embedding (B, D); gates that ignore it accept and ignore it.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from detectron2.utils.registry import Registry
+
+GATE_REGISTRY = Registry("TOKEN_GATE")
+GATE_REGISTRY.__doc__ = "Token gates for PrunedViT: (B, N, C) tokens -> (B, N, 2) log-probs."
+
+__all__ = ["GATE_REGISTRY", "MLPGate", "gumbel_keep_decision"]
+
+
+@GATE_REGISTRY.register()
+class MLPGate(nn.Module):
+    """SViT's gate: LayerNorm -> Linear(C, hidden) -> GELU -> Linear(hidden, 2) -> log-softmax.
+
+    The keep logit starts ``init_keep_bias`` above the drop logit, so a gate inserted into a
+    dense model starts by keeping most tokens (p_keep = sigmoid(init_keep_bias)).
+    """
+
+    def __init__(self, dim: int, hidden_dim: Optional[int] = None, init_keep_bias: float = 1.0):
+        super().__init__()
+        hidden_dim = hidden_dim or max(dim // 4, 16)
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, 2)
+        nn.init.trunc_normal_(self.fc1.weight, std=0.02)
+        nn.init.zeros_(self.fc1.bias)
+        nn.init.trunc_normal_(self.fc2.weight, std=0.02)
+        with torch.no_grad():
+            self.fc2.bias.copy_(torch.tensor([init_keep_bias, 0.0]))
+
+    def forward(self, x: torch.Tensor, guidance: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: (B, N, C) -> (B, N, 2) log-probabilities (keep, drop); guidance is ignored."""
+        return F.log_softmax(self.fc2(self.act(self.fc1(self.norm(x)))), dim=-1)
+
+
+def gumbel_keep_decision(log_probs: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Hard Gumbel-softmax keep decision with straight-through gradients.
+
+    Args:
+        log_probs: (B, N, 2) gate output (keep, drop).
+    Returns:
+        (B, N) float tensor with values exactly 0 or 1; gradients flow to ``log_probs``.
+    """
+    return F.gumbel_softmax(log_probs, tau=tau, hard=True, dim=-1)[..., 0]

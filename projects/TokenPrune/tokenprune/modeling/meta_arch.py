@@ -1,0 +1,62 @@
+"""A Mask R-CNN meta-architecture that trains and reports a token-pruned backbone."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Dict, List, Optional
+
+import torch.nn as nn
+from torch import Tensor
+
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
+
+from .pruned_vit import PrunedViT
+
+__all__ = ["TokenPruningRCNN", "find_pruned_vit"]
+
+
+def find_pruned_vit(model: nn.Module) -> Optional[PrunedViT]:
+    """The PrunedViT inside ``model`` (DDP-wrapped or not), or None for a dense model."""
+    model = getattr(model, "module", model)
+    return next((m for m in model.modules() if isinstance(m, PrunedViT)), None)
+
+
+@META_ARCH_REGISTRY.register()
+class TokenPruningRCNN(GeneralizedRCNN):
+    """Detectron2's GeneralizedRCNN, plus:
+
+    * ``loss_keep_ratio`` from the PrunedViT in the loss dict during training;
+    * an optional ``guidance`` module: ``guidance(batched_inputs) -> (B, D)`` embeddings
+      handed to the backbone's gates (VLTP's task / language guidance).
+    """
+
+    def __init__(self, *, guidance: Optional[nn.Module] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.guidance = guidance
+        self._pruned_vit = find_pruned_vit(self.backbone)
+        if guidance is not None and self._pruned_vit is None:
+            raise ValueError("guidance needs a PrunedViT backbone")
+
+    @property
+    def pruned_vit(self) -> Optional[PrunedViT]:
+        return self._pruned_vit
+
+    def forward(self, batched_inputs: List[Dict]):
+        with self._guided(batched_inputs):
+            out = super().forward(batched_inputs)
+        if self.training and self._pruned_vit is not None:
+            loss = self._pruned_vit.last_keep_ratio_loss
+            if loss is not None:
+                out["loss_keep_ratio"] = loss
+        return out
+
+    def inference(self, batched_inputs: List[Dict], *args, **kwargs):
+        with self._guided(batched_inputs):
+            return super().inference(batched_inputs, *args, **kwargs)
+
+    def _guided(self, batched_inputs: List[Dict]):
+        vit = self._pruned_vit
+        guidance: Optional[Tensor] = None
+        if self.guidance is not None and vit._guidance is None:
+            guidance = self.guidance(batched_inputs)
+        return vit.guided(guidance) if guidance is not None else nullcontext()
+

@@ -1,0 +1,249 @@
+"""Running a Detectron2 ViTDet ``Block`` on a subset of its tokens.
+
+Two executions share one attention core (:func:`attention_on_groups`):
+
+* **gather** (inference): the kept tokens are gathered into groups (one per image for a
+  global block, one per image-window for a windowed block), padded to the longest group
+  with a key mask, attended, and scattered back. Only kept tokens are computed.
+* **masked** (training, and a reference): every token is computed; a soft key weight
+  (the straight-through keep decision) removes pruned tokens as attention keys.
+
+Relative position terms are computed from each token's grid (or in-window) coordinates,
+never from its position in the packed sequence, so they are exact on any subset.
+Padding positions that ViTDet adds to fill the last window are not keys here; with every
+token kept, :class:`PrunedViT` runs the block densely, exactly like ViTDet.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from detectron2.modeling.backbone.utils import window_partition, window_unpartition
+
+__all__ = ["TokenGroups", "group_kept_tokens", "attention_on_groups", "run_block_gathered",
+           "run_block_masked", "rel_pos_table"]
+
+
+def rel_pos_table(rel_pos: Tensor, size: int) -> Tensor:
+    """(L, C) learned relative embeddings -> (2 * size - 1, C), linearly resized if needed."""
+    length = 2 * size - 1
+    if rel_pos.shape[0] == length:
+        return rel_pos
+    resized = F.interpolate(rel_pos.t()[None], size=length, mode="linear")
+    return resized[0].t()
+
+
+@dataclass
+class TokenGroups:
+    """Kept tokens of a (B, H, W) grid packed into G padded groups of length L.
+
+    Attributes:
+        flat_index: (M,) indices of the kept tokens into the flattened (B * H * W) grid,
+            ordered group by group.
+        group: (M,) group of each kept token; slot: (M,) its position inside the group.
+        num_groups, length: G and L.
+        coords: (G, L, 2) long, the (row, col) of each slot in its attention frame
+            (the image grid for global blocks, the window for windowed blocks).
+        key_valid: (G, L) bool, False on padding slots; None when no group is padded.
+        frame: (h, w) size of the attention frame (for relative positions).
+    """
+
+    flat_index: Tensor
+    group: Tensor
+    slot: Tensor
+    num_groups: int
+    length: int
+    coords: Tensor
+    key_valid: Optional[Tensor]
+    frame: Tuple[int, int]
+
+    def pack(self, tokens: Tensor) -> Tensor:
+        """(M, C) kept tokens in ``flat_index`` order -> (G, L, C), zeros on padding."""
+        if self.key_valid is None:
+            return tokens.view(self.num_groups, self.length, tokens.shape[-1])
+        out = tokens.new_zeros(self.num_groups, self.length, tokens.shape[-1])
+        out[self.group, self.slot] = tokens
+        return out
+
+    def unpack(self, packed: Tensor) -> Tensor:
+        """(G, L, C) -> (M, C), dropping padding slots."""
+        if self.key_valid is None:
+            return packed.reshape(-1, packed.shape[-1])
+        return packed[self.group, self.slot]
+
+
+def group_kept_tokens(keep: Tensor, hw: Tuple[int, int], window_size: int = 0) -> TokenGroups:
+    """Pack the kept tokens of each image (or image-window) into groups.
+
+    Args:
+        keep: (B, H * W) bool, at least one True per image.
+        hw: grid size (H, W).
+        window_size: 0 for global attention, else the attention window size.
+    """
+    B, N = keep.shape
+    H, W = hw
+    device = keep.device
+    rows = torch.arange(H, device=device).repeat_interleave(W)
+    cols = torch.arange(W, device=device).repeat(H)
+    if window_size > 0:
+        win_w = (W + window_size - 1) // window_size
+        win_id = (rows // window_size) * win_w + cols // window_size
+        num_win = ((H + window_size - 1) // window_size) * win_w
+        local = torch.stack([rows % window_size, cols % window_size], dim=-1)
+        frame = (window_size, window_size)
+        # sort kept tokens by (image, window), raster order inside a window
+        key = (torch.arange(B, device=device)[:, None] * num_win + win_id) * N + torch.arange(
+            N, device=device
+        )
+        kept_keys = key[keep]
+        kept_keys, _ = kept_keys.sort()
+        flat_index = (kept_keys // N // num_win) * N + kept_keys % N
+        raw_group = kept_keys // N
+    else:
+        local = torch.stack([rows, cols], dim=-1)
+        frame = (H, W)
+        flat_index = keep.reshape(-1).nonzero().squeeze(1)
+        raw_group = flat_index // N
+    # renumber non-empty groups 0..G-1; raw_group is sorted
+    counts_all = torch.bincount(raw_group)
+    nonempty = counts_all > 0
+    group = (torch.cumsum(nonempty.long(), 0) - 1)[raw_group]
+    counts = counts_all[nonempty]
+    G = counts.numel()
+    L = int(counts.max())
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(flat_index.numel(), device=device) - starts[group]
+    pos = flat_index % N
+    coords = torch.zeros(G, L, 2, dtype=torch.long, device=device)
+    coords[group, slot] = local[pos]
+    key_valid = None
+    if bool((counts != L).any()):
+        key_valid = torch.zeros(G, L, dtype=torch.bool, device=device)
+        key_valid[group, slot] = True
+    return TokenGroups(flat_index, group, slot, G, L, coords, key_valid, frame)
+
+
+def attention_on_groups(
+    attn_module: torch.nn.Module,
+    x: Tensor,
+    coords: Tensor,
+    frame: Tuple[int, int],
+    key_valid: Optional[Tensor] = None,
+    key_weight: Optional[Tensor] = None,
+) -> Tensor:
+    """Detectron2 ViTDet ``Attention`` over token groups with exact relative positions.
+
+    Args:
+        attn_module: a ``detectron2.modeling.backbone.vit.Attention`` (its weights are used).
+        x: (G, L, C) normalised tokens.
+        coords: (G, L, 2) or (L, 2) long (row, col) of each token in its attention frame.
+        frame: (h, w) of the attention frame.
+        key_valid: (G, L) bool; False keys (padding) are excluded.
+        key_weight: (G, L) float in [0, 1]; keys are weighted inside the softmax
+            (DynamicViT's softmax with policy); a query always sees itself.
+    Returns:
+        (G, L, C) attention output (after the output projection).
+    """
+    G, L, C = x.shape
+    nh = attn_module.num_heads
+    qkv = attn_module.qkv(x).reshape(G, L, 3, nh, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)  # (G, nh, L, hd)
+    attn = (q * attn_module.scale) @ k.transpose(-2, -1)  # (G, nh, L, L)
+    if attn_module.use_rel_pos:
+        attn = attn + _rel_pos_bias(q, attn_module.rel_pos_h, attn_module.rel_pos_w, coords, frame)
+    if key_valid is not None:
+        attn = attn.masked_fill(~key_valid[:, None, None, :], float("-inf"))
+    if key_weight is None:
+        attn = attn.softmax(dim=-1)
+    else:
+        eye = torch.eye(L, device=x.device, dtype=x.dtype)
+        weight = key_weight[:, None, None, :] * (1 - eye) + eye
+        attn = attn - attn.amax(dim=-1, keepdim=True)
+        attn = attn.exp() * weight
+        attn = attn / attn.sum(dim=-1, keepdim=True)
+    out = (attn @ v).transpose(1, 2).reshape(G, L, C)
+    return attn_module.proj(out)
+
+
+def _rel_pos_bias(q: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor, coords: Tensor,
+                  frame: Tuple[int, int]) -> Tensor:
+    """Decomposed relative position bias (G, nh, L, L) for tokens at arbitrary coordinates.
+
+    bias[i, j] = q_i . Rh[row_i - row_j] + q_i . Rw[col_i - col_j]: project every query on
+    all 2h-1 (2w-1) offsets once, then pick each (query, key) pair's offset.
+    """
+    fh, fw = frame
+    th = q @ rel_pos_table(rel_pos_h, fh).t()  # (G, nh, L, 2fh-1)
+    tw = q @ rel_pos_table(rel_pos_w, fw).t()
+    if coords.dim() == 2:
+        coords = coords[None]
+    r, c = coords[..., 0], coords[..., 1]  # (G', L)
+    idx_h = (r[:, :, None] - r[:, None, :] + fh - 1)[:, None]  # (G', 1, L, L)
+    idx_w = (c[:, :, None] - c[:, None, :] + fw - 1)[:, None]
+    G, nh, L, _ = th.shape
+    idx_h = idx_h.expand(G, nh, L, L)
+    idx_w = idx_w.expand(G, nh, L, L)
+    return th.gather(-1, idx_h) + tw.gather(-1, idx_w)
+
+
+def run_block_gathered(block: torch.nn.Module, x: Tensor, keep: Tensor) -> Tensor:
+    """Run ``block`` on the kept tokens only; pruned tokens keep their input features.
+
+    Args:
+        block: a Detectron2 ViTDet ``Block`` (eval mode; no residual conv block).
+        x: (B, H, W, C) token map.
+        keep: (B, H * W) bool, at least one True per image.
+    Returns:
+        (B, H, W, C): updated kept tokens, unchanged pruned tokens.
+    """
+    B, H, W, C = x.shape
+    groups = group_kept_tokens(keep, (H, W), block.window_size)
+    flat = x.reshape(B * H * W, C)
+    tokens = flat.index_select(0, groups.flat_index)  # (M, C)
+    attended = attention_on_groups(
+        block.attn, groups.pack(block.norm1(tokens)), groups.coords, groups.frame,
+        key_valid=groups.key_valid,
+    )
+    tokens = tokens + block.drop_path(groups.unpack(attended))
+    tokens = tokens + block.drop_path(block.mlp(block.norm2(tokens)))
+    return flat.index_copy(0, groups.flat_index, tokens).view(B, H, W, C)
+
+
+def run_block_masked(block: torch.nn.Module, x: Tensor, keep: Tensor) -> Tensor:
+    """Run ``block`` on every token with pruned tokens removed as attention keys.
+
+    Returns ``keep * block(x) + (1 - keep) * x``, differentiable in ``keep`` (the
+    straight-through path of SViT's training form).
+
+    Args:
+        x: (B, H, W, C) token map.
+        keep: (B, H * W) float in [0, 1] (hard 0/1 decisions in practice).
+    """
+    B, H, W, C = x.shape
+    weight = keep.view(B, H, W, 1).to(x.dtype)
+    h = block.norm1(x)
+    ws = block.window_size
+    if ws > 0:
+        h, pad_hw = window_partition(h, ws)
+        weight_w, _ = window_partition(weight, ws)  # padding gets weight 0: not a key
+        frame = (ws, ws)
+    else:
+        weight_w, frame = weight, (H, W)
+    n_groups = h.shape[0]
+    fh, fw = frame
+    coords = torch.stack(
+        torch.meshgrid(torch.arange(fh, device=x.device), torch.arange(fw, device=x.device),
+                       indexing="ij"), dim=-1).view(-1, 2)
+    attended = attention_on_groups(
+        block.attn, h.reshape(n_groups, fh * fw, C), coords, frame,
+        key_weight=weight_w.reshape(n_groups, fh * fw),
+    ).view(n_groups, fh, fw, C)
+    if ws > 0:
+        attended = window_unpartition(attended, ws, pad_hw, (H, W))
+    out = x + block.drop_path(attended)
+    out = out + block.drop_path(block.mlp(block.norm2(out)))
+    return weight * out + (1 - weight) * x

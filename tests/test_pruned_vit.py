@@ -1,0 +1,148 @@
+"""PrunedViT: equivalence with Detectron2's ViT, exact token counts, preserve, gradients."""
+import math
+
+import pytest
+import torch
+
+from detectron2.modeling import ViT
+
+from tokenprune.modeling import PrunedViT
+from tokenprune.modeling.sparse_block import run_block_gathered, run_block_masked
+
+TINY = dict(img_size=64, patch_size=8, embed_dim=48, depth=6, num_heads=3,
+            pretrain_img_size=64, pretrain_use_cls_token=False)
+
+
+def _pair(**kw):
+    torch.manual_seed(0)
+    args = {**TINY, **kw}
+    dense = ViT(**args).eval()
+    # non-zero relative position tables so that their indexing matters
+    for name, p in dense.named_parameters():
+        if "rel_pos" in name:
+            torch.nn.init.normal_(p, std=0.2)
+    pruned = PrunedViT(pruned_blocks=[2, 3, 4, 5], keep_ratios=0.5, **args).eval()
+    missing, unexpected = pruned.load_state_dict(dense.state_dict(), strict=False)
+    assert all(k.startswith("gates.") for k in missing) and not unexpected
+    return dense, pruned
+
+
+CONFIGS = {
+    "global": dict(use_rel_pos=False),
+    "global_relpos": dict(use_rel_pos=True),
+    "window_relpos": dict(use_rel_pos=True, window_size=4, window_block_indexes=[0, 2, 3]),
+    "window_pad_relpos": dict(use_rel_pos=True, window_size=3, window_block_indexes=[0, 2, 4]),
+    "window": dict(use_rel_pos=False, window_size=4, window_block_indexes=[1, 2, 5]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_keep_all_equals_dense_vit(name):
+    dense, pruned = _pair(**CONFIGS[name])
+    pruned.fixed_keep_ratio = {i: 1.0 for i in pruned.pruned_blocks}
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a = dense(x)["last_feat"]
+        b = pruned(x)["last_feat"]
+    assert (a - b).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["global_relpos", "window_relpos", "window"])
+def test_gathered_block_with_all_tokens_equals_dense_block(name):
+    """The gather path itself (not the dense shortcut) reproduces ViTDet's block."""
+    dense, _ = _pair(**CONFIGS[name])
+    x = torch.randn(2, 8, 8, 48)
+    keep = torch.ones(2, 64, dtype=torch.bool)
+    with torch.no_grad():
+        for blk in dense.blocks:
+            ref = blk(x)
+            assert (run_block_gathered(blk, x, keep) - ref).abs().max() < 1e-4
+            assert (run_block_masked(blk, x, keep.float()) - ref).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["global_relpos", "window_relpos", "window_pad_relpos"])
+def test_gathered_subset_matches_masked_reference(name):
+    """On a random subset (different per image) gather and key-masking agree exactly:
+    relative positions follow grid coordinates, not packed positions."""
+    dense, _ = _pair(**CONFIGS[name])
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 8, 8, 48, generator=g)
+    keep = torch.rand(3, 64, generator=g) < torch.tensor([[0.3], [0.6], [0.9]])
+    with torch.no_grad():
+        for blk in dense.blocks:
+            a = run_block_gathered(blk, x, keep)
+            b = run_block_masked(blk, x, keep.float())
+            assert (a - b).abs().max() < 1e-4
+            # pruned tokens are untouched
+            assert torch.equal(a.view(3, 64, 48)[~keep], x.view(3, 64, 48)[~keep])
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.55, 1 / 3])
+def test_fixed_ratio_processes_exact_count_and_preserves(ratio):
+    _, pruned = _pair(**CONFIGS["window_relpos"])
+    pruned.fixed_keep_ratio = {i: ratio for i in pruned.pruned_blocks}
+    seen = {}
+
+    def count_rows(i):
+        def hook(mod, inp, out):
+            seen[i] = inp[0].shape[0]  # MLP input: (M, C) packed kept tokens
+        return hook
+
+    for i in pruned.pruned_blocks:
+        pruned.blocks[i].mlp.register_forward_hook(count_rows(i))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        inputs = {}
+        # a gate sees its block's input tokens (B, N, C)
+        handles = [pruned.gates[str(i)].register_forward_pre_hook(
+            lambda m, a, i=i: inputs.__setitem__(i, a[0].clone())) for i in pruned.pruned_blocks]
+        pruned(x)
+        for h in handles:
+            h.remove()
+    k = math.ceil(ratio * 64)
+    for i in pruned.pruned_blocks:
+        assert seen[i] == 2 * k  # batch of 2, exactly ceil(r*N) tokens each
+        keep = pruned.last_keep_masks[i]
+        assert keep.sum(dim=1).tolist() == [k, k]
+    # output of the last pruned block at pruned positions equals that block's input
+    last = pruned.pruned_blocks[-1]
+    keep = pruned.last_keep_masks[last]
+    out = pruned(x)["last_feat"].permute(0, 2, 3, 1).reshape(2, 64, -1)
+    assert torch.allclose(out[~keep], inputs[last].reshape(2, 64, -1)[~keep])
+
+
+def test_dynamic_inference_keeps_at_least_one_token_and_small_images():
+    _, pruned = _pair(**CONFIGS["window_relpos"])
+    for gate in pruned.gates.values():  # force "drop everything"
+        gate.fc2.bias.data = torch.tensor([-50.0, 50.0])
+    with torch.no_grad():
+        out = pruned(torch.randn(2, 3, 16, 16))["last_feat"]  # 2x2 grid < one 4x4 window
+    assert out.shape == (2, 48, 2, 2)
+    for r in pruned.last_keep_ratios.values():
+        assert torch.allclose(r, torch.full((2,), 0.25))
+
+
+def test_discard_zeroes_pruned_tokens_and_inherit_never_reactivates():
+    _, pruned = _pair(**CONFIGS["global_relpos"])
+    pruned.preserve = False
+    pruned.reactivate = False
+    pruned.fixed_keep_ratio = {2: 0.8, 3: 0.6, 4: 0.5, 5: 0.4}
+    with torch.no_grad():
+        out = pruned(torch.randn(1, 3, 64, 64))["last_feat"]
+    masks = [pruned.last_keep_masks[i] for i in pruned.pruned_blocks]
+    for prev, cur in zip(masks, masks[1:]):
+        assert not (cur & ~prev).any()
+    dropped = ~masks[-1][0]
+    assert torch.all(out[0].flatten(1)[:, dropped] == 0)
+
+
+def test_gradients_reach_every_gate_and_loss_is_reported():
+    _, pruned = _pair(**CONFIGS["window_relpos"])
+    pruned.train()
+    out = pruned(torch.randn(2, 3, 64, 64))["last_feat"]
+    loss = out.square().mean() + pruned.last_keep_ratio_loss
+    loss.backward()
+    for i, gate in pruned.gates.items():
+        grads = [p.grad for p in gate.parameters()]
+        assert all(g is not None and g.abs().sum() > 0 for g in grads), i
+    assert set(pruned.last_keep_ratios) == set(pruned.pruned_blocks)
