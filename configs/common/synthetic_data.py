@@ -11,6 +11,7 @@ dataloader = model_zoo.get_config("common/data/coco.py").dataloader
 dataloader.train.dataset.names = "synthetic_shapes_train"
 dataloader.train.mapper.augmentations = [L(T.RandomFlip)(horizontal=True)]
 dataloader.train.mapper.image_format = "RGB"
+dataloader.train.mapper.instance_mask_format = "bitmask"  # masks are polygons or RLE
 dataloader.train.total_batch_size = 4
 dataloader.train.num_workers = 1
 dataloader.test.dataset.names = "synthetic_shapes_val"

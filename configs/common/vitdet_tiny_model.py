@@ -19,6 +19,9 @@ net.pretrain_img_size = 256
 net.pretrain_use_cls_token = False
 
 model.backbone.out_channels = 128
+model.proposal_generator.head.in_channels = 128
+model.roi_heads.box_head.input_shape.channels = 128
+model.roi_heads.mask_head.input_shape.channels = 128
 model.backbone.square_pad = 256
 
 model.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
@@ -30,4 +33,5 @@ model.roi_heads.num_classes = 4
 model.roi_heads.batch_size_per_image = 128
 model.roi_heads.box_head.conv_dims = []
 model.roi_heads.box_head.fc_dims = [256, 256]
+model.roi_heads.box_predictor.input_shape.channels = 256
 model.roi_heads.mask_head.conv_dims = [128, 128]

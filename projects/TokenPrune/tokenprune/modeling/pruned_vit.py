@@ -31,10 +31,7 @@ from detectron2.modeling.backbone.vit import ViT
 from .gates import GATE_REGISTRY, gumbel_keep_decision
 from .sparse_block import run_block_gathered, run_block_masked
 
-__all__ = ["PrunedViT", "SVIT_KEEP_RATIOS"]
-
-# SViT's public schedule for a 12-block ViT: blocks 3..11 (0-based) pruned.
-SVIT_KEEP_RATIOS = (0.7, 0.7, 0.7, 0.49, 0.49, 0.49, 0.343, 0.343, 0.343)
+__all__ = ["PrunedViT", "svit_schedule"]
 
 
 class PrunedViT(ViT):
@@ -212,3 +209,15 @@ def _gate_class_name(kind: str) -> str:
     """Gate names in configs are short ("mlp"); registry names are class names."""
     aliases = {name.lower().removesuffix("gate"): name for name in GATE_REGISTRY._obj_map}
     return aliases.get(kind.lower(), kind)
+
+
+def svit_schedule(depth: int, dense_fraction: float = 0.25, base: float = 0.7) -> dict:
+    """SViT's schedule for a ViT of ``depth`` blocks: the first quarter dense, the rest in
+    three equal stages keeping ``base``, ``base**2``, ``base**3`` (0.7 / 0.49 / 0.343).
+
+    Returns ``dict(pruned_blocks=[...], keep_ratios=[...])`` for :class:`PrunedViT`.
+    """
+    first = int(round(depth * dense_fraction))
+    blocks = list(range(first, depth))
+    ratios = [round(base ** (1 + min(2, 3 * k // len(blocks))), 4) for k in range(len(blocks))]
+    return dict(pruned_blocks=blocks, keep_ratios=ratios)

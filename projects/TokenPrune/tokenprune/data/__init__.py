@@ -1,0 +1,35 @@
+"""Datasets: the synthetic shapes generator and registration, and COCO-format helpers.
+
+Importing this package registers ``synthetic_shapes_{train,val}``, ``synthetic_tasks_{train,val}``
+(cheap: their files are generated on first use) and ``coco_tasks_*`` (from $DETECTRON2_DATASETS).
+"""
+
+from .coco import prepare_dataset, write_coco_layout
+from .coco_tasks import COCO_TASKS, register_coco_tasks, write_coco_tasks_layout
+from .synthetic import (
+    SHAPE_CLASSES,
+    SYNTHETIC_SPLITS,
+    default_data_root,
+    generate_synthetic_shapes,
+    register_synthetic_shapes,
+)
+from .synthetic_tasks import SYNTHETIC_TASKS, register_synthetic_tasks
+
+register_synthetic_shapes()
+register_synthetic_tasks()
+register_coco_tasks()
+
+__all__ = [
+    "COCO_TASKS",
+    "SYNTHETIC_TASKS",
+    "register_coco_tasks",
+    "register_synthetic_tasks",
+    "write_coco_tasks_layout",
+    "SHAPE_CLASSES",
+    "SYNTHETIC_SPLITS",
+    "default_data_root",
+    "generate_synthetic_shapes",
+    "prepare_dataset",
+    "register_synthetic_shapes",
+    "write_coco_layout",
+]

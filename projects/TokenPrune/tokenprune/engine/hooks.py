@@ -1,0 +1,110 @@
+"""Trainer hooks that write token-pruning figures to Detectron2's EventStorage.
+
+Scalar names (DESIGN.md): ``keep_ratio/layer{i}``, ``keep_ratio/mean`` (plus
+``keep_ratio_min/layer{i}`` and ``keep_ratio_max/layer{i}`` over the images of a batch),
+``flops/backbone_gflops``, ``flops/total_gflops``, ``flops/backbone_ratio``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+
+from ..modeling.meta_arch import find_pruned_vit
+
+__all__ = ["KeepRatioHook", "FlopsHook", "keep_ratio_scalars"]
+
+logger = logging.getLogger(__name__)
+
+
+def keep_ratio_scalars(keep_ratios: Dict[int, Tensor]) -> Dict[str, float]:
+    """{block index: (B,) kept fraction} -> scalar dict (batch mean, min, max; overall mean)."""
+    scalars: Dict[str, float] = {}
+    for i, r in sorted(keep_ratios.items()):
+        r = r.detach().float()
+        scalars[f"keep_ratio/layer{i}"] = r.mean().item()
+        scalars[f"keep_ratio_min/layer{i}"] = r.min().item()
+        scalars[f"keep_ratio_max/layer{i}"] = r.max().item()
+    if keep_ratios:
+        scalars["keep_ratio/mean"] = sum(
+            scalars[f"keep_ratio/layer{i}"] for i in keep_ratios) / len(keep_ratios)
+    return scalars
+
+
+class KeepRatioHook(HookBase):
+    """After every step, puts the kept fraction of each pruned block (smoothed) in storage."""
+
+    def after_step(self) -> None:
+        vit = find_pruned_vit(self.trainer.model)
+        if vit is None or not vit.last_keep_ratios:
+            return
+        self.trainer.storage.put_scalars(**keep_ratio_scalars(vit.last_keep_ratios),
+                                         smoothing_hint=True)
+
+
+class FlopsHook(HookBase):
+    """Every ``period`` iterations (and after the last), counts FLOPs with fvcore.
+
+    The probe batch is fixed (the first ``num_images`` of the test loader), the model runs
+    in eval mode with its real (dynamic) pruning, and the same count is made with every
+    token kept to give ``flops/backbone_ratio``. The time spent is logged.
+    """
+
+    def __init__(self, period: int, probe_inputs: List[dict]):
+        self._period = period
+        self._probe = probe_inputs
+        self.seconds = 0.0
+
+    def _measure(self) -> None:
+        from ..flops import count_model_flops  # fvcore analysis is only needed here
+
+        start = time.perf_counter()
+        model = getattr(self.trainer.model, "module", self.trainer.model)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                pruned = count_model_flops(model, self._probe)
+                dense = count_model_flops(model, self._probe, keep_all=True)
+        finally:
+            model.train(was_training)
+        storage = self.trainer.storage
+        storage.put_scalar("flops/backbone_gflops", pruned.backbone / 1e9, smoothing_hint=False)
+        storage.put_scalar("flops/total_gflops", pruned.total / 1e9, smoothing_hint=False)
+        storage.put_scalar("flops/backbone_ratio", pruned.backbone / max(dense.backbone, 1.0),
+                           smoothing_hint=False)
+        self.seconds += time.perf_counter() - start
+
+    def after_step(self) -> None:
+        if not comm.is_main_process():
+            return
+        next_iter = self.trainer.iter + 1
+        if next_iter % self._period == 0 or next_iter == self.trainer.max_iter:
+            self._measure()
+
+    def after_train(self) -> None:
+        if comm.is_main_process() and self.seconds:
+            logger.info(f"FlopsHook: {self.seconds:.1f} s spent counting FLOPs")
+
+
+def build_flops_hook(cfg, period: Optional[int] = None) -> Optional[FlopsHook]:
+    """A FlopsHook over the first images of the configured test set, or None if disabled."""
+    from detectron2.config import instantiate
+
+    period = cfg.train.get("flops_period", 0) if period is None else period
+    if not period:
+        return None
+    loader = instantiate(cfg.dataloader.test)
+    num = cfg.train.get("flops_num_images", 2)
+    probe: List[dict] = []
+    for batch in loader:
+        probe.extend(batch)
+        if len(probe) >= num:
+            break
+    return FlopsHook(period, probe[:num])

@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""TokenPrune training / evaluation entry point (Detectron2 LazyConfig conventions).
+
+    python train_net.py --config-file configs/Synthetic/mask_rcnn_vitdet_t_dense.py \
+        train.max_iter=20 train.output_dir=output/dense
+    python train_net.py --config-file CFG --eval-only train.init_checkpoint=PATH
+    python train_net.py --config-file CFG --resume          # continue from last checkpoint
+    python train_net.py --config-file CFG --num-gpus 2      # 2 processes (gloo on a CPU)
+
+Bad input (config, overrides, datasets, checkpoints) stops with a one-line error and exit
+status 2 before anything is written to the output folder.
+"""
+import logging
+import os
+import sys
+
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from torch.multiprocessing import ProcessExitedException
+
+from tokenprune.config import load_config
+from tokenprune.engine import (
+    build_model, checkpoint_to_load, do_test, do_train, prepare_datasets, verify_checkpoint,
+)
+from tokenprune.errors import TokenPruneError
+
+logger = logging.getLogger("detectron2")
+EXIT_BAD_INPUT = 2
+
+
+def _fail(message: str) -> None:
+    print(f"train_net.py: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_BAD_INPUT)
+
+
+def main(args) -> None:
+    try:
+        cfg = load_config(args.config_file, args.opts)
+        prepare_datasets(cfg)
+        model = build_model(cfg)
+        ckpt = checkpoint_to_load(cfg, args.resume)
+        missing = verify_checkpoint(model, ckpt, strict=args.eval_only)
+    except TokenPruneError as e:
+        _fail(str(e))
+    default_setup(cfg, args)  # logging, seeds, saves config.yaml: input is valid from here on
+    if missing:
+        logger.info(f"{ckpt}: {len(missing)} model tensors are new: "
+                    f"{sorted({k.rsplit('.', 1)[0] for k in missing})[:10]}")
+    if args.eval_only:
+        from detectron2.checkpoint import DetectionCheckpointer
+
+        DetectionCheckpointer(model).load(ckpt)
+        do_test(cfg, model)
+        return
+    do_train(cfg, model, resume=args.resume)
+    if comm.is_main_process():
+        out = cfg.train.output_dir
+        print(f"Done. metrics: {os.path.join(out, 'metrics.json')}  "
+              f"checkpoint: {os.path.join(out, 'model_final.pth')}  "
+              f"config: {os.path.join(out, 'config.yaml')}", flush=True)
+
+
+def invoke_main() -> None:
+    args = default_argument_parser().parse_args()
+    try:
+        load_config(args.config_file, args.opts)  # fail fast, before any process starts
+    except TokenPruneError as e:
+        _fail(str(e))
+    try:
+        launch(main, args.num_gpus, num_machines=args.num_machines,
+               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+    except ProcessExitedException as e:  # a worker already printed its one-line error
+        raise SystemExit(e.exit_code or 1)
+
+
+if __name__ == "__main__":
+    invoke_main()
