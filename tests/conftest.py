@@ -1,9 +1,18 @@
-"""Shared test set-up: a missing Detectron2 is a failure with a clear message, never a skip."""
+"""Shared test set-up.
+
+* A missing Detectron2 is a failure with a clear message, never a skip.
+* Generated datasets go to a per-session temporary folder (``TOKENPRUNE_DATA``), inherited
+  by the subprocesses the tests start, so tests never touch the user's data cache.
+"""
 import os
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "projects", "TokenPrune"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+os.environ["TOKENPRUNE_DATA"] = tempfile.mkdtemp(prefix="tokenprune-test-data-")
 
 try:
     import detectron2  # noqa: F401

@@ -4,7 +4,8 @@ from tokenprune.modeling import PrunedViT, TokenPruningRCNN, svit_schedule
 
 def make_svit(model, depth: int = 12) -> None:
     """In place: PrunedViT with SViT's schedule, MLP gates, all four findings on."""
-    model._target_ = TokenPruningRCNN
+    if not (isinstance(model._target_, type) and issubclass(model._target_, TokenPruningRCNN)):
+        model._target_ = TokenPruningRCNN
     net = model.backbone.net
     net._target_ = PrunedViT
     net.update(svit_schedule(depth))

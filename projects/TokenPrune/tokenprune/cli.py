@@ -20,14 +20,23 @@ from .config import load_config
 from .errors import InputError, TokenPruneError
 
 __all__ = ["tool_parser", "run_tool", "load_tool_config", "build_eval_model", "make_output_dir",
-           "atomic_write_text", "atomic_write_json"]
+           "atomic_write_text", "atomic_write_bytes", "atomic_write_json"]
 
 EXIT_BAD_INPUT = 2
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``prog: error: message``), exit status 2."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
 def tool_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """An argument parser with ``--config-file`` and trailing ``key=value`` overrides."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = _OneLineErrorParser(prog=prog, description=description,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE", help="LazyConfig file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides: key=value ... (LazyConfig syntax)")
@@ -37,7 +46,10 @@ def tool_parser(prog: str, description: str) -> argparse.ArgumentParser:
 def run_tool(prog: str, main: Callable[[argparse.Namespace], Any],
              parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> Any:
     """Parse ``argv`` and run ``main``; a TokenPruneError becomes one line and exit 2."""
+    _quiet_third_party_warnings()
     args = parser.parse_args(argv)
+    if getattr(args, "opts", None) and args.opts[0] == "--":  # "--keep-ratios 0.7 -- k=v"
+        args.opts = args.opts[1:]
     try:
         return main(args)
     except TokenPruneError as e:
@@ -45,12 +57,35 @@ def run_tool(prog: str, main: Callable[[argparse.Namespace], Any],
         raise SystemExit(EXIT_BAD_INPUT)
 
 
-def load_tool_config(args: argparse.Namespace) -> DictConfig:
-    """The tool's config with its overrides, its test dataset checked or generated."""
-    from .engine.train_loop import prepare_datasets
+def _quiet_third_party_warnings() -> None:
+    """Hide dependency deprecation notices that say nothing about the user's input, so that
+    a bad input is reported as exactly one line."""
+    import warnings
+
+    for message in (".*pkg_resources is deprecated.*",
+                    ".*Importing from timm.models.layers is deprecated.*",
+                    ".*torch.meshgrid: in an upcoming release.*"):
+        warnings.filterwarnings("ignore", message=message)
+
+
+def load_tool_config(args: argparse.Namespace, need_data: bool = True,
+                     splits: Sequence[str] = ("train", "test")) -> DictConfig:
+    """The tool's config with its overrides, the datasets of ``splits`` checked or generated.
+
+    ``need_data=False`` (tools that feed the model generated inputs, like the benchmark):
+    the dataset names must be registered, but their files need not exist.
+    """
+    from detectron2.data import DatasetCatalog
+
+    from .data import prepare_dataset
 
     cfg = load_config(args.config_file, args.opts)
-    prepare_datasets(cfg)
+    for split in splits:
+        node = cfg.get("dataloader", {}).get(split)
+        names = node.dataset.get("names") if node is not None and "dataset" in node else None
+        for name in [names] if isinstance(names, str) else list(names or []):
+            if need_data or name not in DatasetCatalog:
+                prepare_dataset(name)  # generates, checks files, or raises "not registered"
     return cfg
 
 
@@ -86,11 +121,19 @@ def make_output_dir(path: str) -> str:
 
 def atomic_write_text(path: str, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 -> the usual permissions of a new file
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -69,6 +69,7 @@ flags. "largest" / "smallest" compare visible areas and pick one object (the fir
 SYNTHETIC_TASK_SPLITS: Dict[str, str] = {
     "train": "synthetic_shapes_train",
     "val": "synthetic_shapes_val",
+    "minival": "synthetic_shapes_minival",  # quick evaluations in tests
 }
 """Split of the registered ``synthetic_tasks_{split}`` -> the shapes dataset whose images
 (same files, number and seed) it uses."""

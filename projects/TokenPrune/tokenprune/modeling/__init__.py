@@ -1,9 +1,12 @@
-"""Token-pruned ViTDet backbones, gates and meta-architectures."""
+"""Token-pruned ViTDet backbones, gates, guidance sources and meta-architectures."""
 from .gates import GATE_REGISTRY, MLPGate, gumbel_keep_decision
+from .guidance import GUIDANCE_REGISTRY, build_guidance
 from .meta_arch import TokenPruningRCNN, find_pruned_vit
 from .pruned_vit import PrunedViT, svit_schedule
+from .vltp import GuidedGate, TaskConditionedRCNN
 
 __all__ = [
-    "GATE_REGISTRY", "MLPGate", "gumbel_keep_decision", "PrunedViT", "svit_schedule",
-    "TokenPruningRCNN", "find_pruned_vit",
+    "GATE_REGISTRY", "MLPGate", "gumbel_keep_decision", "GUIDANCE_REGISTRY", "build_guidance",
+    "PrunedViT", "svit_schedule", "TokenPruningRCNN", "find_pruned_vit", "GuidedGate",
+    "TaskConditionedRCNN",
 ]

@@ -16,6 +16,7 @@ directly (both work with ``LazyCall``).
 from __future__ import annotations
 
 import importlib
+import inspect
 import importlib.util
 import numbers
 from typing import Any, Dict, List
@@ -203,10 +204,21 @@ class InputVectorGuidance(GuidanceSource):
         return self.proj(torch.stack(vectors))
 
 
+GUIDANCE_ALIASES = {"task": "TaskEmbeddingGuidance", "text": "TextGuidance",
+                    "vector": "InputVectorGuidance"}
+
+
 def build_guidance(name: str, **kwargs: Any) -> GuidanceSource:
-    """Builds a registered guidance source by class name, e.g.
-    ``build_guidance("TextGuidance", dim=256)``."""
+    """Builds a guidance source by class name or alias ("task", "text", "vector").
+
+    Options a source does not take are ignored, so one config node can list the options of
+    every source and switch between them with a single override of ``name``, e.g.
+    ``build_guidance("text", dim=128, num_tasks=8, in_dim=384)``.
+    """
+    name = GUIDANCE_ALIASES.get(name, name)
     if name not in GUIDANCE_REGISTRY:
-        available = ", ".join(sorted(k for k, _ in GUIDANCE_REGISTRY))
+        available = ", ".join(sorted([*GUIDANCE_ALIASES, *(k for k, _ in GUIDANCE_REGISTRY)]))
         raise ConfigError(f"unknown guidance source {name!r}; available: {available}")
-    return GUIDANCE_REGISTRY.get(name)(**kwargs)
+    cls = GUIDANCE_REGISTRY.get(name)
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in kwargs.items() if k in accepted})

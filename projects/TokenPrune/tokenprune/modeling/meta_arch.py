@@ -1,8 +1,8 @@
 """A Mask R-CNN meta-architecture that trains and reports a token-pruned backbone."""
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Dict, List, Optional
+from contextlib import contextmanager, nullcontext
+from typing import Dict, Iterator, List, Optional
 
 import torch.nn as nn
 from torch import Tensor
@@ -33,15 +33,14 @@ class TokenPruningRCNN(GeneralizedRCNN):
         super().__init__(**kwargs)
         self.guidance = guidance
         self._pruned_vit = find_pruned_vit(self.backbone)
-        if guidance is not None and self._pruned_vit is None:
-            raise ValueError("guidance needs a PrunedViT backbone")
+        self.current_guidance: Optional[Tensor] = None
 
     @property
     def pruned_vit(self) -> Optional[PrunedViT]:
         return self._pruned_vit
 
     def forward(self, batched_inputs: List[Dict]):
-        with self._guided(batched_inputs):
+        with self._guidance_scope(batched_inputs):
             out = super().forward(batched_inputs)
         if self.training and self._pruned_vit is not None:
             loss = self._pruned_vit.last_keep_ratio_loss
@@ -50,13 +49,19 @@ class TokenPruningRCNN(GeneralizedRCNN):
         return out
 
     def inference(self, batched_inputs: List[Dict], *args, **kwargs):
-        with self._guided(batched_inputs):
+        with self._guidance_scope(batched_inputs):
             return super().inference(batched_inputs, *args, **kwargs)
 
-    def _guided(self, batched_inputs: List[Dict]):
+    @contextmanager
+    def _guidance_scope(self, batched_inputs: List[Dict]) -> Iterator[None]:
+        """Computes the (B, D) guidance once per forward: ``current_guidance`` and the gates'."""
+        if self.guidance is None or self.current_guidance is not None:
+            yield
+            return
+        self.current_guidance = self.guidance(batched_inputs)
         vit = self._pruned_vit
-        guidance: Optional[Tensor] = None
-        if self.guidance is not None and vit._guidance is None:
-            guidance = self.guidance(batched_inputs)
-        return vit.guided(guidance) if guidance is not None else nullcontext()
-
+        try:
+            with vit.guided(self.current_guidance) if vit is not None else nullcontext():
+                yield
+        finally:
+            self.current_guidance = None

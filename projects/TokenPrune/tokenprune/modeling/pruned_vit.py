@@ -42,7 +42,8 @@ class PrunedViT(ViT):
 
     Statistics of the last forward pass (for hooks and tools):
     ``last_keep_ratios`` {block index: (B,) kept fraction of the image's tokens},
-    ``last_keep_masks`` {block index: (B, H*W) bool} (inference only), and, in training,
+    ``last_keep_masks`` {block index: (B, H*W) bool} (inference only), ``last_grid`` (H, W),
+    and, in training, ``last_gate_log_probs`` {block index: (B, H*W, 2)} and
     ``last_keep_ratio_loss`` (a scalar, already weighted).
     """
 
@@ -112,6 +113,8 @@ class PrunedViT(ViT):
         self.last_keep_ratios: Dict[int, Tensor] = {}
         self.last_keep_masks: Dict[int, Tensor] = {}
         self.last_keep_ratio_loss: Optional[Tensor] = None
+        self.last_gate_log_probs: Dict[int, Tensor] = {}
+        self.last_grid = (0, 0)
 
     def _per_block(self, value, name: str) -> Dict[int, float]:
         values = [float(value)] * len(self.pruned_blocks) if isinstance(value, (int, float)) \
@@ -140,13 +143,15 @@ class PrunedViT(ViT):
         B, H, W, C = x.shape
         active = torch.ones(B, H * W, dtype=torch.bool, device=x.device)
         losses = []
-        self.last_keep_ratios, self.last_keep_masks = {}, {}
+        self.last_keep_ratios, self.last_keep_masks, self.last_gate_log_probs = {}, {}, {}
+        self.last_grid = (H, W)
         for i, blk in enumerate(self.blocks):
             if str(i) not in self.gates:
                 x = blk(x)
                 continue
             log_probs = self.gates[str(i)](x.reshape(B, H * W, C), guidance=self._guidance)
             if self.training:
+                self.last_gate_log_probs[i] = log_probs
                 keep = gumbel_keep_decision(log_probs, self.gumbel_tau)
                 if not self.reactivate:
                     keep = keep * active
@@ -192,7 +197,7 @@ class PrunedViT(ViT):
             if k == N:
                 return torch.ones_like(active)
             top = score.topk(k, dim=1).indices
-            return torch.zeros_like(active).scatter_(1, top, True)
+            return torch.zeros_like(active).scatter_(1, top, 1)
         keep = score > 0
         empty = ~keep.any(dim=1)
         if bool(empty.any()):

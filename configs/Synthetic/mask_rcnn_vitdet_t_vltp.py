@@ -1,0 +1,25 @@
+"""VLTP on the synthetic task data: guided pruning decoders at blocks 3-11 of ViTDet-Tiny.
+
+Fine-tunes the unpruned task model (mask_rcnn_vitdet_t_task_dense.py). Keep-ratio
+targets 0.8 / 0.67 / 0.53 (mean 0.67, about 25% fewer backbone FLOPs); inherit mode as in
+VLTP (a token pruned by a decoder skips the following blocks), reactivated in the output
+map. ``model.backbone.net.gate=mlp`` gives the unguided SViT gate for comparison;
+``model.guidance.name=text|vector`` switch the guidance source.
+"""
+from ..common.guidance import GUIDANCE_DIM
+from ..common.svit import make_svit
+from .mask_rcnn_vitdet_t_task_dense import dataloader, lr_multiplier, model, optimizer, train
+
+make_svit(model, depth=12)
+model.backbone.net.keep_ratios = [0.8] * 3 + [0.67] * 3 + [0.53] * 3
+model.backbone.net.reactivate = False
+model.backbone.net.gate = "guided"
+model.backbone.net.gate_kwargs = dict(guidance_dim=GUIDANCE_DIM)
+model.relevance_loss_weight = 1.0
+
+train.init_checkpoint = "output/synthetic_task_dense/model_final.pth"
+train.output_dir = "output/synthetic_vltp"
+train.max_iter = 200
+train.eval_period = 200
+train.flops_period = 100
+optimizer.lr = 1e-4

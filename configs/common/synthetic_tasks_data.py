@@ -1,0 +1,19 @@
+"""Data loaders and evaluators for the synthetic task-oriented dataset (image, task) pairs.
+
+Each record carries ``task_id`` and ``prompt``; its instances are the task-relevant objects
+(one class, "object"). Evaluation: box/mask AP of the relevant instances (COCOEvaluator on
+the task-split ground truth) and mask mIoU / cIoU of their union (VLTP's measure).
+"""
+from detectron2.config import LazyCall as L
+from detectron2.evaluation import COCOEvaluator
+
+from tokenprune.evaluation import TaskMaskIoUEvaluator
+
+from .synthetic_data import dataloader
+
+dataloader.train.dataset.names = "synthetic_tasks_train"
+dataloader.test.dataset.names = "synthetic_tasks_val"
+dataloader.evaluator = [
+    L(COCOEvaluator)(dataset_name="${...test.dataset.names}"),
+    L(TaskMaskIoUEvaluator)(dataset_name="${...test.dataset.names}"),
+]

@@ -1,0 +1,248 @@
+"""Which tokens a pruned ViTDet keeps, block by block, and what it detects.
+
+    python -m tokenprune.visualize --config-file configs/Synthetic/mask_rcnn_vitdet_t_svit.py \\
+        --input img1.png img2.jpg --output out/vis [--score-thresh 0.5] [--keep-ratio 0.5] \\
+        [--prompt "something to sit on" | --task-id 3] [-- key=value ...]
+
+For every input image, one PNG ``<output>/<image name>.png`` with
+
+* a panel of the final detections (Detectron2's ``Visualizer`` with the metadata of the
+  config's test dataset; detections with score >= ``--score-thresh``), and
+* one panel per pruned block: the image as the model sees it (after the test mapper's
+  resize) with the pruned token cells darkened, titled with the block index and the kept
+  fraction of the block's token grid (``PrunedViT.last_keep_ratios``).
+
+The input is preprocessed like the config's test mapper (``dataloader.test.mapper``:
+its ``augmentations`` and ``image_format``). Weights: ``train.init_checkpoint``.
+``--keep-ratio R`` forces a top-k rate R in every pruned block instead of the gates'
+per-image decision. ``--prompt`` / ``--task-id`` go into the input dict as ``"prompt"`` /
+``"task_id"`` for task-guided models (VLTP).
+
+Bad input (unreadable or non-image files, an output folder that cannot be written, a
+config whose test dataset is missing, a bad keep ratio or threshold) stops with one line
+``tokenprune.visualize: error: ...`` and exit status 2, before any image is written. The
+PNGs are written to temporary files and renamed into place only after every image is done.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import os
+import tempfile
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .cli import build_eval_model, load_tool_config, make_output_dir, run_tool, tool_parser
+from .errors import ConfigError, InputError
+
+__all__ = ["main", "keep_overlay"]
+
+PROG = "tokenprune.visualize"
+
+
+def _read_image(path: str, fmt: Optional[str] = None) -> Optional[np.ndarray]:
+    """The image in ``fmt`` as Detectron2's mappers read it; ``fmt=None``: only check that
+    the file is a readable image (one-line InputError otherwise)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.exists(path):
+        raise InputError(f"input image not found: {path}")
+    if os.path.isdir(path):
+        raise InputError(f"input {path} is a folder, not an image file")
+    try:
+        if fmt is None:
+            with Image.open(path) as im:
+                im.load()
+                if im.width == 0 or im.height == 0:
+                    raise InputError(f"input {path} is an empty image")
+            return None
+        from detectron2.data.detection_utils import read_image
+
+        return read_image(path, format=fmt)
+    except UnidentifiedImageError:
+        raise InputError(f"input {path} is not an image file PIL can read") from None
+    except (OSError, ValueError, SyntaxError) as e:  # unreadable, truncated, bad header
+        reason = (e.strerror if isinstance(e, OSError) else None) or e
+        raise InputError(f"cannot read image {path}: {reason}") from e
+
+
+def keep_overlay(image_rgb: np.ndarray, keep: np.ndarray, patch: int,
+                 dim: float = 0.25) -> np.ndarray:
+    """Darken the pruned token cells of ``image_rgb`` (h, w, 3 uint8).
+
+    Args:
+        keep: (gh, gw) bool token grid of the padded input (the image is its top-left part).
+        patch: token cell size in pixels.
+        dim: brightness of pruned cells.
+    """
+    h, w = image_rgb.shape[:2]
+    cells = np.kron(keep.astype(np.uint8), np.ones((patch, patch), np.uint8)).astype(bool)
+    cells = cells[:h, :w]
+    if cells.shape != (h, w):  # grid smaller than the image (should not happen): pad kept
+        full = np.ones((h, w), bool)
+        full[:cells.shape[0], :cells.shape[1]] = cells
+        cells = full
+    out = image_rgb.astype(np.float32)
+    out[~cells] *= dim
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def _output_names(paths: List[str]) -> List[str]:
+    names, used = [], set()
+    for p in paths:
+        stem = os.path.splitext(os.path.basename(p))[0] or "image"
+        name, k = f"{stem}.png", 1
+        while name in used:
+            name, k = f"{stem}_{k}.png", k + 1
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def _figure(title: str, det_rgb: np.ndarray, det_title: str,
+            panels: List[Tuple[np.ndarray, str]]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = 1 + len(panels)
+    ncols = min(n, 4)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.4 * nrows + 0.4),
+                             dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes.flat[0].imshow(det_rgb)
+    axes.flat[0].set_title(det_title, fontsize=9)
+    for ax, (img, t) in zip(list(axes.flat)[1:], panels):
+        ax.imshow(img)
+        ax.set_title(t, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = tool_parser(PROG, __doc__.split("\n\n")[0])
+    parser.add_argument("--input", nargs="+", required=True, metavar="IMG",
+                        help="JPEG/PNG images (one output PNG each)")
+    parser.add_argument("--output", required=True, metavar="DIR")
+    parser.add_argument("--score-thresh", type=float, default=0.5,
+                        help="minimum score of the drawn detections")
+    parser.add_argument("--keep-ratio", type=float, default=None, metavar="R",
+                        help="force a top-k keep ratio in (0, 1] in every pruned block")
+    parser.add_argument("--prompt", default=None, help="input 'prompt' (task-guided models)")
+    parser.add_argument("--task-id", type=int, default=None, help="input 'task_id'")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser
+
+
+def main(args: argparse.Namespace) -> List[str]:
+    if not 0.0 <= args.score_thresh <= 1.0:
+        raise InputError(f"--score-thresh must lie in [0, 1], got {args.score_thresh:g}")
+    if args.keep_ratio is not None and not 0.0 < args.keep_ratio <= 1.0:
+        raise InputError(f"keep ratio {args.keep_ratio:g} is outside (0, 1]")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {args.device}: CUDA is not available on this machine")
+
+    import detectron2.data.transforms as T
+    from detectron2.config import instantiate
+    from detectron2.data import MetadataCatalog
+    from detectron2.data.detection_utils import convert_image_to_rgb
+    from detectron2.utils.visualizer import Visualizer
+
+    from .modeling import find_pruned_vit
+
+    for path in args.input:  # every input readable before any work
+        _read_image(path)
+    cfg = load_tool_config(args, splits=("test",))  # its metadata names the classes
+    mapper = cfg.dataloader.get("test", {}).get("mapper")
+    if mapper is None:
+        raise ConfigError(f"{args.config_file}: no dataloader.test.mapper to preprocess with")
+    fmt = mapper.get("image_format", "BGR")
+    augs = T.AugmentationList(list(instantiate(mapper.get("augmentations", []) or [])))
+    test_names = _as_list(cfg.dataloader.test.get("dataset", {}).get("names"))
+    metadata = MetadataCatalog.get(test_names[0]) if test_names else None
+
+    images = [(p, _read_image(p, fmt)) for p in args.input]
+    out_dir = make_output_dir(args.output)
+    model = build_eval_model(cfg, args.device)
+    vit = find_pruned_vit(model)
+    if args.keep_ratio is not None and vit is not None:
+        vit.fixed_keep_ratio = {i: float(args.keep_ratio) for i in vit.pruned_blocks}
+    patch = vit.patch_embed.proj.stride[0] if vit is not None else 16
+
+    pending: List[Tuple[str, str]] = []  # (temporary file, final path)
+    try:
+        for (path, image), name in zip(images, _output_names(args.input)):
+            h0, w0 = image.shape[:2]
+            aug_input = T.AugInput(image)
+            augs(aug_input)
+            seen = aug_input.image
+            inp: Dict = {"image": torch.as_tensor(np.ascontiguousarray(seen.transpose(2, 0, 1))),
+                         "height": h0, "width": w0, "file_name": path}
+            if args.prompt is not None:
+                inp["prompt"] = args.prompt
+            if args.task_id is not None:
+                inp["task_id"] = args.task_id
+            with torch.no_grad():
+                padded = model.preprocess_image([inp]).tensor.shape[-2:]
+                instances = model([inp])[0]["instances"].to("cpu")
+            instances = instances[instances.scores >= args.score_thresh]
+            seen_rgb = convert_image_to_rgb(seen, fmt)
+            orig_rgb = convert_image_to_rgb(image, fmt)
+            vis = Visualizer(orig_rgb, metadata=metadata)
+            det = vis.draw_instance_predictions(instances).get_image()
+            det_title = f"{len(instances)} detections (score >= {args.score_thresh:g})"
+            panels, kept = [], []
+            grid = (padded[0] // patch, padded[1] // patch)
+            if vit is not None:
+                for i in sorted(vit.last_keep_masks):
+                    keep = vit.last_keep_masks[i][0].reshape(grid).cpu().numpy()
+                    frac = float(vit.last_keep_ratios[i][0])
+                    panels.append((keep_overlay(seen_rgb, keep, patch),
+                                   f"block {i}: kept {frac:.0%} ({int(keep.sum())}/{keep.size})"))
+                    kept.append(f"block {i} {frac:.0%}")
+            if not panels:
+                det_title += "\n(no pruned blocks: dense backbone)"
+            title = os.path.basename(path)
+            if args.prompt is not None:
+                title += f'  prompt: "{args.prompt}"'
+            if args.task_id is not None:
+                title += f"  task {args.task_id}"
+            png = _figure(title, det, det_title, panels)
+            fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".tmp-", suffix=".png")
+            pending.append((tmp, os.path.join(out_dir, name)))
+            with os.fdopen(fd, "wb") as f:
+                f.write(png)
+            print(f"{path}: {len(instances)} detections"
+                  + (f"; kept: {', '.join(kept)}" if kept else ""), flush=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        for tmp, final in pending:
+            os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, final)
+    finally:
+        for tmp, _ in pending:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    written = [final for _, final in pending]
+    print(f"{PROG}: wrote {len(written)} image(s) to {out_dir}", flush=True)
+    return written
+
+
+def _as_list(value) -> List[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+if __name__ == "__main__":
+    run_tool(PROG, main, build_parser())

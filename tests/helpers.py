@@ -1,0 +1,39 @@
+"""Helpers for tests that run the project's command-line entry points in subprocesses."""
+import os
+import subprocess
+import sys
+from typing import Dict, List, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DENSE_CFG = os.path.join(ROOT, "configs", "Synthetic", "mask_rcnn_vitdet_t_dense.py")
+SVIT_CFG = os.path.join(ROOT, "configs", "Synthetic", "mask_rcnn_vitdet_t_svit.py")
+
+# Shrinks the synthetic ViTDet-Tiny so a test trains in seconds on a CPU.
+TINY = [
+    "model.backbone.net.depth=4",
+    "model.backbone.net.embed_dim=96",
+    "model.backbone.net.window_block_indexes=[0,2]",
+    "dataloader.train.total_batch_size=2",
+    "dataloader.train.num_workers=0",
+    "dataloader.test.num_workers=0",
+    "dataloader.test.dataset.names=synthetic_shapes_minival",
+    "train.log_period=1",
+]
+# SViT schedule for the 4-block tiny model: block 1 dense... blocks 1-3 pruned.
+TINY_SVIT = TINY + [
+    "model.backbone.net.pruned_blocks=[1,2,3]",
+    "model.backbone.net.keep_ratios=[0.7,0.49,0.343]",
+    "train.init_checkpoint=",
+]
+
+
+def run(args: Sequence[str], env: Optional[Dict[str, str]] = None, timeout: int = 600,
+        cwd: str = ROOT) -> subprocess.CompletedProcess:
+    """Run ``python args...`` (the project's interpreter) and capture text output."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def train_net(config: str, opts: List[str], *flags: str, **kw) -> subprocess.CompletedProcess:
+    return run([os.path.join(ROOT, "train_net.py"), "--config-file", config, *flags, *opts], **kw)

@@ -1,0 +1,273 @@
+"""The analysis tools ``python -m tokenprune.benchmark`` and ``python -m tokenprune.visualize``.
+
+Both run as subprocesses on a tiny model (outputs and their format, never timings), on
+every kind of bad input (one line on stderr, exit status 2, no result files), and the
+benchmark's analytic MAC model is checked against hand-computed counts and fvcore.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import DENSE_CFG, SVIT_CFG, TINY, TINY_SVIT, run
+
+from tokenprune.benchmark import BackboneSpec, attention_groups, backbone_macs, block_macs
+
+BENCH = ["-m", "tokenprune.benchmark"]
+VIS = ["-m", "tokenprune.visualize"]
+FAST = ["--input-size", "64", "--repeats", "1", "--warmup", "0"]
+# lighter heads: 20 proposals, 5 detections (the benchmark sets the score threshold to 0)
+LIGHT_HEADS = ["model.proposal_generator.post_nms_topk=[100,20]",
+               "model.roi_heads.box_predictor.test_topk_per_image=5"]
+RESULT_FILES = {"results.json", "results.md", "speedup.png", "profile.md"}
+
+
+def _png_ok(path):
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+
+
+def _table_rows(md):
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert rows[0].startswith("| variant |")
+    return [[c.strip() for c in r.strip("|").split("|")] for r in rows[1:]]
+
+
+def _one_line_error(proc, prog):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith(f"{prog}: error: "), lines[0]
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- MAC model
+def test_macs_by_hand_global_blocks():
+    # 2x2 tokens, C=4, MLP hidden 16; block 0 plain, block 1 with rel-pos and a gate of
+    # 10 MACs per token. Per token: qkv+proj 4*C^2 = 64, MLP 2*C*16 = 128.
+    spec = BackboneSpec(grid=(2, 2), embed_dim=4, mlp_hidden=16, patch_macs=3 * 16 * 16 * 4,
+                        window_sizes=[0, 0], use_rel_pos=[False, True], gate_macs={1: 10})
+    patch = 4 * 3072                      # 12288
+    dense0 = 4 * 64 + 4 * 128 + 16 * 2 * 4  # + attention 4^2 * 2C = 128 -> 896
+    dense1 = dense0 + 4 * (2 + 2) * 4       # rel-pos: 4 tokens * (h + w) * C = 64 -> 960
+    assert block_macs(spec, 0) == dense0 == 896
+    assert block_macs(spec, 1) == dense1 == 960
+    assert backbone_macs(spec, gates=False) == patch + 896 + 960 == 14144
+    keep = torch.tensor([True, False, False, True])  # 2 of 4 tokens in block 1
+    pruned1 = 2 * 64 + 2 * 128 + 2 * 2 * 2 * 4 + 2 * 4 * 4  # 128 + 256 + 32 + 32 = 448
+    assert block_macs(spec, 1, keep) == pruned1 == 448
+    total = backbone_macs(spec, {1: keep})
+    assert total == patch + 896 + 448 + 4 * 10 == 13672  # the gate runs on all 4 tokens
+    assert backbone_macs(spec, {1: torch.ones(4, dtype=torch.bool)}) == 14144 + 40
+
+
+def test_macs_by_hand_windowed_block_with_padding():
+    # 3x3 tokens, window 2: Detectron2 pads to 4x4 = 4 windows of 4 tokens.
+    spec = BackboneSpec(grid=(3, 3), embed_dim=4, mlp_hidden=16, patch_macs=0,
+                        window_sizes=[2], use_rel_pos=[True])
+    # dense: qkv+proj on 16 padded tokens (1024), attention 4 windows * 4^2 * 2C (512),
+    # rel-pos 16 * (2 + 2) * C (256), MLP on the 9 real tokens (1152)
+    assert attention_groups(spec, 0, None) == ([4, 4, 4, 4], 16, 9)
+    assert block_macs(spec, 0) == 1024 + 512 + 256 + 1152 == 2944
+    keep = torch.zeros(3, 3, dtype=torch.bool)
+    keep[0, 0] = keep[0, 1] = keep[1, 0] = True  # window 0: 3 tokens
+    keep[2, 2] = True                            # window 3: 1 token
+    assert attention_groups(spec, 0, keep.view(-1)) == ([3, 1], 4, 4)
+    # 4 tokens: 4*64 + (3^2 + 1^2) * 8 + 4*4*4 + 4*128 = 256 + 80 + 64 + 512
+    assert block_macs(spec, 0, keep.view(-1)) == 912
+
+
+def test_dense_macs_match_fvcore_and_spec_from_vit():
+    from fvcore.nn import FlopCountAnalysis
+
+    from tokenprune.modeling import PrunedViT
+
+    vit = PrunedViT(img_size=96, patch_size=16, embed_dim=48, depth=3, num_heads=3,
+                    window_size=4, window_block_indexes=[0, 2], use_rel_pos=True,
+                    pretrain_img_size=96, pretrain_use_cls_token=False,
+                    pruned_blocks=[1, 2], keep_ratios=0.5).eval()
+    spec = BackboneSpec.from_vit(vit, (6, 6))
+    assert spec.window_sizes == [4, 0, 4] and spec.mlp_hidden == 192
+    assert spec.gate_macs == {1: 48 * 16 + 16 * 2, 2: 48 * 16 + 16 * 2}
+    vit.gates = torch.nn.ModuleDict()  # fvcore counts the dense ViTDet computation
+    flops = FlopCountAnalysis(vit, torch.randn(1, 3, 96, 96))
+    flops.unsupported_ops_warnings(False)
+    flops.uncalled_modules_warnings(False)
+    by_op = flops.by_operator()
+    counted = sum(v for k, v in by_op.items() if k != "layer_norm")
+    assert abs(backbone_macs(spec, gates=False) - counted) <= 1e-4 * counted
+
+
+# --------------------------------------------------------------------------- benchmark
+@pytest.fixture(scope="module")
+def gated_checkpoint(tmp_path_factory):
+    """Weights of the tiny SViT model whose gates prune some tokens on their own."""
+    from detectron2.config import instantiate
+
+    from tokenprune.config import load_config
+    from tokenprune.modeling import find_pruned_vit
+
+    torch.manual_seed(3)
+    model = instantiate(load_config(SVIT_CFG, TINY_SVIT).model)
+    for gate in find_pruned_vit(model).gates.values():
+        torch.nn.init.normal_(gate.fc2.weight, std=2.0)
+        torch.nn.init.zeros_(gate.fc2.bias)
+    path = tmp_path_factory.mktemp("ckpt") / "gated.pth"
+    torch.save({"model": model.state_dict()}, path)
+    return str(path)
+
+
+def test_benchmark_outputs(tmp_path, gated_checkpoint):
+    out = tmp_path / "bench"
+    proc = run(BENCH + ["--config-file", SVIT_CFG, "--keep-ratios", "1.0", "0.5",
+                        "--schedule", "svit", "--weights", "checkpoint", "--device", "cpu",
+                        "--output", str(out), *FAST, "--",
+                        *TINY_SVIT, *LIGHT_HEADS, f"train.init_checkpoint={gated_checkpoint}"],
+               timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(os.listdir(out)) == ["results.json", "results.md", "speedup.png"]
+    res = json.loads((out / "results.json").read_text())
+    assert res["input_size"] == 64 and res["token_grid"] == [4, 4] and res["batch_size"] == 1
+    assert res["pruned_blocks"] == [1, 2, 3] and not res["converted_from_dense"]
+    assert res["weights"] == gated_checkpoint
+    v = {x["key"]: x for x in res["variants"]}
+    assert list(v) == ["dense", "keep1", "keep0.5", "svit", "gates"]
+    for x in v.values():
+        for scope in ("backbone", "model"):
+            assert x[scope]["median_ms"] > 0 and len(x[scope]["times_ms"]) == 1
+            assert x[scope]["speedup"] > 0 and x[scope]["throughput_img_s"] > 0
+            assert x["peak_memory_mib"][scope] >= 0
+        b = x["backbone"]
+        assert b["measured_over_predicted"] == pytest.approx(b["speedup"] / b["predicted_speedup"])
+    assert v["dense"]["backbone"]["speedup"] == 1.0 and v["dense"]["model"]["speedup"] == 1.0
+    assert v["dense"]["backbone"]["predicted_speedup"] == 1.0
+    assert v["dense"]["keep_ratios"] == {} and v["dense"]["forced_keep_ratios"] is None
+    # keep 1.0: dense blocks plus the gates' cost; keep 0.5 of 16 tokens: exactly 8
+    assert v["keep1"]["backbone"]["predicted_speedup"] < 1.0
+    assert v["keep0.5"]["keep_ratios"] == {"1": 0.5, "2": 0.5, "3": 0.5}
+    assert v["keep0.5"]["backbone"]["predicted_speedup"] > 1.2
+    # SViT targets 0.7 / 0.49 / 0.343 as top-k of 16 tokens: ceil -> 12, 8, 6
+    assert v["svit"]["forced_keep_ratios"] == {"1": 0.7, "2": 0.49, "3": 0.343}
+    assert v["svit"]["keep_ratios"] == {"1": 0.75, "2": 0.5, "3": 0.375}
+    assert v["svit"]["mean_keep_ratio"] == pytest.approx(1.625 / 3)
+    assert v["gates"]["forced_keep_ratios"] is None
+    assert all(0 < r <= 1 for r in v["gates"]["keep_ratios"].values())
+    rows = _table_rows((out / "results.md").read_text())
+    assert [r[0] for r in rows] == ["dense", "keep 1", "keep 0.5", "svit schedule",
+                                    "learned gates"]
+    assert all(len(r) == 10 and r[4].endswith("x") and r[8].endswith("x") for r in rows)
+    assert rows[3][1] == "1: 0.75, 2: 0.5, 3: 0.375"
+    _png_ok(out / "speedup.png")
+
+
+def test_benchmark_dense_config_backbone_only_rss(tmp_path):
+    """A dense config is converted to SViT's schedule; resident-set memory per process."""
+    out = tmp_path / "bench"
+    proc = run(BENCH + ["--config-file", DENSE_CFG, "--keep-ratios", "0.5", "--backbone-only",
+                        "--memory", "rss", "--device", "cpu", "--output", str(out), *FAST,
+                        *TINY], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["converted_from_dense"] and res["pruned_blocks"] == [1, 2, 3]
+    assert "fresh process" in res["memory_method"] and "VmHWM" in res["memory_method"]
+    assert [x["key"] for x in res["variants"]] == ["dense", "keep0.5"]
+    for x in res["variants"]:
+        assert x["model"] is None and set(x["peak_memory_mib"]) == {"backbone"}
+        assert x["peak_memory_mib"]["backbone"] >= 0
+    rows = _table_rows((out / "results.md").read_text())
+    assert [r[0] for r in rows] == ["dense", "keep 0.5"] and rows[1][7] == "n/a"
+    _png_ok(out / "speedup.png")
+
+
+# --------------------------------------------------------------------------- visualize
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A synthetic-dataset PNG and a JPEG of another size and aspect ratio."""
+    from detectron2.data import DatasetCatalog
+
+    from tokenprune.data import prepare_dataset
+
+    prepare_dataset("synthetic_shapes_val")
+    png = DatasetCatalog.get("synthetic_shapes_val")[0]["file_name"]
+    folder = tmp_path_factory.mktemp("images")
+    jpg = folder / "photo.jpg"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (150, 200, 3), dtype=np.uint8)).save(jpg)
+    return [png, str(jpg)]
+
+
+def test_visualize_outputs(tmp_path, images):
+    out = tmp_path / "vis"
+    proc = run(VIS + ["--config-file", SVIT_CFG, "--input", *images, "--output", str(out),
+                      "--score-thresh", "0.2", "--keep-ratio", "0.5", "--prompt", "shapes",
+                      "--task-id", "1", "--device", "cpu", "--", *TINY_SVIT], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = sorted(os.listdir(out))
+    assert names == sorted([os.path.splitext(os.path.basename(p))[0] + ".png" for p in images])
+    for n in names:
+        _png_ok(out / n)
+    lines = [ln for ln in proc.stdout.splitlines() if "detections" in ln]
+    assert len(lines) == 2 and all("block 3 50%" in ln for ln in lines), proc.stdout
+
+
+# --------------------------------------------------------------------------- bad input
+BENCH_BAD = ["keep_zero", "keep_above_one", "output_not_writable", "unregistered_dataset"]
+VIS_BAD = ["not_an_image", "missing_image", "image_is_folder", "output_not_writable",
+           "missing_dataset", "keep_above_one"]
+
+
+@pytest.mark.parametrize("case", BENCH_BAD)
+def test_benchmark_bad_input(case, tmp_path):
+    out = tmp_path / "out"
+    flags, opts = ["--keep-ratios", "0.5"], list(TINY_SVIT)
+    if case == "keep_zero":
+        flags = ["--keep-ratios", "0.7", "0"]
+    elif case == "keep_above_one":
+        flags = ["--keep-ratios", "1.5"]
+    elif case == "output_not_writable":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "out"
+    elif case == "unregistered_dataset":
+        opts.append("dataloader.test.dataset.names=no_such_dataset")
+    proc = run(BENCH + ["--config-file", SVIT_CFG, *flags, "--output", str(out), *FAST,
+                        "--", *opts], timeout=120)
+    line = _one_line_error(proc, "tokenprune.benchmark")
+    assert {"keep_zero": "keep ratio 0 is outside (0, 1]",
+            "keep_above_one": "keep ratio 1.5 is outside (0, 1]",
+            "output_not_writable": "cannot write to output folder",
+            "unregistered_dataset": "'no_such_dataset' is not registered"}[case] in line
+    assert not (out.exists() and RESULT_FILES & set(os.listdir(out)))
+
+
+@pytest.mark.parametrize("case", VIS_BAD)
+def test_visualize_bad_input(case, tmp_path, images):
+    out = tmp_path / "out"
+    inputs, flags, opts, env = list(images), [], list(TINY_SVIT), {}
+    if case == "not_an_image":
+        (tmp_path / "notes.png").write_text("not an image\n")
+        inputs.append(str(tmp_path / "notes.png"))
+    elif case == "missing_image":
+        inputs.append(str(tmp_path / "nope.jpg"))
+    elif case == "image_is_folder":
+        inputs.append(str(tmp_path))
+    elif case == "output_not_writable":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "out"
+    elif case == "missing_dataset":
+        opts.append("dataloader.test.dataset.names=coco_2017_val")
+        env["DETECTRON2_DATASETS"] = str(tmp_path / "no_datasets_here")
+    elif case == "keep_above_one":
+        flags = ["--keep-ratio", "1.5"]
+    proc = run(VIS + ["--config-file", SVIT_CFG, "--input", *inputs, "--output", str(out),
+                      *flags, "--", *opts], env=env, timeout=120)
+    line = _one_line_error(proc, "tokenprune.visualize")
+    assert {"not_an_image": "is not an image file", "missing_image": "not found",
+            "image_is_folder": "is a folder", "output_not_writable": "cannot write",
+            "missing_dataset": "coco_2017_val",
+            "keep_above_one": "keep ratio 1.5 is outside (0, 1]"}[case] in line
+    assert not (out.exists() and any(n.endswith(".png") for n in os.listdir(out)))

@@ -1,0 +1,133 @@
+"""train_net.py end to end: training, evaluation, resume after a kill, DDP, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from helpers import DENSE_CFG, ROOT, TINY, train_net
+
+
+def _metrics(out_dir):
+    with open(os.path.join(out_dir, "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny dense model trained for 6 iterations (evaluated at the end)."""
+    out = str(tmp_path_factory.mktemp("dense"))
+    proc = train_net(DENSE_CFG, TINY + ["train.max_iter=6", f"train.output_dir={out}",
+                                        "train.checkpointer.period=3"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_training_writes_metrics_config_checkpoint_and_evaluates(trained):
+    out, proc = trained
+    for name in ("metrics.json", "config.yaml", "model_final.pth", "model_0000002.pth",
+                 "last_checkpoint"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    records = _metrics(out)
+    assert [r["iteration"] for r in records if "total_loss" in r] == list(range(6))
+    assert "lr" in records[0]
+    assert "bbox/AP" in records[-1] and "segm/AP" in records[-1]
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(out))
+    assert f"metrics: {out}/metrics.json" in proc.stdout
+
+
+def test_eval_only_prints_box_and_mask_ap(trained, tmp_path):
+    out, _ = trained
+    proc = train_net(DENSE_CFG, TINY + [f"train.init_checkpoint={out}/model_final.pth",
+                                        f"train.output_dir={tmp_path}"], "--eval-only")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "copypaste: Task: bbox" in log and "copypaste: Task: segm" in log
+
+
+def test_resume_after_kill_continues_from_last_checkpoint(tmp_path):
+    out = str(tmp_path / "run")
+    opts = TINY + ["train.max_iter=40", f"train.output_dir={out}", "train.checkpointer.period=4",
+                   "train.eval_period=0"]
+    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", DENSE_CFG, *opts]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = os.path.join(out, "model_0000007.pth")
+    deadline = time.time() + 300
+    while not os.path.exists(ckpt) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # let the checkpoint finish writing; last_checkpoint follows it
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(os.path.join(out, "model_final.pth")), "run was not interrupted"
+    with open(os.path.join(out, "last_checkpoint")) as f:
+        last = f.read().strip()
+    last_iter = torch.load(os.path.join(out, last), weights_only=False)["iteration"]
+    assert last_iter >= 7
+
+    resumed = train_net(DENSE_CFG, opts, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = resumed.stdout + resumed.stderr
+    assert f"Resuming from iteration {last_iter + 1}" in log
+    assert "Loading optimizer from" in log and "Loading scheduler from" in log
+    iters = [r["iteration"] for r in _metrics(out) if "total_loss" in r]
+    assert iters[-1] == 39
+    assert os.path.isfile(os.path.join(out, "model_final.pth"))
+
+
+def test_two_process_ddp_training_on_cpu(tmp_path):
+    out = str(tmp_path / "ddp")
+    proc = train_net(DENSE_CFG, TINY + ["train.max_iter=2", f"train.output_dir={out}",
+                                        "train.eval_period=0"], "--num-gpus", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "world_size=2" in proc.stdout + proc.stderr or "Rank of current process: 0" in (
+        proc.stdout + proc.stderr)
+    assert os.path.isfile(os.path.join(out, "model_final.pth"))
+
+
+def _bad_checkpoint(path):
+    torch.save({"model": {"backbone.net.pos_embed": torch.zeros(1, 3, 3)}}, path)
+    return path
+
+
+@pytest.mark.parametrize("case", [
+    "missing_config", "malformed_config", "unknown_key", "wrong_type", "missing_dataset",
+    "missing_checkpoint", "mismatched_checkpoint", "unrelated_checkpoint",
+])
+def test_bad_input_one_line_error_and_outputs_untouched(case, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.yaml").write_text("old\n")
+    opts = TINY + [f"train.output_dir={out}"]
+    cfg, flags, env = DENSE_CFG, [], {}
+    if case == "missing_config":
+        cfg = str(tmp_path / "nope.py")
+    elif case == "malformed_config":
+        cfg = str(tmp_path / "bad.py")
+        (tmp_path / "bad.py").write_text("model = [\n")
+    elif case == "unknown_key":
+        opts.append("model.no_such_key=1")
+    elif case == "wrong_type":
+        opts.append("train.max_iter=1.5")
+    elif case == "missing_dataset":
+        opts.append("dataloader.test.dataset.names=coco_2017_val")
+        env["DETECTRON2_DATASETS"] = str(tmp_path / "no_datasets_here")
+    elif case == "missing_checkpoint":
+        opts.append(f"train.init_checkpoint={tmp_path}/nope.pth")
+        flags = ["--eval-only"]
+    elif case == "mismatched_checkpoint":
+        opts.append(f"train.init_checkpoint={_bad_checkpoint(tmp_path / 'bad.pth')}")
+    elif case == "unrelated_checkpoint":
+        torch.save({"model": {"something.else": torch.zeros(2)}}, tmp_path / "other.pth")
+        opts.append(f"train.init_checkpoint={tmp_path}/other.pth")
+    proc = train_net(cfg, opts, *flags, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "Warning" not in ln
+             and not ln.startswith("  ")]
+    assert lines[-1].startswith("train_net.py: error: "), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert sorted(os.listdir(out)) == ["config.yaml"]
+    assert (out / "config.yaml").read_text() == "old\n"
