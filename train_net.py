@@ -18,6 +18,7 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from torch.multiprocessing import ProcessExitedException
 
+from tokenprune.checkpoint import TokenPruneCheckpointer
 from tokenprune.config import load_config
 from tokenprune.engine import (
     build_model, checkpoint_to_load, do_test, do_train, prepare_datasets, verify_checkpoint,
@@ -47,9 +48,8 @@ def main(args) -> None:
         logger.info(f"{ckpt}: {len(missing)} model tensors are new: "
                     f"{sorted({k.rsplit('.', 1)[0] for k in missing})[:10]}")
     if args.eval_only:
-        from detectron2.checkpoint import DetectionCheckpointer
-
-        DetectionCheckpointer(model).load(ckpt)
+        
+        TokenPruneCheckpointer(model).load(ckpt)
         do_test(cfg, model)
         return
     do_train(cfg, model, resume=args.resume)

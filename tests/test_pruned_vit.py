@@ -146,3 +146,20 @@ def test_gradients_reach_every_gate_and_loss_is_reported():
         grads = [p.grad for p in gate.parameters()]
         assert all(g is not None and g.abs().sum() > 0 for g in grads), i
     assert set(pruned.last_keep_ratios) == set(pruned.pruned_blocks)
+
+
+def test_windowed_dense_checkpoint_loads_into_global_pruned_model(tmp_path):
+    """Only gate weights are new; window-sized rel-pos tables are resized to the grid."""
+    from tokenprune.checkpoint import TokenPruneCheckpointer
+
+    dense, _ = _pair(**CONFIGS["window_relpos"])
+    torch.save({"model": dense.state_dict()}, tmp_path / "dense.pth")
+    pruned = PrunedViT(pruned_blocks=[2, 3, 4, 5], keep_ratios=0.5,
+                       **{**TINY, "use_rel_pos": True}).eval()  # global attention everywhere
+    assert pruned.blocks[0].attn.rel_pos_h.shape[0] == 15 != dense.blocks[0].attn.rel_pos_h.shape[0]
+    incompatible = TokenPruneCheckpointer(pruned)._load_model(
+        {"model": dict(dense.state_dict())})
+    assert all(k.startswith("gates.") for k in incompatible.missing_keys)
+    assert not incompatible.incorrect_shapes and not incompatible.unexpected_keys
+    # a global block's table (unchanged length) is copied as is
+    assert torch.equal(pruned.blocks[1].attn.rel_pos_h, dense.blocks[1].attn.rel_pos_h)

@@ -94,8 +94,8 @@ def build_eval_model(cfg: DictConfig, device: Optional[str] = None) -> torch.nn.
 
     Without a checkpoint the weights are random (fine for FLOPs and latency).
     """
-    from detectron2.checkpoint import DetectionCheckpointer
-
+    
+    from .checkpoint import TokenPruneCheckpointer
     from .engine.train_loop import build_model, verify_checkpoint
 
     if device:
@@ -104,7 +104,7 @@ def build_eval_model(cfg: DictConfig, device: Optional[str] = None) -> torch.nn.
     ckpt = cfg.train.init_checkpoint
     if ckpt:
         verify_checkpoint(model, ckpt, strict=False)
-        DetectionCheckpointer(model).load(ckpt)
+        TokenPruneCheckpointer(model).load(ckpt)
     return model.eval()
 
 

@@ -8,12 +8,12 @@ from typing import Any, Dict, Iterable, List, Optional
 import torch
 from omegaconf import DictConfig
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
+from ..checkpoint import TokenPruneCheckpointer, is_resizable_rel_pos
 from ..data import prepare_dataset
 from ..errors import CheckpointError
 from ..modeling.meta_arch import find_pruned_vit
@@ -69,7 +69,7 @@ def verify_checkpoint(model: torch.nn.Module, path: str, *, strict: bool) -> Lis
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        loaded = DetectionCheckpointer(model)._load_file(path)
+        loaded = TokenPruneCheckpointer(model)._load_file(path)
     except Exception as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
     state = loaded.get("model", loaded)
@@ -81,7 +81,8 @@ def verify_checkpoint(model: torch.nn.Module, path: str, *, strict: bool) -> Lis
         raise CheckpointError(f"checkpoint {path} does not match the model: none of its "
                               f"{len(state)} tensors is a parameter of {type(model).__name__}")
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shared
-             if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+             if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+             and not is_resizable_rel_pos(k, state[k].shape, own[k].shape)]
     if wrong:
         raise CheckpointError(f"checkpoint {path} does not match the model: {len(wrong)} "
                               f"tensors differ in shape, e.g. {wrong[0]}")
@@ -124,7 +125,7 @@ def do_train(cfg: DictConfig, model: torch.nn.Module, resume: bool = False) -> D
     ddp_model = _ddp(model, cfg)
     use_amp = cfg.train.amp.enabled and cfg.train.device.startswith("cuda")
     trainer = (AMPTrainer if use_amp else SimpleTrainer)(ddp_model, train_loader, optimizer)
-    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = TokenPruneCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     results: Dict[str, Any] = {}
 
     def evaluate():
