@@ -9,7 +9,11 @@ The four SViT findings are switches (see DESIGN.md):
   at block l+1; off = once pruned, a token stays pruned ("inherit").
 * ``dynamic``: at inference a token is kept iff its gate says keep (count varies per
   image); off = a fixed top-k rate equal to the block's target keep ratio.
-* ``gate``: the gate kind from :data:`GATE_REGISTRY` (SViT's 2-layer MLP by default).
+* ``gate``: the gate kind from :data:`GATE_REGISTRY` (SViT's 2-layer MLP by default;
+  baselines in :mod:`.baselines`: ``attention`` (EViT), ``random``, ``attention_net``).
+* ``reducer``: instead of gates, a token reducer from :data:`REDUCER_REGISTRY` (``tome``:
+  token merging, :mod:`.tome`) reduces each pruned block's tokens to ``ceil(r * N)``, runs
+  the block on them and restores the full map; the gate switches do not apply to it.
 
 Training runs every token with the keep decision as a soft key mask (differentiable,
 straight-through Gumbel). Inference gathers the kept tokens, runs the block on them only
@@ -30,6 +34,7 @@ from detectron2.modeling.backbone.vit import ViT
 
 from .gates import GATE_REGISTRY, gumbel_keep_decision
 from .sparse_block import run_block_gathered, run_block_masked
+from .tome import REDUCER_REGISTRY
 
 __all__ = ["PrunedViT", "svit_schedule"]
 
@@ -62,6 +67,8 @@ class PrunedViT(ViT):
         keep_ratio_loss_per_image: bool = False,
         gumbel_tau: float = 1.0,
         execution: str = "gather",
+        reducer: Optional[str] = None,
+        reducer_kwargs: Optional[dict] = None,
         **vit_kwargs,
     ):
         """
@@ -69,6 +76,9 @@ class PrunedViT(ViT):
             pruned_blocks: indices of the blocks that get a gate.
             keep_ratios: target keep ratio per pruned block (or one for all), in (0, 1].
             gate: a name in GATE_REGISTRY ("mlp" = "MLPGate"); gate_kwargs go to it.
+                A gate with ``learned = False`` decides in training as at inference (hard,
+                no keep-ratio loss); one with ``needs_block = True`` also receives
+                ``block``, ``hw`` and ``active`` (see :mod:`.baselines`).
             preserve, reactivate, dynamic: SViT's findings 1-3 (see module docstring).
             fixed_keep_ratio: force a top-k rate at inference (a float or one per pruned
                 block); 1.0 keeps every token. None: use the gates (``dynamic``).
@@ -77,6 +87,9 @@ class PrunedViT(ViT):
             gumbel_tau: Gumbel-softmax temperature in training.
             execution: "gather" (compute kept tokens only) or "masked" (compute all tokens,
                 mask keys; a reference that saves no time).
+            reducer: a name in REDUCER_REGISTRY ("tome") to use instead of gates;
+                reducer_kwargs go to it. Each pruned block keeps ``ceil(r * N)`` tokens at
+                its ratio r (``fixed_keep_ratio`` if set, else ``keep_ratios``).
             vit_kwargs: arguments of detectron2's ViT.
         """
         super().__init__(**vit_kwargs)
@@ -105,7 +118,12 @@ class PrunedViT(ViT):
         self.gumbel_tau = gumbel_tau
         self.execution = execution
         embed_dim = self._out_feature_channels[self._out_features[0]]
+        self.reducer = None
+        if reducer:
+            self.reducer = REDUCER_REGISTRY.get(_registry_name(REDUCER_REGISTRY, reducer, "reducer"))(
+                **(reducer_kwargs or {}))
         self.gates = nn.ModuleDict(
+            {} if self.reducer is not None else
             {str(i): GATE_REGISTRY.get(_gate_class_name(gate))(dim=embed_dim, **(gate_kwargs or {}))
              for i in self.pruned_blocks}
         )
@@ -146,11 +164,28 @@ class PrunedViT(ViT):
         self.last_keep_ratios, self.last_keep_masks, self.last_gate_log_probs = {}, {}, {}
         self.last_grid = (H, W)
         for i, blk in enumerate(self.blocks):
+            if self.reducer is not None and i in self.keep_ratios:
+                x = self._run_reduced(i, blk, x)
+                continue
             if str(i) not in self.gates:
                 x = blk(x)
                 continue
-            log_probs = self.gates[str(i)](x.reshape(B, H * W, C), guidance=self._guidance)
-            if self.training:
+            gate = self.gates[str(i)]
+            if getattr(gate, "needs_block", False):
+                log_probs = gate(x.reshape(B, H * W, C), guidance=self._guidance, block=blk,
+                                 hw=(H, W), active=active)
+            else:
+                log_probs = gate(x.reshape(B, H * W, C), guidance=self._guidance)
+            if self.training and not getattr(gate, "learned", True):
+                # a score without parameters: hard decision as at inference, no loss
+                with torch.no_grad():
+                    hard = self._inference_decision(i, log_probs.detach(), active)
+                if not self.reactivate:
+                    active = hard
+                keep = hard.to(x.dtype)
+                x = run_block_masked(blk, x, keep)
+                ratio = keep.mean(dim=1)
+            elif self.training:
                 self.last_gate_log_probs[i] = log_probs
                 keep = gumbel_keep_decision(log_probs, self.gumbel_tau)
                 if not self.reactivate:
@@ -178,6 +213,20 @@ class PrunedViT(ViT):
             self.keep_ratio_loss_weight * torch.stack(losses).mean() if losses else None
         )
         return {self._out_features[0]: x.permute(0, 3, 1, 2)}
+
+    def _run_reduced(self, i: int, blk: nn.Module, x: Tensor) -> Tensor:
+        """Pruned block ``i`` with the token reducer: reduce, run the block, restore."""
+        B, H, W, C = x.shape
+        N = H * W
+        ratio = (self.fixed_keep_ratio or self.keep_ratios)[i]
+        n = min(max(1, math.ceil(ratio * N - 1e-6)), N)
+        if n == N:
+            x = blk(x)
+        else:
+            tokens, state = self.reducer.reduce(x, n)
+            x = self.reducer.restore(self.reducer.run_block(blk, tokens, state), state)
+        self.last_keep_ratios[i] = x.new_full((B,), n / N)
+        return x
 
     def _inference_decision(self, i: int, log_probs: Tensor, active: Tensor) -> Tensor:
         """(B, N, 2) gate log-probs -> (B, N) bool keep mask, at least one token per image."""
@@ -211,9 +260,15 @@ class PrunedViT(ViT):
 
 
 def _gate_class_name(kind: str) -> str:
-    """Gate names in configs are short ("mlp"); registry names are class names."""
-    aliases = {name.lower().removesuffix("gate"): name for name in GATE_REGISTRY._obj_map}
-    return aliases.get(kind.lower(), kind)
+    """Gate names in configs are short ("mlp", "attention_net"); registry names are class
+    names ("MLPGate", "AttentionNetGate")."""
+    return _registry_name(GATE_REGISTRY, kind, "gate")
+
+
+def _registry_name(registry, kind: str, suffix: str) -> str:
+    """A short, case- and underscore-insensitive name -> the registered class name."""
+    aliases = {name.lower().removesuffix(suffix): name for name in registry._obj_map}
+    return aliases.get(kind.lower().replace("_", ""), kind)
 
 
 def svit_schedule(depth: int, dense_fraction: float = 0.25, base: float = 0.7) -> dict:

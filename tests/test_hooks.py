@@ -1,0 +1,72 @@
+"""Keep-ratio and FLOPs scalars reach EventStorage, metrics.json and TensorBoard."""
+import json
+import os
+
+import pytest
+import torch
+
+from helpers import SVIT_CFG, TINY_SVIT, train_net
+from tokenprune.engine import keep_ratio_scalars
+from tokenprune.modeling import PrunedViT
+
+
+def test_keep_ratio_scalars_mean_min_max():
+    s = keep_ratio_scalars({3: torch.tensor([0.5, 0.7]), 5: torch.tensor([0.2, 0.4])})
+    assert s["keep_ratio/layer3"] == pytest.approx(0.6)
+    assert s["keep_ratio_min/layer3"] == pytest.approx(0.5)
+    assert s["keep_ratio_max/layer5"] == pytest.approx(0.4)
+    assert s["keep_ratio/mean"] == pytest.approx((0.6 + 0.3) / 2)
+
+
+def test_keep_ratio_loss_drives_keep_fraction_to_target():
+    torch.manual_seed(0)
+    vit = PrunedViT(img_size=64, patch_size=8, embed_dim=48, depth=3, num_heads=3,
+                    pretrain_img_size=64, pretrain_use_cls_token=False,
+                    pruned_blocks=[1, 2], keep_ratios=[0.5, 0.3]).train()
+    opt = torch.optim.Adam(vit.gates.parameters(), lr=3e-3)
+    x = torch.randn(4, 3, 64, 64)
+    start = None
+    for _ in range(60):
+        vit(x)
+        if start is None:
+            start = {i: r.mean().item() for i, r in vit.last_keep_ratios.items()}
+        opt.zero_grad()
+        vit.last_keep_ratio_loss.backward()
+        opt.step()
+    with torch.no_grad():
+        ends = [torch.stack([vit(x) and vit.last_keep_ratios[i].mean() for _ in range(5)]).mean()
+                for i in (1, 2)]
+    for i, end, target in zip((1, 2), ends, (0.5, 0.3)):
+        assert abs(end.item() - target) < 0.08
+        assert abs(end.item() - target) < abs(start[i] - target)
+
+
+def test_svit_training_logs_keep_ratios_flops_and_loss(tmp_path):
+    out = str(tmp_path / "svit")
+    proc = train_net(SVIT_CFG, TINY_SVIT + ["train.max_iter=4", f"train.output_dir={out}",
+                                            "train.flops_period=2", "train.eval_period=0"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(out, "metrics.json")) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    keys = set().union(*records)
+    wanted = {f"keep_ratio/layer{i}" for i in (1, 2, 3)} | {
+        "keep_ratio/mean", "loss_keep_ratio", "flops/backbone_gflops", "flops/total_gflops",
+        "flops/backbone_ratio", "keep_ratio_min/layer1", "keep_ratio_max/layer3"}
+    assert wanted <= keys, wanted - keys
+    train_recs = [r for r in records if "keep_ratio/mean" in r]
+    assert len(train_recs) == 4  # every iteration
+    assert all(0 < r["keep_ratio/mean"] <= 1 for r in train_recs)
+    flops = [r for r in records if "flops/backbone_ratio" in r]
+    assert [r["iteration"] for r in flops] == [1, 3]
+    assert all(0 < r["flops/backbone_ratio"] < 1.5 and r["flops/backbone_gflops"] > 0
+               for r in flops)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = [f for f in os.listdir(out) if f.startswith("events.out.tfevents")]
+    tags = set()
+    for name in events:
+        acc = EventAccumulator(os.path.join(out, name))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert wanted <= tags, wanted - tags
