@@ -37,3 +37,10 @@ def run(args: Sequence[str], env: Optional[Dict[str, str]] = None, timeout: int 
 
 def train_net(config: str, opts: List[str], *flags: str, **kw) -> subprocess.CompletedProcess:
     return run([os.path.join(ROOT, "train_net.py"), "--config-file", config, *flags, *opts], **kw)
+
+VLTP_CFG = os.path.join(ROOT, "configs", "Synthetic", "mask_rcnn_vitdet_t_vltp.py")
+# The VLTP config shrunk like TINY_SVIT, evaluated on the 16-image task split.
+TINY_VLTP = TINY_SVIT + [
+    "dataloader.test.dataset.names=synthetic_tasks_minival",
+    "model.roi_heads.box_predictor.test_topk_per_image=20",
+]

@@ -47,3 +47,10 @@ def test_missing_and_malformed_config_files(tmp_path):
     bad.write_text("model = (\n")
     with pytest.raises(ConfigError, match="cannot load config"):
         load_config(str(bad))
+
+
+def test_keyword_of_a_base_class_is_accepted_but_unknown_kwargs_are_not():
+    cfg = load_config(DENSE_CFG, ["model.roi_heads.proposal_append_gt=False"])  # ROIHeads arg
+    assert cfg.model.roi_heads.proposal_append_gt is False
+    with pytest.raises(ConfigError, match="no such config key"):
+        load_config(DENSE_CFG, ["model.roi_heads.test_detections_per_img=20"])

@@ -147,8 +147,7 @@ SCALES: Dict[str, Scale] = {
                    flops_images=2, latency_images=2, latency_rounds=3, seeds=1, log_period=10,
                    description="4-block 96-wide ViT, blocks 1-3 pruned at 0.7/0.49/0.343, "
                                "minival (16 images): a smoke test, the numbers mean nothing"),
-    "full": Scale(dense_iters=400, finetune_iters=150,
-                  overrides=("dataloader.train.num_workers=1",),
+    "full": Scale(dense_iters=400, finetune_iters=150, overrides=(),
                   svit_overrides=(), flops_images=4, latency_images=8, latency_rounds=3,
                   seeds=2, log_period=20,
                   description="ViT-T (12 blocks, 192 wide), blocks 3-11 pruned at "
@@ -233,12 +232,34 @@ def _train(cfg, out_dir: str, seed: int, iters: int, init: str, log_period: int)
     return time.perf_counter() - start
 
 
+def _check_fits(model: torch.nn.Module, path: str) -> None:
+    """Raise CheckpointError unless ``path`` holds weights of ``model``'s shapes (only the
+    gates may be missing; relative-position tables may differ in length)."""
+    from .checkpoint import is_resizable_rel_pos
+    from .errors import CheckpointError
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    state = state.get("model", state) if isinstance(state, dict) else state
+    own = model.state_dict()
+    if not isinstance(state, dict) or not any(k in own for k in state):
+        raise CheckpointError(f"checkpoint {path} does not match the model")
+    wrong = [k for k, v in state.items() if k in own and hasattr(v, "shape")
+             and tuple(v.shape) != tuple(own[k].shape)
+             and not is_resizable_rel_pos(k, v.shape, own[k].shape)]
+    if wrong:
+        raise CheckpointError(f"checkpoint {path} does not match the model: {len(wrong)} tensors "
+                              f"differ in shape, e.g. {wrong[0]} (was it trained at this --scale?)")
+
+
 def _load(cfg, checkpoint: str):
     from .checkpoint import TokenPruneCheckpointer
-    from .engine import build_model, verify_checkpoint
+    from .engine import build_model
 
     model = build_model(cfg)
-    verify_checkpoint(model, checkpoint, strict=False)
+    _check_fits(model, checkpoint)
     TokenPruneCheckpointer(model).load(checkpoint)
     return model.eval()
 
@@ -572,7 +593,9 @@ def _markdown(rows: List[Dict[str, Any]], state: Dict[str, Any]) -> str:
         "dense' divides by the dense backbone's. Kept tokens: mean fraction of the tokens a "
         "pruned block computes (merged tokens for ToMe), over pruned blocks and validation "
         "images. Backbone ms: median time of the ViT alone on preprocessed validation images "
-        "(batch 1), interleaved with the dense backbone; speed-up = dense ms / variant ms.",
+        "(batch 1), interleaved with the dense backbone; speed-up = dense ms / variant ms. "
+        "'Of which gates': the gates' share of the backbone FLOPs (EViT's score recomputes q "
+        "and k; ToMe's matching is no gate and counts in the backbone only).",
         "",
         f"Training time so far: {total / 60:.1f} min; last run "
         f"{state.get('seconds', {}).get('last_run', float('nan')) / 60:.1f} min. "
@@ -584,28 +607,29 @@ def _markdown(rows: List[Dict[str, Any]], state: Dict[str, Any]) -> str:
 
 
 def _plot(rows: List[Dict[str, Any]]) -> bytes:
+    """Box and mask AP against backbone GFLOPs, one labelled point per variant."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for key, marker, title in (("box_ap", "o", "box AP"), ("mask_ap", "^", "mask AP")):
-        xs = [r["backbone_gflops"] for r in rows]
-        ys = [r[key] for r in rows]
-        err = [0.0 if math.isnan(r[f"{key}_sd"]) else r[f"{key}_sd"] for r in rows]
-        ax.errorbar(xs, ys, yerr=err, fmt=marker, capsize=3, label=title)
-    for r in rows:
-        ax.annotate(r["variant"], (r["backbone_gflops"], r["box_ap"]), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
-    ax.set_xlabel("backbone GFLOPs per image (fvcore)")
-    ax.set_ylabel("AP")
-    ax.set_title("Token pruning ablation: AP against backbone FLOPs")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharex=True)
+    xs = [r["backbone_gflops"] for r in rows]
+    for ax, key, title in ((axes[0], "box_ap", "box AP"), (axes[1], "mask_ap", "mask AP")):
+        for r, x in zip(rows, xs):
+            sd = r[f"{key}_sd"]
+            ax.errorbar([x], [r[key]], yerr=None if math.isnan(sd) else [sd], fmt="o",
+                        capsize=3, color="black" if r["variant"] == "dense" else
+                        "tab:red" if r["variant"] == "svit" else "tab:blue")
+            ax.annotate(r["variant"], (x, r[key]), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")
+        ax.set_xlabel("backbone GFLOPs per image (fvcore, gates included)")
+        ax.set_ylabel(title)
+        ax.set_title(f"{title} against backbone FLOPs")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
 

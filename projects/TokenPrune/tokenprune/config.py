@@ -77,15 +77,25 @@ def _check_override(cfg: DictConfig, key: str, value: Any) -> Any:
 
 
 def _target_accepts(node: DictConfig, name: str) -> bool:
+    """Whether the node's ``_target_`` takes a keyword ``name`` (a class: any ``__init__`` in
+    its MRO, as ``**kwargs`` are passed up to base classes; a function: ``**kwargs`` too)."""
     target = node.get("_target_", None)
     if target is None:
         return False
     fn = locate(target) if isinstance(target, str) else target
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
+    inits = [c.__dict__["__init__"] for c in fn.__mro__ if "__init__" in c.__dict__] \
+        if isinstance(fn, type) else [fn]
+    for init in inits:
+        try:
+            params = inspect.signature(init).parameters
+        except (TypeError, ValueError):
+            continue
+        if name in params:
+            return True
+    if isinstance(fn, type):
         return False
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    params = inspect.signature(fn).parameters
+    return any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def _coerce(key: str, old: Any, value: Any) -> Any:

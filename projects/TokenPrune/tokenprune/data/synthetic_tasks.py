@@ -18,6 +18,8 @@ import os
 import tempfile
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
+
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
@@ -27,6 +29,8 @@ __all__ = [
     "SYNTHETIC_TASKS",
     "SYNTHETIC_TASK_SPLITS",
     "relevant_objects",
+    "task_guidance_vector",
+    "GUIDANCE_VECTOR_DIM",
     "synthetic_task_records",
     "register_synthetic_tasks",
 ]
@@ -77,6 +81,16 @@ SYNTHETIC_TASK_SPLITS: Dict[str, str] = {
 _PAIR_ID_STRIDE = 100  # > number of tasks
 
 
+GUIDANCE_VECTOR_DIM = 384
+
+
+def task_guidance_vector(task_id: int, dim: int = GUIDANCE_VECTOR_DIM) -> np.ndarray:
+    """A fixed unit vector per task, (dim,) float32: the stand-in for an external model's
+    embedding of the task (e.g. a multimodal LLM's SEG token), carried as ``"guidance"``."""
+    v = np.random.default_rng(1000 + task_id).standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
 def relevant_objects(task_id: int, annotations: List[Dict[str, Any]], width: int) -> List[bool]:
     """Relevance of each shapes annotation of an image of ``width`` pixels for ``task_id``."""
     return SYNTHETIC_TASKS[task_id][1](annotations, width)
@@ -110,6 +124,7 @@ def synthetic_task_records(
                     "source_image_id": img["id"],
                     "task_id": task_id,
                     "prompt": prompt,
+                    "guidance": task_guidance_vector(task_id).tolist(),
                     "annotations": [
                         {
                             "bbox": list(a["bbox"]),

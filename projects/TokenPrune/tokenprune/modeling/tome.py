@@ -177,8 +177,8 @@ def run_block_on_merged(block: nn.Module, tokens: Tensor, state: MergeState,
     H, W = state.hw
     N = H * W
     flat_pos = (state.pos + (torch.arange(B, device=tokens.device) * N)[:, None]).reshape(-1)
-    keep = torch.zeros(B * N, dtype=torch.bool, device=tokens.device)
-    keep = keep.index_fill(0, flat_pos, True).view(B, N)
+    ones = torch.ones(flat_pos.shape, device=tokens.device)  # (a Python-bool fill breaks jit tracing)
+    keep = torch.zeros(B * N, device=tokens.device).index_copy(0, flat_pos, ones).view(B, N) > 0
     groups = group_kept_tokens(keep, (H, W), block.window_size)
     buffer = tokens.new_zeros(B * N, C).index_copy(0, flat_pos, tokens.reshape(B * n, C))
     sizes = tokens.new_zeros(B * N).index_copy(0, flat_pos, state.size.reshape(-1))

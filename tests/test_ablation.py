@@ -1,0 +1,147 @@
+"""python -m tokenprune.ablation: the quick study end to end, resuming, variants, reporting."""
+import csv
+import json
+import math
+import os
+import time
+
+import pytest
+
+from helpers import run
+
+from tokenprune import ablation
+from tokenprune.ablation import SCALES, VARIANTS, summarize, variant_config
+
+ROWS = [v.name for v in VARIANTS]
+NUMERIC = ("box_ap", "mask_ap", "backbone_gflops", "backbone_flops_ratio", "gate_gflops",
+           "keep_ratio", "backbone_ms", "dense_backbone_ms", "backbone_speedup")
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("ablation"))
+    start = time.perf_counter()
+    proc = run(["-m", "tokenprune.ablation", "--output", out, "--scale", "quick"], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc, time.perf_counter() - start
+
+
+def test_quick_ablation_writes_table_csv_and_plot_with_every_row_filled(quick):
+    out, proc, seconds = quick
+    assert seconds < 300
+    with open(os.path.join(out, "results.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["variant"] for r in rows] == ROWS
+    for r in rows:
+        for key in NUMERIC:
+            value = float(r[key])  # every cell filled with a number
+            assert key.endswith("_ap") or math.isfinite(value), (r["variant"], key)
+    by = {r["variant"]: r for r in rows}
+    assert float(by["dense"]["backbone_flops_ratio"]) == 1.0
+    for name in ("svit_fixed_rate", "dynamicvit", "evit", "tome", "random"):  # fixed rates
+        assert float(by[name]["keep_ratio"]) == pytest.approx(0.513, abs=0.01), name
+        assert float(by[name]["backbone_flops_ratio"]) < 0.85, name
+    assert float(by["evit"]["gate_gflops"]) > float(by["svit"]["gate_gflops"]) > 0
+    assert float(by["random"]["gate_gflops"]) == 0 and float(by["tome"]["gate_gflops"]) == 0
+
+    with open(os.path.join(out, "table.md")) as f:
+        table = f.read()
+    lines = [line for line in table.splitlines() if line.startswith("| ")][1:]
+    assert [line.split("|")[1].strip().split(" ")[0] for line in lines] == ROWS
+    for line in lines:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == 11 and all(cells), line
+    with open(os.path.join(out, "ap_vs_flops.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    for name in ROWS:
+        with open(os.path.join(out, "results", f"{name}_seed0.json")) as f:
+            assert json.load(f)["variant"] == name
+    assert "training dense seed 0" in proc.stdout and "fine-tuning 'svit'" in proc.stdout
+    assert "iter: " in proc.stdout  # Detectron2's training lines reach the console
+
+
+def test_rerun_resumes_and_only_computes_missing_results(quick):
+    out, _, _ = quick
+    stamps = {n: os.path.getmtime(os.path.join(out, "results", f"{n}_seed0.json")) for n in ROWS}
+    os.remove(os.path.join(out, "results", "evit_seed0.json"))
+    proc = run(["-m", "tokenprune.ablation", "--output", out, "--scale", "quick"], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "9 already done" in proc.stdout
+    assert "training" not in proc.stdout and "fine-tuning" not in proc.stdout
+    assert "evaluating evit seed 0" in proc.stdout
+    for n in ROWS:
+        if n != "evit":
+            assert os.path.getmtime(os.path.join(out, "results", f"{n}_seed0.json")) == stamps[n]
+    assert os.path.isfile(os.path.join(out, "results", "evit_seed0.json"))
+
+
+def test_every_variant_is_a_config_override_of_the_same_pruned_vit():
+    from detectron2.config import instantiate
+
+    from tokenprune.modeling import (AttentionGate, AttentionNetGate, MLPGate, PrunedViT,
+                                     RandomGate, ToMeReducer)
+
+    scale = SCALES["quick"]
+    nets = {v.name: instantiate(variant_config(v, scale).model.backbone.net) for v in VARIANTS}
+    assert not isinstance(nets["dense"], PrunedViT)
+    gate_kind = {"svit": MLPGate, "svit_no_preserve": MLPGate, "svit_no_reactivate": MLPGate,
+                 "svit_fixed_rate": MLPGate, "svit_heavy_gate": AttentionNetGate,
+                 "dynamicvit": MLPGate, "evit": AttentionGate, "random": RandomGate}
+    for name, kind in gate_kind.items():
+        net = nets[name]
+        assert isinstance(net, PrunedViT) and net.pruned_blocks == [1, 2, 3], name
+        assert all(isinstance(g, kind) for g in net.gates.values()), name
+    switches = {name: (n.preserve, n.reactivate, n.dynamic) for name, n in nets.items()
+                if isinstance(n, PrunedViT)}
+    assert switches["svit"] == (True, True, True)
+    assert switches["svit_no_preserve"] == (False, False, True)
+    assert switches["svit_no_reactivate"] == (True, False, True)
+    assert switches["svit_fixed_rate"] == (True, True, False)
+    assert switches["dynamicvit"] == (False, False, False)  # fixed top-k, discard
+    assert switches["evit"] == (True, False, False)
+    assert switches["random"][2] is False
+    assert isinstance(nets["tome"].reducer, ToMeReducer) and len(nets["tome"].gates) == 0
+    # the dense weights load into every pruned variant (only gate tensors are new)
+    dense_keys = set(nets["dense"].state_dict())
+    for name, net in nets.items():
+        assert {k for k in net.state_dict() if not k.startswith("gates.")} == dense_keys, name
+    # variants sharing a fine-tuning run differ from it only in inference switches
+    assert ablation.TRAININGS["discard"] == (f"{ablation.NET}.preserve=False",)
+
+
+def test_summary_averages_seeds_and_reports_the_spread():
+    def result(name, seed, box, mask):
+        return dict(variant=name, seed=seed, box_ap=box, mask_ap=mask, backbone_gflops=1.0,
+                    gate_gflops=0.0, backbone_flops_ratio=0.5, keep_ratio=0.5, backbone_ms=2.0,
+                    dense_backbone_ms=4.0, backbone_speedup=2.0, finetune_iters=5)
+
+    rows = summarize({"dense": [result("dense", 0, 40.0, 30.0), result("dense", 1, 42.0, 34.0)],
+                      "tome": [result("tome", 0, 35.0, 25.0)]})
+    assert [r["variant"] for r in rows] == ["dense", "tome"]
+    assert rows[0]["box_ap"] == 41.0 and rows[0]["seeds"] == 2
+    assert rows[0]["box_ap_sd"] == pytest.approx(math.sqrt(2.0))
+    assert math.isnan(rows[1]["box_ap_sd"])
+    state = dict(scale="quick", description="d", dense_iters=1, finetune_iters=1, seeds=2,
+                 seconds={})
+    table = ablation._markdown(rows, state)
+    assert "| dense (n=2) |" in table and "41.0 ± 1.4" in table and "32.0 ± 2.8" in table
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scale", "huge"], "invalid choice"),
+    (["--seeds", "0"], "--seeds must be 1 or more"),
+    (["--dense-checkpoint", "/nonexistent.pth"], "dense checkpoint not found"),
+])
+def test_bad_input_is_one_line(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        ablation.cli(["--output", str(tmp_path / "out"), *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def test_output_of_another_scale_is_refused(tmp_path, capsys):
+    (tmp_path / "ablation.json").write_text(json.dumps({"scale": "full"}))
+    with pytest.raises(SystemExit):
+        ablation.cli(["--output", str(tmp_path), "--scale", "quick"])
+    assert "holds a --scale full ablation" in capsys.readouterr().err
