@@ -48,7 +48,7 @@ def main(args) -> None:
         logger.info(f"{ckpt}: {len(missing)} model tensors are new: "
                     f"{sorted({k.rsplit('.', 1)[0] for k in missing})[:10]}")
     if args.eval_only:
-        
+
         TokenPruneCheckpointer(model).load(ckpt)
         do_test(cfg, model)
         return

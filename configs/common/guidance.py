@@ -14,6 +14,7 @@ from tokenprune.modeling import build_guidance
 GUIDANCE_DIM = 128
 
 
-def guidance_node(num_tasks: int, dim: int = GUIDANCE_DIM, first_task_id: int = 0, in_dim: int = 384):
+def guidance_node(num_tasks: int, dim: int = GUIDANCE_DIM, first_task_id: int = 0,
+                  in_dim: int = 384):
     return L(build_guidance)(name="task", dim=dim, num_tasks=num_tasks,
                              first_task_id=first_task_id, in_dim=in_dim)

@@ -94,7 +94,7 @@ def build_eval_model(cfg: DictConfig, device: Optional[str] = None) -> torch.nn.
 
     Without a checkpoint the weights are random (fine for FLOPs and latency).
     """
-    
+
     from .checkpoint import TokenPruneCheckpointer
     from .engine.train_loop import build_model, verify_checkpoint
 

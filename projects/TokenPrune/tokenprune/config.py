@@ -68,7 +68,8 @@ def _check_override(cfg: DictConfig, key: str, value: Any) -> Any:
         if _target_accepts(parent, leaf):
             return value
         close = difflib.get_close_matches(leaf, [str(k) for k in parent.keys()], n=3)
-        hint = f" (did you mean {', '.join(f'{parent_key}.{c}' if parent_key else c for c in close)}?)" if close else ""
+        names = [f"{parent_key}.{c}" if parent_key else c for c in close]
+        hint = f" (did you mean {', '.join(names)}?)" if close else ""
         raise ConfigError(f"override '{key}': no such config key{hint}")
     old = parent._get_node(leaf)._value()  # raw value: interpolations stay strings
     if isinstance(old, str) and old.startswith("${"):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, List
 
 import torch
 from omegaconf import DictConfig
@@ -37,7 +37,7 @@ def dataset_names(cfg: DictConfig) -> List[str]:
     return names
 
 
-def prepare_datasets(cfg: DictConfig, splits: Iterable[str] = ("train", "test")) -> None:
+def prepare_datasets(cfg: DictConfig) -> None:
     """Generate (synthetic) or check (real) every dataset the config needs."""
     for name in dataset_names(cfg):
         prepare_dataset(name)

@@ -157,7 +157,8 @@ class PrunedViT(ViT):
         """x: (B, 3, H, W) image -> {out_feature: (B, C, H/16, W/16)}."""
         x = self.patch_embed(x)
         if self.pos_embed is not None:
-            x = x + get_abs_pos(self.pos_embed, self.pretrain_use_cls_token, (x.shape[1], x.shape[2]))
+            x = x + get_abs_pos(self.pos_embed, self.pretrain_use_cls_token,
+                                (x.shape[1], x.shape[2]))
         B, H, W, C = x.shape
         active = torch.ones(B, H * W, dtype=torch.bool, device=x.device)
         losses = []
