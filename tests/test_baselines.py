@@ -265,7 +265,8 @@ def test_attention_net_gate_sees_the_whole_image_and_trains():
     # unlike the per-token MLP gate, another token's score moves
     assert (gate(y)[0, 10] - out[0, 10]).abs().max() > 1e-6
     model = _vit(pruned_blocks=[2, 3, 4], keep_ratios=RATIOS, gate="attention_net").train()
-    loss = model(torch.randn(2, 3, 64, 64))["last_feat"].square().mean() + model.last_keep_ratio_loss
+    out = model(torch.randn(2, 3, 64, 64))["last_feat"]
+    loss = out.square().mean() + model.last_keep_ratio_loss
     loss.backward()
     for i, g in model.gates.items():
         assert all(p.grad is not None for p in g.parameters()), i

@@ -141,6 +141,7 @@ def test_benchmark_outputs(tmp_path, gated_checkpoint):
         for scope in ("backbone", "model"):
             assert x[scope]["median_ms"] > 0 and len(x[scope]["times_ms"]) == 1
             assert x[scope]["speedup"] > 0 and x[scope]["throughput_img_s"] > 0
+            assert x[scope]["cpu_time_median_ms"] > 0 and x[scope]["cpu_time_speedup"] > 0
             assert x["peak_memory_mib"][scope] >= 0
         b = x["backbone"]
         assert b["measured_over_predicted"] == pytest.approx(b["speedup"] / b["predicted_speedup"])
@@ -160,7 +161,7 @@ def test_benchmark_outputs(tmp_path, gated_checkpoint):
     rows = _table_rows((out / "results.md").read_text())
     assert [r[0] for r in rows] == ["dense", "keep 1", "keep 0.5", "svit schedule",
                                     "learned gates"]
-    assert all(len(r) == 10 and r[4].endswith("x") and r[8].endswith("x") for r in rows)
+    assert all(len(r) == 11 and r[4].endswith("x") and r[8].endswith("x") for r in rows)
     assert rows[3][1] == "1: 0.75, 2: 0.5, 3: 0.375"
     _png_ok(out / "speedup.png")
 

@@ -131,3 +131,19 @@ def test_bad_input_one_line_error_and_outputs_untouched(case, tmp_path):
     assert "Traceback" not in proc.stderr
     assert sorted(os.listdir(out)) == ["config.yaml"]
     assert (out / "config.yaml").read_text() == "old\n"
+
+
+def test_dense_checkpoint_initialises_svit_with_only_gates_new(trained, tmp_path):
+    from helpers import SVIT_CFG, TINY_SVIT
+
+    out, _ = trained
+    opts = [o for o in TINY_SVIT if not o.startswith("train.init_checkpoint")] + [
+        f"train.init_checkpoint={out}/model_final.pth", "train.max_iter=1",
+        f"train.output_dir={tmp_path}", "train.flops_period=0"]
+    proc = train_net(SVIT_CFG, opts)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in (proc.stdout + proc.stderr).splitlines()
+                if "model tensors are new" in ln)
+    new = line.split("are new: ")[1]
+    assert "backbone.net.gates.1" in new and "backbone.net.gates.3" in new
+    assert all(name.strip(" '[]").startswith("backbone.net.gates.") for name in new.split(","))

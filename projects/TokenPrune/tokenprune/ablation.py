@@ -45,7 +45,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -59,7 +59,8 @@ __all__ = ["Variant", "VARIANTS", "TRAININGS", "Scale", "SCALES", "variant_confi
 
 PROG = "python -m tokenprune.ablation"
 NET = "model.backbone.net"
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))  # <repo>/projects/TokenPrune/tokenprune
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(_PACKAGE)))
 DENSE_CONFIG = os.path.join(_REPO, "configs", "Synthetic", "mask_rcnn_vitdet_t_dense.py")
 SVIT_CONFIG = os.path.join(_REPO, "configs", "Synthetic", "mask_rcnn_vitdet_t_svit.py")
 
@@ -141,14 +142,14 @@ _TINY = (
 )
 
 SCALES: Dict[str, Scale] = {
-    "quick": Scale(dense_iters=30, finetune_iters=8, overrides=_TINY,
+    "quick": Scale(dense_iters=20, finetune_iters=4, overrides=_TINY,
                    svit_overrides=(f"{NET}.pruned_blocks=[1,2,3]",
                                    f"{NET}.keep_ratios=[0.7,0.49,0.343]"),
-                   flops_images=2, latency_images=2, latency_rounds=3, seeds=1, log_period=10,
+                   flops_images=1, latency_images=2, latency_rounds=5, seeds=1, log_period=10,
                    description="4-block 96-wide ViT, blocks 1-3 pruned at 0.7/0.49/0.343, "
                                "minival (16 images): a smoke test, the numbers mean nothing"),
     "full": Scale(dense_iters=400, finetune_iters=150, overrides=(),
-                  svit_overrides=(), flops_images=4, latency_images=8, latency_rounds=3,
+                  svit_overrides=(), flops_images=4, latency_images=8, latency_rounds=5,
                   seeds=2, log_period=20,
                   description="ViT-T (12 blocks, 192 wide), blocks 3-11 pruned at "
                               "0.7/0.49/0.343, validation set (64 images)"),
@@ -221,7 +222,7 @@ def _train(cfg, out_dir: str, seed: int, iters: int, init: str, log_period: int)
     cfg.train.flops_period = 0
     cfg.train.log_period = log_period
     cfg.train.seed = seed
-    cfg.train.checkpointer = dict(period=max(iters // 4, 1), max_to_keep=1)
+    cfg.train.checkpointer = dict(period=max(iters // 4, 25), max_to_keep=1)
     if "evaluator" in cfg.dataloader:
         del cfg.dataloader["evaluator"]  # the ablation evaluates every variant itself
     os.makedirs(out_dir, exist_ok=True)
@@ -396,7 +397,8 @@ def run_ablation(output: str, scale_name: str = "quick", seeds: Optional[int] = 
     for path in (dense_config, svit_config):
         if not os.path.isfile(path):
             raise InputError(f"config file not found: {path} (the ablation uses the "
-                             f"repository's configs/Synthetic; pass --dense-config / --svit-config)")
+                             f"repository's configs/Synthetic; pass --dense-config / "
+                             f"--svit-config)")
     make_output_dir(output)
     state_path = os.path.join(output, "ablation.json")
     state: Dict[str, Any] = {}
@@ -497,7 +499,8 @@ def _dataset_names(cfg) -> List[str]:
     return dataset_names(cfg)
 
 
-def _load_results(output: str, jobs, result_path: Callable[[str, int], str]) -> Dict[str, List[dict]]:
+def _load_results(output: str, jobs,
+                  result_path: Callable[[str, int], str]) -> Dict[str, List[dict]]:
     found: Dict[str, List[dict]] = {}
     for variant, seed in jobs:
         path = result_path(variant.name, seed)

@@ -39,8 +39,11 @@ conservative). ``model.backbone.square_pad`` follows ``--input-size``.
 
 Timing: ``--warmup`` untimed rounds, then ``--repeats`` timed rounds; each round runs
 every variant once (backbone, then whole model), the order rotated every round so that
-slow drift (thermal, other processes) spreads over all variants. Figures are medians.
-On CUDA every timed call is bracketed by ``torch.cuda.synchronize()``.
+slow drift (thermal, other processes) spreads over all variants. Figures are medians of
+wall-clock time; on a CPU also of the process's CPU time (``time.process_time``, all
+threads), which other processes on a shared machine disturb much less. ``--threads N``
+sets ``torch.set_num_threads``: on a busy shared machine ``--threads 1`` gives stable
+figures. On CUDA every timed call is bracketed by ``torch.cuda.synchronize()``.
 
 Predicted speedup: multiply-accumulates of the backbone counted analytically per block
 from the kept tokens of the measured forward (:func:`backbone_macs`): q/k/v, output
@@ -313,6 +316,8 @@ def _check_args(args) -> None:
                              ("--batch-size", args.batch_size, 1)):
         if value < low:
             raise InputError(f"{name} must be at least {low}, got {value}")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {args.threads}")
     if args.input_size is not None and args.input_size <= 0:
         raise InputError(f"--input-size must be positive, got {args.input_size}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -408,10 +413,11 @@ def _sync(device: str) -> None:
 
 
 # --------------------------------------------------------------------------- measuring
-def _time_all(variants, vit, runners, scopes, args) -> Tuple[dict, dict, dict]:
+def _time_all(variants, vit, runners, scopes, args) -> Tuple[dict, dict, dict, dict]:
     from tqdm import tqdm
 
     times = {(v.key, s): [] for v in variants for s in scopes}
+    cpu_times = {(v.key, s): [] for v in variants for s in scopes}
     masks, ratios = {}, {}
     rounds = args.warmup + args.repeats
     with tqdm(total=rounds * len(variants) * len(scopes), desc=PROG, unit="run",
@@ -423,19 +429,21 @@ def _time_all(variants, vit, runners, scopes, args) -> Tuple[dict, dict, dict]:
                     for s in scopes:
                         bar.set_postfix_str(f"{v.name} / {s}", refresh=False)
                         _sync(args.device)
-                        t0 = time.perf_counter()
+                        c0, t0 = time.process_time(), time.perf_counter()
                         runners[s]()
                         _sync(args.device)
                         dt = time.perf_counter() - t0
+                        dc = time.process_time() - c0
                         if r >= args.warmup:
                             times[(v.key, s)].append(dt)
+                            cpu_times[(v.key, s)].append(dc)
                         if s == "backbone" and v.key not in masks:
                             masks[v.key] = {i: m.detach().cpu()
                                             for i, m in vit.last_keep_masks.items()}
                             ratios[v.key] = {i: float(t.float().mean())
                                              for i, t in vit.last_keep_ratios.items()}
                         bar.update()
-    return times, masks, ratios
+    return times, cpu_times, masks, ratios
 
 
 def _tensor_peak(fn: Callable[[], object], device: str) -> float:
@@ -527,6 +535,7 @@ def _cpu_peaks(args, variants) -> Tuple[Dict[str, Dict[str, float]], str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
     for v in variants:
         cmd = [sys.executable, "-m", "tokenprune.benchmark", "--config-file", args.config_file,
+               "--threads", str(torch.get_num_threads()),
                "--device", args.device, "--batch-size", str(args.batch_size),
                "--input-size", str(args.input_size), "--weights", args.weights,
                "--memory", "rss", "--memory-probe", v.key]
@@ -653,14 +662,17 @@ def _markdown(res: dict) -> str:
         f"- weights: {res['weights']}; warm-up rounds {res['warmup']}, timed rounds "
         f"{res['repeats']} (medians, variants interleaved)",
         f"- peak memory: {res['memory_method']}",
+        "- speedups: medians of wall-clock time; on a CPU also of this process's CPU time "
+        "(all threads), which is less sensitive to other processes on a shared machine",
     ]
     lines += [f"- note: {n}" for n in res["notes"]]
     lines += [
         "",
         "| variant | keep ratios (block: kept fraction) | mean keep | backbone ms | "
         "backbone speedup | predicted speedup | measured / predicted | whole-model ms | "
-        "whole-model speedup | peak memory MiB (backbone / whole) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "whole-model speedup | peak memory MiB (backbone / whole) | "
+        "CPU-time speedup (backbone / whole) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for v in res["variants"]:
         b, m, mem = v["backbone"], v.get("model"), v.get("peak_memory_mib")
@@ -671,7 +683,8 @@ def _markdown(res: dict) -> str:
             f"| {b['median_ms']:.1f} | {b['speedup']:.2f}x | {b['predicted_speedup']:.2f}x "
             f"| {b['measured_over_predicted']:.2f} "
             f"| {_fmt(m and m['median_ms'])} | {_fmt(m and m['speedup'], '.2f', 'x')} "
-            f"| {mem_s} |")
+            f"| {mem_s} | {_fmt(b['cpu_time_speedup'], '.2f', 'x')} / "
+            f"{_fmt(m and m['cpu_time_speedup'], '.2f', 'x')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -722,6 +735,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-size", type=int, default=None, metavar="S",
                         help="square input side in pixels (default: the model's square_pad)")
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch.set_num_threads(N) (default: PyTorch's choice)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--weights", choices=["random", "checkpoint"], default="random",
@@ -746,6 +761,8 @@ def main(args: argparse.Namespace) -> dict:
     _check_args(args)
     if args.keep_ratios is None and args.schedule is None:
         args.schedule = "svit"
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.memory_probe:
         return _memory_probe(args)
     cfg, converted, size = _prepare_config(args)
@@ -757,7 +774,7 @@ def main(args: argparse.Namespace) -> dict:
     runners = _runners(model, vit, x, batched, guidance)
     scopes = ["backbone"] if args.backbone_only else ["backbone", "model"]
 
-    times, masks, ratios = _time_all(variants, vit, runners, scopes, args)
+    times, cpu_times, masks, ratios = _time_all(variants, vit, runners, scopes, args)
     grid = (x.shape[-2] // vit.patch_embed.proj.stride[0],
             x.shape[-1] // vit.patch_embed.proj.stride[1])
     spec = BackboneSpec.from_vit(vit, grid, guidance)
@@ -790,6 +807,8 @@ def main(args: argparse.Namespace) -> dict:
                      else " (ru_maxrss delta: a lower bound)"))
 
     ms = {k: 1e3 * statistics.median(t) for k, t in times.items()}
+    cpu_ms = {k: 1e3 * statistics.median(t) for k, t in cpu_times.items()}
+    on_cpu = args.device == "cpu"
     rows = []
     for v in variants:
         per_image = [backbone_macs(spec, {i: m[b] for i, m in masks[v.key].items()},
@@ -809,6 +828,9 @@ def main(args: argparse.Namespace) -> dict:
                 "times_ms": [1e3 * t for t in times[(v.key, "backbone")]],
                 "throughput_img_s": args.batch_size / (b_ms / 1e3),
                 "speedup": measured,
+                "cpu_time_median_ms": cpu_ms[(v.key, "backbone")] if on_cpu else None,
+                "cpu_time_speedup": (cpu_ms[("dense", "backbone")] / cpu_ms[(v.key, "backbone")]
+                                     if on_cpu else None),
                 "predicted_gmacs_per_image": statistics.fmean(per_image) / 1e9,
                 "predicted_speedup": predicted,
                 "measured_over_predicted": measured / predicted,
@@ -822,6 +844,9 @@ def main(args: argparse.Namespace) -> dict:
                 "median_ms": m_ms, "times_ms": [1e3 * t for t in times[(v.key, "model")]],
                 "throughput_img_s": args.batch_size / (m_ms / 1e3),
                 "speedup": ms[("dense", "model")] / m_ms,
+                "cpu_time_median_ms": cpu_ms[(v.key, "model")] if on_cpu else None,
+                "cpu_time_speedup": (cpu_ms[("dense", "model")] / cpu_ms[(v.key, "model")]
+                                     if on_cpu else None),
             }
         rows.append(row)
     for r in rows:  # keep_ratios keys are block indices as strings (JSON); md wants ints

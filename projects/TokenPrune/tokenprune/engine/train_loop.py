@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from urllib.parse import urlparse
 from typing import Any, Dict, List
 
 import torch
@@ -68,8 +69,10 @@ def verify_checkpoint(model: torch.nn.Module, path: str, *, strict: bool) -> Lis
         return []
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+    checkpointer = TokenPruneCheckpointer(model)
+    checkpointer._parsed_url_during_load = urlparse(path)  # _load_file expects load()'s state
     try:
-        loaded = TokenPruneCheckpointer(model)._load_file(path)
+        loaded = checkpointer._load_file(path)
     except Exception as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
     state = loaded.get("model", loaded)

@@ -32,18 +32,20 @@ class TokenPruningRCNN(GeneralizedRCNN):
     def __init__(self, *, guidance: Optional[nn.Module] = None, **kwargs):
         super().__init__(**kwargs)
         self.guidance = guidance
-        self._pruned_vit = find_pruned_vit(self.backbone)
         self.current_guidance: Optional[Tensor] = None
 
     @property
     def pruned_vit(self) -> Optional[PrunedViT]:
-        return self._pruned_vit
+        """The PrunedViT in the backbone (looked up, not stored: a stored reference would
+        register its parameters a second time)."""
+        return find_pruned_vit(self.backbone)
 
     def forward(self, batched_inputs: List[Dict]):
         with self._guidance_scope(batched_inputs):
             out = super().forward(batched_inputs)
-        if self.training and self._pruned_vit is not None:
-            loss = self._pruned_vit.last_keep_ratio_loss
+        vit = self.pruned_vit
+        if self.training and vit is not None:
+            loss = vit.last_keep_ratio_loss
             if loss is not None:
                 out["loss_keep_ratio"] = loss
         return out
@@ -59,7 +61,7 @@ class TokenPruningRCNN(GeneralizedRCNN):
             yield
             return
         self.current_guidance = self.guidance(batched_inputs)
-        vit = self._pruned_vit
+        vit = self.pruned_vit
         try:
             with vit.guided(self.current_guidance) if vit is not None else nullcontext():
                 yield

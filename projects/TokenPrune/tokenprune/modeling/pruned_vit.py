@@ -120,8 +120,8 @@ class PrunedViT(ViT):
         embed_dim = self._out_feature_channels[self._out_features[0]]
         self.reducer = None
         if reducer:
-            self.reducer = REDUCER_REGISTRY.get(_registry_name(REDUCER_REGISTRY, reducer, "reducer"))(
-                **(reducer_kwargs or {}))
+            name = _registry_name(REDUCER_REGISTRY, reducer, "reducer")
+            self.reducer = REDUCER_REGISTRY.get(name)(**(reducer_kwargs or {}))
         self.gates = nn.ModuleDict(
             {} if self.reducer is not None else
             {str(i): GATE_REGISTRY.get(_gate_class_name(gate))(dim=embed_dim, **(gate_kwargs or {}))

@@ -115,7 +115,8 @@ def _merge_round(tokens: Tensor, size: Tensor, pos: Tensor, r: int):
     return new_tokens, new_size, new_pos, old_to_new
 
 
-def bipartite_merge(x: Tensor, n: int, hw: Optional[Tuple[int, int]] = None) -> Tuple[Tensor, MergeState]:
+def bipartite_merge(x: Tensor, n: int,
+                    hw: Optional[Tuple[int, int]] = None) -> Tuple[Tensor, MergeState]:
     """Merge the N tokens of each image into ``n`` by rounds of bipartite soft matching.
 
     Args:
@@ -177,7 +178,8 @@ def run_block_on_merged(block: nn.Module, tokens: Tensor, state: MergeState,
     H, W = state.hw
     N = H * W
     flat_pos = (state.pos + (torch.arange(B, device=tokens.device) * N)[:, None]).reshape(-1)
-    ones = torch.ones(flat_pos.shape, device=tokens.device)  # (a Python-bool fill breaks jit tracing)
+    # a mask from a tensor copy: index_fill with a Python bool breaks jit tracing (FLOPs)
+    ones = torch.ones(flat_pos.shape, device=tokens.device)
     keep = torch.zeros(B * N, device=tokens.device).index_copy(0, flat_pos, ones).view(B, N) > 0
     groups = group_kept_tokens(keep, (H, W), block.window_size)
     buffer = tokens.new_zeros(B * N, C).index_copy(0, flat_pos, tokens.reshape(B * n, C))
