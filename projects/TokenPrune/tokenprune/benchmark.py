@@ -2,6 +2,10 @@
 
     python -m tokenprune.benchmark --config-file configs/COCO/mask_rcnn_vitdet_b_svit.py \\
         --schedule svit --device cpu --input-size 1024 --repeats 3
+    # the same from the dense ViTDet-B config (converted in memory, see below):
+    python -m tokenprune.benchmark --config-file configs/COCO/mask_rcnn_vitdet_b_dense.py \\
+        --schedule svit --device cpu --input-size 1024 --repeats 3 \\
+        -- "model.backbone.net.window_block_indexes=[]"
     python -m tokenprune.benchmark --config-file CFG --keep-ratios 1.0 0.7 0.5 \\
         --input-size 512 --batch-size 2 --output out/bench -- model.backbone.net.depth=12
 
