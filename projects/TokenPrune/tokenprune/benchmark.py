@@ -579,7 +579,7 @@ def _profiling_labels(vit) -> Iterator[None]:
         return wrapper
 
     patches = [
-        (sparse_block, "_rel_pos_bias", "tp::rel_pos_bias"),
+        (sparse_block, "add_rel_pos_bias_", "tp::rel_pos_bias"),
         (sparse_block, "group_kept_tokens", "tp::group_kept_tokens"),
         (sparse_block.TokenGroups, "pack", "tp::pack"),
         (sparse_block.TokenGroups, "unpack", "tp::unpack"),

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .gates import GATE_REGISTRY
-from .sparse_block import _rel_pos_bias, group_kept_tokens
+from .sparse_block import attention_logits, group_kept_tokens
 
 __all__ = ["AttentionGate", "RandomGate", "AttentionNetGate", "mean_received_attention",
            "scores_to_log_probs"]
@@ -87,12 +87,7 @@ def mean_received_attention(block: nn.Module, x: Tensor, hw: Tuple[int, int],
     weight = attn.qkv.weight[: 2 * C]
     bias = attn.qkv.bias[: 2 * C] if attn.qkv.bias is not None else None
     q, k = F.linear(h, weight, bias).reshape(G, L, 2, nh, C // nh).permute(2, 0, 3, 1, 4).unbind(0)
-    logits = (q * attn.scale) @ k.transpose(-2, -1)  # (G, nh, L, L)
-    if attn.use_rel_pos:
-        logits = logits + _rel_pos_bias(q, attn.rel_pos_h, attn.rel_pos_w, groups.coords,
-                                        groups.frame)
-    if groups.key_valid is not None:
-        logits = logits.masked_fill(~groups.key_valid[:, None, None, :], float("-inf"))
+    logits = attention_logits(attn, q, k, groups.coords, groups.frame, groups.key_valid)
     probs = logits.softmax(dim=-1)
     if groups.key_valid is not None:
         valid = groups.key_valid.to(probs.dtype)  # (G, L)

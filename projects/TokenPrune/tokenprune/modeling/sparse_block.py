@@ -24,7 +24,8 @@ from torch import Tensor
 
 from detectron2.modeling.backbone.utils import window_partition, window_unpartition
 
-__all__ = ["TokenGroups", "group_kept_tokens", "attention_on_groups", "run_block_gathered",
+__all__ = ["TokenGroups", "group_kept_tokens", "attention_logits", "attention_on_groups",
+           "add_rel_pos_bias_", "run_block_gathered",
            "run_block_masked", "rel_pos_table"]
 
 
@@ -127,6 +128,29 @@ def group_kept_tokens(keep: Tensor, hw: Tuple[int, int], window_size: int = 0) -
     return TokenGroups(flat_index, group, slot, G, L, coords, key_valid, frame)
 
 
+def attention_logits(attn_module: torch.nn.Module, q: Tensor, k: Tensor, coords: Tensor,
+                     frame: Tuple[int, int], key_valid: Optional[Tensor] = None,
+                     key_bias: Optional[Tensor] = None) -> Tensor:
+    """Pre-softmax attention (G, nh, L, L) of ViTDet's ``Attention`` on token groups.
+
+    Args:
+        q, k: (G, nh, L, hd) queries and keys.
+        coords: (G, L, 2) or (L, 2) long (row, col) of each token in its attention frame.
+        frame: (h, w) of the attention frame (relative positions are exact on any subset).
+        key_valid: (G, L) bool; False keys (padding) get -inf.
+        key_bias: (G, L) float added to every query's logit of that key (e.g. ToMe's
+            log token size for proportional attention).
+    """
+    logits = (q * attn_module.scale) @ k.transpose(-2, -1)
+    if attn_module.use_rel_pos:
+        add_rel_pos_bias_(logits, q, attn_module.rel_pos_h, attn_module.rel_pos_w, coords, frame)
+    if key_bias is not None:
+        logits = logits + key_bias[:, None, None, :]
+    if key_valid is not None:
+        logits = logits.masked_fill(~key_valid[:, None, None, :], float("-inf"))
+    return logits
+
+
 def attention_on_groups(
     attn_module: torch.nn.Module,
     x: Tensor,
@@ -134,15 +158,14 @@ def attention_on_groups(
     frame: Tuple[int, int],
     key_valid: Optional[Tensor] = None,
     key_weight: Optional[Tensor] = None,
+    key_bias: Optional[Tensor] = None,
 ) -> Tensor:
     """Detectron2 ViTDet ``Attention`` over token groups with exact relative positions.
 
     Args:
         attn_module: a ``detectron2.modeling.backbone.vit.Attention`` (its weights are used).
         x: (G, L, C) normalised tokens.
-        coords: (G, L, 2) or (L, 2) long (row, col) of each token in its attention frame.
-        frame: (h, w) of the attention frame.
-        key_valid: (G, L) bool; False keys (padding) are excluded.
+        coords, frame, key_valid, key_bias: see :func:`attention_logits`.
         key_weight: (G, L) float in [0, 1]; keys are weighted inside the softmax
             (DynamicViT's softmax with policy); a query always sees itself.
     Returns:
@@ -152,11 +175,7 @@ def attention_on_groups(
     nh = attn_module.num_heads
     qkv = attn_module.qkv(x).reshape(G, L, 3, nh, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)  # (G, nh, L, hd)
-    attn = (q * attn_module.scale) @ k.transpose(-2, -1)  # (G, nh, L, L)
-    if attn_module.use_rel_pos:
-        attn = attn + _rel_pos_bias(q, attn_module.rel_pos_h, attn_module.rel_pos_w, coords, frame)
-    if key_valid is not None:
-        attn = attn.masked_fill(~key_valid[:, None, None, :], float("-inf"))
+    attn = attention_logits(attn_module, q, k, coords, frame, key_valid, key_bias)
     if key_weight is None:
         attn = attn.softmax(dim=-1)
     else:
@@ -169,25 +188,26 @@ def attention_on_groups(
     return attn_module.proj(out)
 
 
-def _rel_pos_bias(q: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor, coords: Tensor,
-                  frame: Tuple[int, int]) -> Tensor:
-    """Decomposed relative position bias (G, nh, L, L) for tokens at arbitrary coordinates.
+def add_rel_pos_bias_(attn: Tensor, q: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor,
+                       coords: Tensor, frame: Tuple[int, int]) -> Tensor:
+    """Add the decomposed relative position bias to ``attn`` (G, nh, L, L) in place.
 
-    bias[i, j] = q_i . Rh[row_i - row_j] + q_i . Rw[col_i - col_j]: project every query on
-    all 2h-1 (2w-1) offsets once, then pick each (query, key) pair's offset.
+    bias[i, j] = q_i . Rh[row_i - row_j] + q_i . Rw[col_i - col_j]. Each query is projected
+    on all 2h-1 (2w-1) offsets once, narrowed to the h (w) rows (columns) of the frame, and
+    the (query, key) term is then picked by the key's row (column): no L x L index tensor.
     """
     fh, fw = frame
-    th = q @ rel_pos_table(rel_pos_h, fh).t()  # (G, nh, L, 2fh-1)
-    tw = q @ rel_pos_table(rel_pos_w, fw).t()
     if coords.dim() == 2:
         coords = coords[None]
-    r, c = coords[..., 0], coords[..., 1]  # (G', L)
-    idx_h = (r[:, :, None] - r[:, None, :] + fh - 1)[:, None]  # (G', 1, L, L)
-    idx_w = (c[:, :, None] - c[:, None, :] + fw - 1)[:, None]
-    G, nh, L, _ = th.shape
-    idx_h = idx_h.expand(G, nh, L, L)
-    idx_w = idx_w.expand(G, nh, L, L)
-    return th.gather(-1, idx_h) + tw.gather(-1, idx_w)
+    G, nh, L, _ = attn.shape
+    for axis, (table, size) in enumerate(((rel_pos_h, fh), (rel_pos_w, fw))):
+        proj = q @ rel_pos_table(table, size).t()  # (G, nh, L, 2 * size - 1)
+        pos = coords[..., axis]  # (G', L)
+        offsets = pos[:, :, None] - torch.arange(size, device=pos.device) + size - 1
+        per_line = proj.gather(-1, offsets[:, None].expand(G, nh, L, size))  # (G, nh, L, size)
+        # gather with a broadcast (stride-0) index: far faster on CPUs than index_select
+        attn.add_(per_line.gather(-1, pos[:, None, None, :].expand(G, nh, L, L)))
+    return attn
 
 
 def run_block_gathered(block: torch.nn.Module, x: Tensor, keep: Tensor) -> Tensor:

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from detectron2.utils.registry import Registry
 
-from .sparse_block import _rel_pos_bias, group_kept_tokens
+from .sparse_block import attention_on_groups, group_kept_tokens
 
 __all__ = ["REDUCER_REGISTRY", "MergeState", "bipartite_merge", "unmerge", "ToMeReducer",
            "run_block_on_merged"]
@@ -149,24 +149,6 @@ def unmerge(tokens: Tensor, state: MergeState) -> Tensor:
     return _gather_rows(tokens, state.assign)
 
 
-def _proportional_attention(attn_module: nn.Module, x: Tensor, coords: Tensor,
-                            frame: Tuple[int, int], key_valid: Optional[Tensor],
-                            log_size: Tensor) -> Tensor:
-    """Detectron2 ViTDet ``Attention`` over token groups, ``log_size`` (G, L) added per key."""
-    G, L, C = x.shape
-    nh = attn_module.num_heads
-    q, k, v = attn_module.qkv(x).reshape(G, L, 3, nh, -1).permute(2, 0, 3, 1, 4).unbind(0)
-    logits = (q * attn_module.scale) @ k.transpose(-2, -1)
-    if attn_module.use_rel_pos:
-        logits = logits + _rel_pos_bias(q, attn_module.rel_pos_h, attn_module.rel_pos_w,
-                                        coords, frame)
-    logits = logits + log_size[:, None, None, :]
-    if key_valid is not None:
-        logits = logits.masked_fill(~key_valid[:, None, None, :], float("-inf"))
-    out = (logits.softmax(dim=-1) @ v).transpose(1, 2).reshape(G, L, C)
-    return attn_module.proj(out)
-
-
 def run_block_on_merged(block: nn.Module, tokens: Tensor, state: MergeState,
                         proportional: bool = True) -> Tensor:
     """Run a Detectron2 ViTDet ``Block`` on merged tokens (B, n, C) -> (B, n, C).
@@ -186,11 +168,9 @@ def run_block_on_merged(block: nn.Module, tokens: Tensor, state: MergeState,
     sizes = tokens.new_zeros(B * N).index_copy(0, flat_pos, state.size.reshape(-1))
     t = buffer.index_select(0, groups.flat_index)
     s = sizes.index_select(0, groups.flat_index)
-    log_size = groups.pack(s[:, None])[..., 0].clamp_min(1e-6).log()
-    if not proportional:
-        log_size = torch.zeros_like(log_size)
-    attended = _proportional_attention(block.attn, groups.pack(block.norm1(t)), groups.coords,
-                                       groups.frame, groups.key_valid, log_size)
+    log_size = groups.pack(s[:, None])[..., 0].clamp_min(1e-6).log() if proportional else None
+    attended = attention_on_groups(block.attn, groups.pack(block.norm1(t)), groups.coords,
+                                   groups.frame, key_valid=groups.key_valid, key_bias=log_size)
     t = t + block.drop_path(groups.unpack(attended))
     t = t + block.drop_path(block.mlp(block.norm2(t)))
     buffer = buffer.index_copy(0, groups.flat_index, t)
