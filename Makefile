@@ -6,7 +6,7 @@ VENV := $(if $(TOKENPRUNE_VENV),$(TOKENPRUNE_VENV),$(HOME)/.cache/tokenprune/ven
 PYTHON := $(VENV)/bin/python
 D2_GUIDE := https://detectron2.readthedocs.io/en/latest/tutorials/install.html
 D2_TESTED := Detectron2 v0.6 (main branch, commit 02b5c4e2)
-DEMO_DIR ?= output/demo
+DEMO_DIR ?= output/synthetic_dense
 
 .PHONY: demo test env
 

@@ -54,3 +54,11 @@ def test_keyword_of_a_base_class_is_accepted_but_unknown_kwargs_are_not():
     assert cfg.model.roi_heads.proposal_append_gt is False
     with pytest.raises(ConfigError, match="no such config key"):
         load_config(DENSE_CFG, ["model.roi_heads.test_detections_per_img=20"])
+
+
+def test_dict_override_replaces_the_dict():
+    from helpers import VLTP_CFG
+
+    cfg = load_config(VLTP_CFG, ["model.backbone.net.gate=mlp",
+                                 "model.backbone.net.gate_kwargs={}"])
+    assert dict(cfg.model.backbone.net.gate_kwargs) == {}

@@ -55,7 +55,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         if override.is_delete():
             raise ConfigError(f"override '{text}': deleting keys is not supported")
         value = _check_override(cfg, key, override.value())
-        OmegaConf.update(cfg, key, value, merge=True)
+        OmegaConf.update(cfg, key, value, merge=False)  # key={...} replaces, not merges
     return cfg
 
 
