@@ -50,8 +50,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .cli import (atomic_write_bytes, atomic_write_json, atomic_write_text, make_output_dir,
-                  run_tool)
+from .cli import (atomic_write_bytes, atomic_write_json, atomic_write_text, figure_png,
+                  first_test_inputs, make_output_dir, run_tool)
 from .errors import InputError
 
 __all__ = ["Variant", "VARIANTS", "TRAININGS", "Scale", "SCALES", "variant_config",
@@ -233,47 +233,14 @@ def _train(cfg, out_dir: str, seed: int, iters: int, init: str, log_period: int)
     return time.perf_counter() - start
 
 
-def _check_fits(model: torch.nn.Module, path: str) -> None:
-    """Raise CheckpointError unless ``path`` holds weights of ``model``'s shapes (only the
-    gates may be missing; relative-position tables may differ in length)."""
-    from .checkpoint import is_resizable_rel_pos
-    from .errors import CheckpointError
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
-    state = state.get("model", state) if isinstance(state, dict) else state
-    own = model.state_dict()
-    if not isinstance(state, dict) or not any(k in own for k in state):
-        raise CheckpointError(f"checkpoint {path} does not match the model")
-    wrong = [k for k, v in state.items() if k in own and hasattr(v, "shape")
-             and tuple(v.shape) != tuple(own[k].shape)
-             and not is_resizable_rel_pos(k, v.shape, own[k].shape)]
-    if wrong:
-        raise CheckpointError(f"checkpoint {path} does not match the model: {len(wrong)} tensors "
-                              f"differ in shape, e.g. {wrong[0]} (was it trained at this --scale?)")
-
-
 def _load(cfg, checkpoint: str):
     from .checkpoint import TokenPruneCheckpointer
-    from .engine import build_model
+    from .engine import build_model, verify_checkpoint
 
     model = build_model(cfg)
-    _check_fits(model, checkpoint)
+    verify_checkpoint(model, checkpoint, strict=False)
     TokenPruneCheckpointer(model).load(checkpoint)
     return model.eval()
-
-
-def _test_inputs(cfg, num: int) -> List[dict]:
-    from detectron2.config import instantiate
-
-    inputs: List[dict] = []
-    for batch in instantiate(cfg.dataloader.test):
-        inputs.extend(batch)
-        if len(inputs) >= num:
-            break
-    return inputs[:num]
 
 
 def _backbone_inputs(model, inputs: Sequence[dict]) -> List[torch.Tensor]:
@@ -464,7 +431,7 @@ def run_ablation(output: str, scale_name: str = "quick", seeds: Optional[int] = 
             # the dense reference of this seed (FLOPs, latency), built once
             if seed not in dense_cache:
                 dmodel = _load(variant_config(VARIANTS[0], scale, dense_config, svit_config), dpath)
-                inputs = _test_inputs(dcfg, max(scale.flops_images, scale.latency_images))
+                inputs = first_test_inputs(dcfg, max(scale.flops_images, scale.latency_images))
                 dense_cache.clear()  # one dense model in memory at a time
                 dense_cache[seed] = dict(
                     model=dmodel, flops_inputs=inputs[:scale.flops_images],
@@ -631,10 +598,7 @@ def _plot(rows: List[Dict[str, Any]]) -> bytes:
         ax.set_title(f"{title} against backbone FLOPs")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, dpi=110)
 
 
 def _write_outputs(output: str, state: Dict[str, Any], found: Dict[str, List[dict]]) -> None:

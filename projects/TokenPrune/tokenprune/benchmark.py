@@ -86,7 +86,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import io
 import json
 import math
 import os
@@ -102,7 +101,7 @@ import torch
 import torch.nn as nn
 
 from .cli import (atomic_write_bytes, atomic_write_json, atomic_write_text, build_eval_model,
-                  load_tool_config, make_output_dir, run_tool, tool_parser)
+                  figure_png, load_tool_config, make_output_dir, run_tool, tool_parser)
 from .errors import CheckpointError, ConfigError, InputError
 
 __all__ = ["BackboneSpec", "attention_groups", "block_macs", "backbone_macs", "main"]
@@ -722,10 +721,7 @@ def _plot(res: dict, curve: Tuple[List[float], List[float]]) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 # --------------------------------------------------------------------------- main

@@ -7,11 +7,12 @@ atomically so that an interrupted run leaves nothing that looks complete.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
 import tempfile
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig
@@ -20,7 +21,8 @@ from .config import load_config
 from .errors import InputError, TokenPruneError
 
 __all__ = ["tool_parser", "run_tool", "load_tool_config", "build_eval_model", "make_output_dir",
-           "atomic_write_text", "atomic_write_bytes", "atomic_write_json"]
+           "first_test_inputs", "figure_png", "atomic_write_text", "atomic_write_bytes",
+           "atomic_write_json"]
 
 EXIT_BAD_INPUT = 2
 
@@ -143,3 +145,27 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 def atomic_write_json(path: str, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def first_test_inputs(cfg: DictConfig, num: int) -> List[dict]:
+    """The first ``num`` mapped inputs of the config's test loader (Detectron2 input dicts)."""
+    from detectron2.config import instantiate
+
+    inputs: List[dict] = []
+    for batch in instantiate(cfg.dataloader.test):
+        inputs.extend(batch)
+        if len(inputs) >= num:
+            break
+    if not inputs:
+        raise InputError(f"the test dataset {cfg.dataloader.test.dataset.names} has no images")
+    return inputs[:num]
+
+
+def figure_png(fig, dpi: Optional[int] = None) -> bytes:
+    """Render a matplotlib figure to PNG bytes and close it."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()

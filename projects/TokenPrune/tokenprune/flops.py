@@ -616,19 +616,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _test_inputs(cfg, num: int) -> List[dict]:
-    from detectron2.config import instantiate
-
-    inputs: List[dict] = []
-    for batch in instantiate(cfg.dataloader.test):
-        inputs.extend(batch)
-        if len(inputs) >= num:
-            break
-    if not inputs:
-        raise InputError(f"the test dataset {cfg.dataloader.test.dataset.names} has no images")
-    return inputs[:num]
-
-
 def _resolve_output(cfg, path: Optional[str]) -> str:
     from .cli import make_output_dir
 
@@ -675,7 +662,7 @@ def _summary(columns: Dict[str, FlopCounts]) -> str:
 
 
 def main(args: argparse.Namespace) -> Dict[str, Any]:
-    from .cli import atomic_write_json, build_eval_model, load_tool_config
+    from .cli import atomic_write_json, build_eval_model, first_test_inputs, load_tool_config
     from .modeling.meta_arch import find_pruned_vit
 
     warnings.filterwarnings("ignore", message=".*pkg_resources is deprecated.*")
@@ -687,7 +674,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     cfg = load_tool_config(args)
     output = _resolve_output(cfg, args.output)
     model = build_eval_model(cfg)
-    inputs = _test_inputs(cfg, args.num_inputs)
+    inputs = first_test_inputs(cfg, args.num_inputs)
 
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
     columns: Dict[str, FlopCounts] = {"as configured": count_model_flops(model, inputs)}

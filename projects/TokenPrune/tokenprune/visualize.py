@@ -26,7 +26,6 @@ PNGs are written to temporary files and renamed into place only after every imag
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import os
 import tempfile
@@ -35,7 +34,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .cli import build_eval_model, load_tool_config, make_output_dir, run_tool, tool_parser
+from .cli import (build_eval_model, figure_png, load_tool_config, make_output_dir, run_tool,
+                  tool_parser)
 from .errors import ConfigError, InputError
 
 __all__ = ["main", "keep_overlay"]
@@ -123,10 +123,7 @@ def _figure(title: str, det_rgb: np.ndarray, det_title: str,
         ax.set_title(t, fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def build_parser() -> argparse.ArgumentParser:

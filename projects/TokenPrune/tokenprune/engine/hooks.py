@@ -101,16 +101,9 @@ class FlopsHook(HookBase):
 
 def build_flops_hook(cfg, period: Optional[int] = None) -> Optional[FlopsHook]:
     """A FlopsHook over the first images of the configured test set, or None if disabled."""
-    from detectron2.config import instantiate
+    from ..cli import first_test_inputs
 
     period = cfg.train.get("flops_period", 0) if period is None else period
     if not period:
         return None
-    loader = instantiate(cfg.dataloader.test)
-    num = cfg.train.get("flops_num_images", 2)
-    probe: List[dict] = []
-    for batch in loader:
-        probe.extend(batch)
-        if len(probe) >= num:
-            break
-    return FlopsHook(period, probe[:num])
+    return FlopsHook(period, first_test_inputs(cfg, cfg.train.get("flops_num_images", 2)))
