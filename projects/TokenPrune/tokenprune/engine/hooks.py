@@ -20,7 +20,7 @@ from ..modeling.meta_arch import find_pruned_vit
 
 __all__ = ["KeepRatioHook", "FlopsHook", "keep_ratio_scalars"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("detectron2")
 
 
 def keep_ratio_scalars(keep_ratios: Dict[int, Tensor]) -> Dict[str, float]:
