@@ -45,7 +45,7 @@ def main(args) -> None:
         _fail(str(e))
     default_setup(cfg, args)  # logging, seeds, saves config.yaml: input is valid from here on
     if missing:
-        logger.info(f"{ckpt}: {len(missing)} model tensors are new: "
+        logger.info(f"{ckpt}: {len(missing)} model tensors are new or reshaped: "
                     f"{sorted({k.rsplit('.', 1)[0] for k in missing})[:10]}")
     if args.eval_only:
 

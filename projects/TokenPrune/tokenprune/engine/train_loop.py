@@ -59,11 +59,15 @@ def checkpoint_to_load(cfg: DictConfig, resume: bool) -> str:
 
 
 def verify_checkpoint(model: torch.nn.Module, path: str, *, strict: bool) -> List[str]:
-    """Check that ``path`` exists and fits ``model``; return the model keys it lacks.
+    """Check that ``path`` exists and fits ``model``; return the model keys it does not set.
 
-    Raises CheckpointError for a missing file, any shape mismatch, a file that shares no
-    tensor with the model, or (``strict``) any missing model tensor. Remote checkpoints
-    (``scheme://``) are left to Detectron2's checkpointer.
+    Raises CheckpointError for a missing or unreadable file, a file none of whose tensors
+    fits the model, or (``strict``, e.g. for evaluation) any model tensor that the file lacks
+    or holds in another shape. Without ``strict`` (initialising a fine-tune), tensors of
+    another shape are skipped like Detectron2 does (e.g. heads for another class count) and
+    returned with the missing ones. Relative-position tables of another length are resized
+    on loading (:class:`TokenPruneCheckpointer`). Remote checkpoints (``scheme://``) are left
+    to Detectron2's checkpointer.
     """
     if not path or "://" in path:
         return []
@@ -79,21 +83,24 @@ def verify_checkpoint(model: torch.nn.Module, path: str, *, strict: bool) -> Lis
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds no model state dict")
     own = model.state_dict()
+
+    def fits(k: str) -> bool:
+        saved = getattr(state[k], "shape", None)
+        return saved is None or tuple(saved) == tuple(own[k].shape) or \
+            is_resizable_rel_pos(k, saved, own[k].shape)
+
     shared = [k for k in state if k in own]
-    if not shared:
+    wrong = [k for k in shared if not fits(k)]
+    if len(wrong) == len(shared):
         raise CheckpointError(f"checkpoint {path} does not match the model: none of its "
-                              f"{len(state)} tensors is a parameter of {type(model).__name__}")
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shared
-             if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
-             and not is_resizable_rel_pos(k, state[k].shape, own[k].shape)]
-    if wrong:
-        raise CheckpointError(f"checkpoint {path} does not match the model: {len(wrong)} "
-                              f"tensors differ in shape, e.g. {wrong[0]}")
+                              f"{len(state)} tensors fits {type(model).__name__}")
     missing = [k for k in own if k not in state]
-    if strict and missing:
-        raise CheckpointError(f"checkpoint {path} does not match the model: {len(missing)} "
-                              f"model tensors are missing, e.g. {missing[0]}")
-    return missing
+    if strict and (wrong or missing):
+        example = (f"{wrong[0]} {tuple(state[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)}"
+                   if wrong else f"{missing[0]} is missing")
+        raise CheckpointError(f"checkpoint {path} does not match the model: {len(wrong)} tensors "
+                              f"differ in shape and {len(missing)} are missing, e.g. {example}")
+    return wrong + missing
 
 
 def do_test(cfg: DictConfig, model: torch.nn.Module) -> Dict[str, Any]:
