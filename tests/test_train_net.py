@@ -72,7 +72,8 @@ def test_resume_after_kill_continues_from_last_checkpoint(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = resumed.stdout + resumed.stderr
     assert f"Resuming from iteration {last_iter + 1}" in log
-    assert "Loading optimizer from" in log and "Loading scheduler from" in log
+    restored = int(log.split("optimizer state restored for ")[1].split()[0])
+    assert restored > 0  # a fresh AdamW has no state: it was loaded from the checkpoint
     iters = [r["iteration"] for r in _metrics(out) if "total_loss" in r]
     assert iters[-1] == 39
     assert os.path.isfile(os.path.join(out, "model_final.pth"))

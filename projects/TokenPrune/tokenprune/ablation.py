@@ -27,7 +27,7 @@ after every run), ``results/<variant>_seed<k>.json`` (one per evaluation), ``run
 (Detectron2's log). Resumable: a result file that exists is not computed again, a finished
 training is not repeated, an interrupted one resumes from its last checkpoint.
 
-Scales: ``quick`` (a 4-block, 96-wide ViT, a few iterations, the 16-image minival set;
+Scales: ``quick`` (a 4-block, 96-wide ViT, a few iterations, the 8-image minival set;
 minutes on 2 CPU cores, for tests and CI; its numbers mean nothing) and ``full`` (the
 12-block ViT-T synthetic config, 400 dense iterations per seed, 150 per variant, the
 64-image validation set, 2 seeds by default; under an hour on 2 CPU cores).
@@ -147,7 +147,7 @@ SCALES: Dict[str, Scale] = {
                                    f"{NET}.keep_ratios=[0.7,0.49,0.343]"),
                    flops_images=1, latency_images=2, latency_rounds=5, seeds=1, log_period=10,
                    description="4-block 96-wide ViT, blocks 1-3 pruned at 0.7/0.49/0.343, "
-                               "minival (16 images): a smoke test, the numbers mean nothing"),
+                               "minival (8 images): a smoke test, the numbers mean nothing"),
     "full": Scale(dense_iters=400, finetune_iters=150, overrides=(),
                   svit_overrides=(), flops_images=4, latency_images=8, latency_rounds=5,
                   seeds=2, log_period=20,

@@ -56,7 +56,7 @@ SHAPE_CLASSES: Tuple[str, ...] = tuple(s.name for s in _SHAPES)
 SYNTHETIC_SPLITS: Dict[str, Tuple[str, int, int]] = {
     "synthetic_shapes_train": ("train", 400, 0),
     "synthetic_shapes_val": ("val", 64, 1),
-    "synthetic_shapes_minival": ("minival", 16, 2),  # quick evaluations in tests
+    "synthetic_shapes_minival": ("minival", 8, 2),  # quick evaluations in tests
 }
 """Registered dataset name -> (split folder, number of images, seed)."""
 

@@ -159,6 +159,8 @@ def do_train(cfg: DictConfig, model: torch.nn.Module, resume: bool = False) -> D
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
     if start_iter:
-        logger.info(f"Resuming from iteration {start_iter}")
+        logger.info(f"Resuming from iteration {start_iter} (optimizer state restored for "
+                    f"{len(optimizer.state)} parameters, learning-rate schedule at "
+                    f"{optimizer.param_groups[0]['lr']:.3g})")
     trainer.train(start_iter, cfg.train.max_iter)
     return results
