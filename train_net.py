@@ -19,6 +19,7 @@ from detectron2.utils import comm
 from torch.multiprocessing import ProcessExitedException
 
 from tokenprune.checkpoint import TokenPruneCheckpointer
+from tokenprune.cli import quiet_third_party_warnings
 from tokenprune.config import load_config
 from tokenprune.engine import (
     build_model, checkpoint_to_load, do_test, do_train, prepare_datasets, verify_checkpoint,
@@ -61,6 +62,7 @@ def main(args) -> None:
 
 
 def invoke_main() -> None:
+    quiet_third_party_warnings()
     args = default_argument_parser().parse_args()
     try:
         load_config(args.config_file, args.opts)  # fail fast, before any process starts

@@ -48,7 +48,7 @@ def tool_parser(prog: str, description: str) -> argparse.ArgumentParser:
 def run_tool(prog: str, main: Callable[[argparse.Namespace], Any],
              parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> Any:
     """Parse ``argv`` and run ``main``; a TokenPruneError becomes one line and exit 2."""
-    _quiet_third_party_warnings()
+    quiet_third_party_warnings()
     args = parser.parse_args(argv)
     if getattr(args, "opts", None) and args.opts[0] == "--":  # "--keep-ratios 0.7 -- k=v"
         args.opts = args.opts[1:]
@@ -59,7 +59,7 @@ def run_tool(prog: str, main: Callable[[argparse.Namespace], Any],
         raise SystemExit(EXIT_BAD_INPUT)
 
 
-def _quiet_third_party_warnings() -> None:
+def quiet_third_party_warnings() -> None:
     """Hide dependency deprecation notices that say nothing about the user's input, so that
     a bad input is reported as exactly one line."""
     import warnings
