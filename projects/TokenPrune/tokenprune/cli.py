@@ -80,14 +80,12 @@ def load_tool_config(args: argparse.Namespace, need_data: bool = True,
     from detectron2.data import DatasetCatalog
 
     from .data import prepare_dataset
+    from .engine.train_loop import dataset_names
 
     cfg = load_config(args.config_file, args.opts)
-    for split in splits:
-        node = cfg.get("dataloader", {}).get(split)
-        names = node.dataset.get("names") if node is not None and "dataset" in node else None
-        for name in [names] if isinstance(names, str) else list(names or []):
-            if need_data or name not in DatasetCatalog:
-                prepare_dataset(name)  # generates, checks files, or raises "not registered"
+    for name in dataset_names(cfg, splits):
+        if need_data or name not in DatasetCatalog:
+            prepare_dataset(name)  # generates, checks files, or raises "not registered"
     return cfg
 
 

@@ -99,11 +99,12 @@ class FlopsHook(HookBase):
                         f"({100 * self.seconds / total:.1f}% of the training steps' time)")
 
 
-def build_flops_hook(cfg, period: Optional[int] = None) -> Optional[FlopsHook]:
-    """A FlopsHook over the first images of the configured test set, or None if disabled."""
+def build_flops_hook(cfg) -> Optional[FlopsHook]:
+    """A FlopsHook every ``train.flops_period`` iterations over the first images of the
+    configured test set, or None if the period is 0."""
     from ..cli import first_test_inputs
 
-    period = cfg.train.get("flops_period", 0) if period is None else period
+    period = cfg.train.get("flops_period", 0)
     if not period:
         return None
     return FlopsHook(period, first_test_inputs(cfg, cfg.train.get("flops_num_images", 2)))

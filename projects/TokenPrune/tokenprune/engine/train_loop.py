@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 from urllib.parse import urlparse
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 import torch
 from omegaconf import DictConfig
@@ -26,11 +26,11 @@ __all__ = ["do_train", "do_test", "build_model", "verify_checkpoint", "prepare_d
 logger = logging.getLogger("detectron2")
 
 
-def dataset_names(cfg: DictConfig) -> List[str]:
-    """Every dataset name the config's train and test loaders read."""
+def dataset_names(cfg: DictConfig, splits: Sequence[str] = ("train", "test")) -> List[str]:
+    """Every dataset name the config's loaders of ``splits`` read."""
     names: List[str] = []
-    for split in ("train", "test"):
-        node = cfg.dataloader.get(split)
+    for split in splits:
+        node = cfg.get("dataloader", {}).get(split)
         value = node.dataset.names if node is not None and "dataset" in node else None
         if value is None:
             continue
