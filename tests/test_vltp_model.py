@@ -11,6 +11,7 @@ from helpers import TINY_VLTP, VLTP_CFG, train_net
 from tokenprune.config import load_config
 from tokenprune.errors import InputError
 from tokenprune.modeling import GuidedGate
+from tokenprune.modeling.vltp import relevance_ranking_loss
 
 
 def test_guided_gate_shapes_and_bad_guidance():
@@ -78,6 +79,64 @@ def test_task_changes_the_kept_tokens():
             masks.append(vit.last_keep_masks[1].clone())
             assert "instances" in out[0]
     assert not torch.equal(masks[0], masks[1])
+
+
+def test_relevance_ranking_loss_orders_tokens_and_ignores_the_level():
+    targets = torch.tensor([[1.0, 1.0, 0.0, 0.0, 0.0]])
+    right = torch.tensor([[2.0, 1.0, -1.0, -2.0, -1.5]])
+    wrong = -right
+    assert relevance_ranking_loss(right, targets) < 0.2 < relevance_ranking_loss(wrong, targets)
+    # shifting every score (the keep level) leaves the loss unchanged
+    assert torch.allclose(relevance_ranking_loss(right + 5.0, targets),
+                          relevance_ranking_loss(right, targets))
+    # all relevant, or nothing relevant: no pair, no loss
+    for t in (torch.ones(1, 5), torch.zeros(1, 5)):
+        assert relevance_ranking_loss(right, t).item() == 0.0
+
+
+def test_guided_gate_learns_task_dependent_relevance():
+    """Tokens carry one of two attributes; task 0 wants attribute 0, task 1 attribute 1.
+    Only the guidance tells the gate which: trained with the ranking loss, it ranks the
+    wanted tokens first for both tasks on the same tokens."""
+    torch.manual_seed(0)
+    dim, n = 16, 24
+    gate = GuidedGate(dim=dim, guidance_dim=8, hidden_dim=16, num_heads=2)
+    task_emb = torch.randn(2, 8)
+    opt = torch.optim.Adam(gate.parameters(), lr=3e-3)
+
+    def batch(tasks):
+        attr = torch.randint(0, 2, (len(tasks), n))
+        x = torch.randn(len(tasks), n, dim) * 0.3
+        x[..., 0] += 2.0 * attr - 1.0
+        return x, attr, (attr == tasks[:, None]).float()
+
+    for _ in range(200):
+        tasks = torch.randint(0, 2, (16,))
+        x, _, target = batch(tasks)
+        lp = gate(x, guidance=task_emb[tasks])
+        loss = relevance_ranking_loss(lp[..., 0] - lp[..., 1], target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x, attr, _ = batch(torch.zeros(1, dtype=torch.long))
+    with torch.no_grad():
+        for task in (0, 1):
+            lp = gate(x, guidance=task_emb[task:task + 1])
+            top = (lp[0, :, 0] - lp[0, :, 1]).topk(int((attr[0] == task).sum())).indices
+            assert (attr[0, top] == task).float().mean() > 0.9
+
+
+def test_box_head_is_task_conditioned():
+    """With the box FiLM active, the same image scores its regions differently per task."""
+    model = _tiny_model().eval()
+    with torch.no_grad():
+        model.guidance.embedding.weight.normal_(std=3.0)
+        model.box_film.weight.normal_(std=0.5)
+        image = _inputs([0])[0]["image"]
+        model.roi_heads.box_predictor.test_score_thresh = 0.0
+        scores = [model.inference([{"image": image, "height": 64, "width": 64, "task_id": t}],
+                                  do_postprocess=False)[0].scores for t in (0, 5)]
+    assert len(scores[0]) > 0 and not torch.equal(scores[0], scores[1])
 
 
 @pytest.mark.parametrize("source", ["task", "text", "vector"])

@@ -29,7 +29,7 @@ training is not repeated, an interrupted one resumes from its last checkpoint.
 
 Scales: ``quick`` (a 4-block, 96-wide ViT, a few iterations, the 8-image minival set;
 minutes on 2 CPU cores, for tests and CI; its numbers mean nothing) and ``full`` (the
-12-block ViT-T synthetic config, 400 dense iterations per seed, 150 per variant, the
+12-block ViT-T synthetic config, 400 dense iterations per seed, 300 per variant, the
 64-image validation set, 2 seeds by default; under an hour on 2 CPU cores).
 """
 from __future__ import annotations
@@ -148,7 +148,7 @@ SCALES: Dict[str, Scale] = {
                    flops_images=1, latency_images=2, latency_rounds=5, seeds=1, log_period=10,
                    description="4-block 96-wide ViT, blocks 1-3 pruned at 0.7/0.49/0.343, "
                                "minival (8 images): a smoke test, the numbers mean nothing"),
-    "full": Scale(dense_iters=400, finetune_iters=150, overrides=(),
+    "full": Scale(dense_iters=400, finetune_iters=300, overrides=(),
                   svit_overrides=(), flops_images=4, latency_images=8, latency_rounds=5,
                   seeds=2, log_period=20,
                   description="ViT-T (12 blocks, 192 wide), blocks 3-11 pruned at "
@@ -375,6 +375,12 @@ def run_ablation(output: str, scale_name: str = "quick", seeds: Optional[int] = 
         if state.get("scale") != scale_name:
             raise InputError(f"{output} holds a --scale {state.get('scale')} ablation; use "
                              f"another output folder for --scale {scale_name}")
+        if (state.get("dense_iters"), state.get("finetune_iters")) != (scale.dense_iters,
+                                                                   scale.finetune_iters):
+            raise InputError(f"{output} holds an ablation with {state.get('dense_iters')} dense "
+                             f"/ {state.get('finetune_iters')} fine-tuning iterations, this "
+                             f"version runs {scale.dense_iters} / {scale.finetune_iters}; use "
+                             f"another output folder")
     state.update(scale=scale_name, seeds=max(seeds, int(state.get("seeds", 0))),
                  dense_iters=scale.dense_iters, finetune_iters=scale.finetune_iters,
                  description=scale.description)

@@ -5,8 +5,9 @@
   image tokens, then a per-token relevance head giving keep / drop log-probabilities.
 * :class:`TaskConditionedRCNN` -- a Mask R-CNN that predicts the instances relevant to the
   task: the guidance (from ``guidance(batched_inputs)``) steers the gates and modulates
-  the pyramid features (FiLM) so the heads know which objects are wanted; optional
-  relevance loss teaches the gates which tokens overlap the relevant ground-truth masks.
+  the pyramid features and the box head's region features (FiLM), so the heads know which
+  objects are wanted; an optional relevance loss teaches the gates to rank the tokens that
+  overlap the relevant ground-truth masks above the others.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from ..errors import InputError
 from .gates import GATE_REGISTRY
 from .meta_arch import TokenPruningRCNN
 
-__all__ = ["GuidedGate", "TaskConditionedRCNN", "relevance_targets"]
+__all__ = ["GuidedGate", "TaskConditionedRCNN", "relevance_targets", "relevance_ranking_loss"]
 
 
 class _CrossAttention(nn.Module):
@@ -107,14 +108,35 @@ def relevance_targets(batched_inputs: List[Dict], padded_hw: tuple, patch_size: 
     return torch.stack(targets)
 
 
+def relevance_ranking_loss(keep_logits: Tensor, targets: Tensor) -> Tensor:
+    """Pairwise logistic ranking loss: relevant tokens should score above irrelevant ones.
+
+    Args:
+        keep_logits: (B, N) gate scores, log p_keep - log p_drop.
+        targets: (B, N) 1 for relevant tokens, 0 otherwise.
+    Returns:
+        scalar: mean of ``softplus(s_irrelevant - s_relevant)`` over all (relevant,
+        irrelevant) token pairs of each image; images with no such pair add nothing (0 when
+        no image has one). It fixes the order, not the level: how many tokens are kept is
+        the keep-ratio loss's job, so the two do not pull against each other.
+    """
+    pos = (targets > 0.5).to(keep_logits.dtype)
+    pairs = pos[:, :, None] * (1 - pos)[:, None, :]  # (B, N relevant, N irrelevant)
+    margin = keep_logits[:, None, :] - keep_logits[:, :, None]  # s_irrelevant - s_relevant
+    return (F.softplus(margin) * pairs).sum() / pairs.sum().clamp(min=1.0)
+
+
 @META_ARCH_REGISTRY.register()
 class TaskConditionedRCNN(TokenPruningRCNN):
     """Mask R-CNN for task-oriented instance segmentation (the instances relevant to a task).
 
-    ``guidance(batched_inputs) -> (B, D)`` conditions the model twice: the PrunedViT's
-    guided gates (if any) and FiLM on every pyramid level (``f * (1 + gamma) + beta``).
-    Training adds ``loss_relevance`` (binary cross-entropy between each guided gate's keep
-    probability and the token-level union of relevant masks) when its weight is > 0.
+    ``guidance(batched_inputs) -> (B, D)`` conditions the model in three places: the
+    PrunedViT's guided gates (if any), FiLM on every pyramid level and FiLM on the box
+    head's region features (``f * (1 + gamma) + beta``, zero-initialised, so the model
+    starts as the unconditioned one). The box head is where relevance is decided: it sees
+    each region's appearance, and the FiLM makes its relevant-vs-background score a
+    per-task function of it. Training adds ``loss_relevance`` (:func:`relevance_ranking_loss`
+    of every gate against the token-level union of relevant masks) when its weight is > 0.
     """
 
     def __init__(self, *, guidance: nn.Module, guidance_dim: int,
@@ -124,11 +146,16 @@ class TaskConditionedRCNN(TokenPruningRCNN):
         self.film = nn.ModuleDict({
             name: nn.Linear(guidance_dim, 2 * shape.channels) for name, shape in shapes.items()
         })
-        for lin in self.film.values():
+        box_channels = self.roi_heads.box_head.output_shape.channels
+        self.box_film = nn.Linear(guidance_dim, 2 * box_channels)
+        for lin in [*self.film.values(), self.box_film]:
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
         self.relevance_loss_weight = relevance_loss_weight
+        self._boxes_per_image: Optional[List[int]] = None
         self.backbone.register_forward_hook(self._film_hook)
+        self.roi_heads.box_pooler.register_forward_pre_hook(self._count_boxes_hook)
+        self.roi_heads.box_head.register_forward_hook(self._box_film_hook)
 
     def forward(self, batched_inputs: List[Dict]):
         out = super().forward(batched_inputs)
@@ -147,6 +174,21 @@ class TaskConditionedRCNN(TokenPruningRCNN):
             out[name] = f * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
         return out
 
+    def _count_boxes_hook(self, module: nn.Module, inputs) -> None:
+        """Pre-hook on the box pooler: remember how many regions each image has."""
+        self._boxes_per_image = [len(boxes) for boxes in inputs[1]]
+
+    def _box_film_hook(self, module: nn.Module, inputs, features: Tensor) -> Tensor:
+        """Forward hook on the box head: FiLM each (R, C) region feature with its image's
+        guidance."""
+        guidance = self.current_guidance
+        if guidance is None or self._boxes_per_image is None:
+            raise InputError("TaskConditionedRCNN got no guidance for this input")
+        counts = torch.as_tensor(self._boxes_per_image, device=guidance.device)
+        self._boxes_per_image = None
+        gamma, beta = self.box_film(guidance).repeat_interleave(counts, dim=0).chunk(2, dim=1)
+        return features * (1 + gamma) + beta
+
     def _relevance_loss(self, batched_inputs: List[Dict]) -> Tensor:
         vit = self.pruned_vit
         if not vit.last_gate_log_probs:
@@ -157,6 +199,6 @@ class TaskConditionedRCNN(TokenPruningRCNN):
         patch = vit.patch_embed.proj.stride[0]
         target = relevance_targets(batched_inputs, (grid[0] * patch, grid[1] * patch), patch,
                                    any_lp.device)
-        losses = [F.binary_cross_entropy(lp[..., 0].exp().clamp(1e-6, 1 - 1e-6), target)
+        losses = [relevance_ranking_loss(lp[..., 0] - lp[..., 1], target)
                   for lp in log_probs.values()]
         return self.relevance_loss_weight * torch.stack(losses).mean()
