@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import DENSE_CFG, SVIT_CFG, TINY, TINY_SVIT, run
+from helpers import DENSE_CFG, SVIT_CFG, TINY, TINY_SVIT, TINY_VLTP, VLTP_CFG, run
 
 from tokenprune.benchmark import BackboneSpec, attention_groups, backbone_macs, block_macs
 
@@ -216,10 +216,25 @@ def test_visualize_outputs(tmp_path, images):
     assert len(lines) == 2 and all("block 3 50%" in ln for ln in lines), proc.stdout
 
 
+def test_visualize_one_row_per_task(tmp_path, images):
+    """Several task ids: one PNG per image, with one row (and one stdout line) per task."""
+    out = tmp_path / "vis"
+    proc = run(VIS + ["--config-file", VLTP_CFG, "--input", images[0], "--output", str(out),
+                      "--keep-ratio", "0.5", "--task-id", "0", "2", "--device", "cpu", "--",
+                      *TINY_VLTP], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(os.listdir(out)) == 1
+    lines = [ln for ln in proc.stdout.splitlines() if "detections" in ln]
+    assert [(" task 0:" in ln, " task 2:" in ln) for ln in lines] == [(True, False),
+                                                                      (False, True)], proc.stdout
+    w, h = Image.open(next(out.iterdir())).size
+    assert h > 0.5 * w / 2, "two rows expected"
+
+
 # --------------------------------------------------------------------------- bad input
 BENCH_BAD = ["keep_zero", "keep_above_one", "output_not_writable", "unregistered_dataset"]
 VIS_BAD = ["not_an_image", "missing_image", "image_is_folder", "output_not_writable",
-           "missing_dataset", "keep_above_one"]
+           "missing_dataset", "keep_above_one", "unpaired_prompts"]
 
 
 @pytest.mark.parametrize("case", BENCH_BAD)
@@ -264,11 +279,14 @@ def test_visualize_bad_input(case, tmp_path, images):
         env["DETECTRON2_DATASETS"] = str(tmp_path / "no_datasets_here")
     elif case == "keep_above_one":
         flags = ["--keep-ratio", "1.5"]
+    elif case == "unpaired_prompts":
+        flags = ["--prompt", "a", "b", "--task-id", "1"]
     proc = run(VIS + ["--config-file", SVIT_CFG, "--input", *inputs, "--output", str(out),
                       *flags, "--", *opts], env=env, timeout=120)
     line = _one_line_error(proc, "tokenprune.visualize")
     assert {"not_an_image": "is not an image file", "missing_image": "not found",
             "image_is_folder": "is a folder", "output_not_writable": "cannot write",
             "missing_dataset": "coco_2017_val",
-            "keep_above_one": "keep ratio 1.5 is outside (0, 1]"}[case] in line
+            "keep_above_one": "keep ratio 1.5 is outside (0, 1]",
+            "unpaired_prompts": "2 --prompt values and 1 --task-id values"}[case] in line
     assert not (out.exists() and any(n.endswith(".png") for n in os.listdir(out)))

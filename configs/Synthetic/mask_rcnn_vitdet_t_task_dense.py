@@ -22,6 +22,6 @@ model.backbone.net.keep_ratios = []
 
 train.init_checkpoint = "output/synthetic_dense/model_final.pth"
 train.output_dir = "output/synthetic_task_dense"
-train.max_iter = 300
-train.eval_period = 300
+train.max_iter = 500
+train.eval_period = 500
 dataloader.evaluator[0].output_dir = "${....train.output_dir}/inference"

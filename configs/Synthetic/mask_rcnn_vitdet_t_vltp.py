@@ -19,7 +19,7 @@ model.relevance_loss_weight = 1.0
 
 train.init_checkpoint = "output/synthetic_task_dense/model_final.pth"
 train.output_dir = "output/synthetic_vltp"
-train.max_iter = 200
-train.eval_period = 200
-train.flops_period = 100
+train.max_iter = 300
+train.eval_period = 300
+train.flops_period = 150
 optimizer.lr = 1e-4

@@ -2,7 +2,7 @@
 
     python -m tokenprune.visualize --config-file configs/Synthetic/mask_rcnn_vitdet_t_svit.py \\
         --input img1.png img2.jpg --output out/vis [--score-thresh 0.5] [--keep-ratio 0.5] \\
-        [--prompt "something to sit on" | --task-id 3] [-- key=value ...]
+        [--prompt "red shapes" "the largest object" | --task-id 0 2] [-- key=value ...]
 
 For every input image, one PNG ``<output>/<image name>.png`` with
 
@@ -16,7 +16,9 @@ The input is preprocessed like the config's test mapper (``dataloader.test.mappe
 its ``augmentations`` and ``image_format``). Weights: ``train.init_checkpoint``.
 ``--keep-ratio R`` forces a top-k rate R in every pruned block instead of the gates'
 per-image decision. ``--prompt`` / ``--task-id`` go into the input dict as ``"prompt"`` /
-``"task_id"`` for task-guided models (VLTP).
+``"task_id"`` for task-guided models (VLTP). Several of them (given both, they are paired
+in order) put one row per prompt or task into each image's PNG, so the kept tokens of
+different tasks on the same image sit side by side.
 
 Bad input (unreadable or non-image files, an output folder that cannot be written, a
 config whose test dataset is missing, a bad keep ratio or threshold) stops with one line
@@ -102,28 +104,58 @@ def _output_names(paths: List[str]) -> List[str]:
     return names
 
 
-def _figure(title: str, det_rgb: np.ndarray, det_title: str,
-            panels: List[Tuple[np.ndarray, str]]) -> bytes:
+_Panel = Tuple[np.ndarray, str]  # (RGB image, title)
+
+
+def _figure(title: str, rows: List[List[_Panel]]) -> bytes:
+    """One row of panels per guidance; a single row wraps at 4 panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = 1 + len(panels)
-    ncols = min(n, 4)
-    nrows = math.ceil(n / ncols)
+    if len(rows) == 1:
+        n = len(rows[0])
+        ncols = min(n, 4)
+        nrows = math.ceil(n / ncols)
+        cells = [rows[0]]
+    else:
+        ncols, nrows = max(len(r) for r in rows), len(rows)
+        cells = rows
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.4 * nrows + 0.4),
                              dpi=100, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    axes.flat[0].imshow(det_rgb)
-    axes.flat[0].set_title(det_title, fontsize=9)
-    for ax, (img, t) in zip(list(axes.flat)[1:], panels):
-        ax.imshow(img)
-        ax.set_title(t, fontsize=9)
+    flat_axes = [axes.flat] if len(rows) == 1 else list(axes)
+    for row_axes, row in zip(flat_axes, cells):
+        for ax, (img, t) in zip(row_axes, row):
+            ax.imshow(img)
+            ax.set_title(t, fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return figure_png(fig)
+
+
+def _guidances(prompts: Optional[List[str]], task_ids: Optional[List[int]]) -> List[Dict]:
+    """The input-dict entries of each requested guidance (``[{}]`` when none)."""
+    prompts, task_ids = prompts or [], task_ids or []
+    if prompts and task_ids and len(prompts) != len(task_ids):
+        raise InputError(f"{len(prompts)} --prompt values and {len(task_ids)} --task-id values: "
+                         f"give one kind, or as many of each (they are paired in order)")
+    n = max(len(prompts), len(task_ids), 1)
+    out = [{} for _ in range(n)]
+    for d, p in zip(out, prompts):
+        d["prompt"] = p
+    for d, t in zip(out, task_ids):
+        d["task_id"] = t
+    return out
+
+
+def _guidance_label(guidance: Dict) -> str:
+    parts = [f'"{guidance["prompt"]}"'] if "prompt" in guidance else []
+    if "task_id" in guidance:
+        parts.append(f"task {guidance['task_id']}")
+    return " ".join(parts)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,8 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="minimum score of the drawn detections")
     parser.add_argument("--keep-ratio", type=float, default=None, metavar="R",
                         help="force a top-k keep ratio in (0, 1] in every pruned block")
-    parser.add_argument("--prompt", default=None, help="input 'prompt' (task-guided models)")
-    parser.add_argument("--task-id", type=int, default=None, help="input 'task_id'")
+    parser.add_argument("--prompt", nargs="+", default=None, metavar="TEXT",
+                        help="input 'prompt' (task-guided models); several: one row each")
+    parser.add_argument("--task-id", nargs="+", type=int, default=None, metavar="ID",
+                        help="input 'task_id'; several: one row each")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser
 
@@ -148,6 +182,7 @@ def main(args: argparse.Namespace) -> List[str]:
         raise InputError(f"keep ratio {args.keep_ratio:g} is outside (0, 1]")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {args.device}: CUDA is not available on this machine")
+    guidances = _guidances(args.prompt, args.task_id)
 
     import detectron2.data.transforms as T
     from detectron2.config import instantiate
@@ -183,44 +218,41 @@ def main(args: argparse.Namespace) -> List[str]:
             aug_input = T.AugInput(image)
             augs(aug_input)
             seen = aug_input.image
-            inp: Dict = {"image": torch.as_tensor(np.ascontiguousarray(seen.transpose(2, 0, 1))),
-                         "height": h0, "width": w0, "file_name": path}
-            if args.prompt is not None:
-                inp["prompt"] = args.prompt
-            if args.task_id is not None:
-                inp["task_id"] = args.task_id
-            with torch.no_grad():
-                padded = model.preprocess_image([inp]).tensor.shape[-2:]
-                instances = model([inp])[0]["instances"].to("cpu")
-            instances = instances[instances.scores >= args.score_thresh]
             seen_rgb = convert_image_to_rgb(seen, fmt)
             orig_rgb = convert_image_to_rgb(image, fmt)
-            vis = Visualizer(orig_rgb, metadata=metadata)
-            det = vis.draw_instance_predictions(instances).get_image()
-            det_title = f"{len(instances)} detections (score >= {args.score_thresh:g})"
-            panels, kept = [], []
-            grid = (padded[0] // patch, padded[1] // patch)
-            if vit is not None:
-                for i in sorted(vit.last_keep_masks):
-                    keep = vit.last_keep_masks[i][0].reshape(grid).cpu().numpy()
-                    frac = float(vit.last_keep_ratios[i][0])
-                    panels.append((keep_overlay(seen_rgb, keep, patch),
-                                   f"block {i}: kept {frac:.0%} ({int(keep.sum())}/{keep.size})"))
-                    kept.append(f"block {i} {frac:.0%}")
-            if not panels:
-                det_title += "\n(no pruned blocks: dense backbone)"
-            title = os.path.basename(path)
-            if args.prompt is not None:
-                title += f'  prompt: "{args.prompt}"'
-            if args.task_id is not None:
-                title += f"  task {args.task_id}"
-            png = _figure(title, det, det_title, panels)
+            chw = torch.as_tensor(np.ascontiguousarray(seen.transpose(2, 0, 1)))
+            rows = []
+            for guidance in guidances:
+                inp: Dict = {"image": chw, "height": h0, "width": w0, "file_name": path,
+                             **guidance}
+                with torch.no_grad():
+                    padded = model.preprocess_image([inp]).tensor.shape[-2:]
+                    instances = model([inp])[0]["instances"].to("cpu")
+                instances = instances[instances.scores >= args.score_thresh]
+                det = Visualizer(orig_rgb, metadata=metadata).draw_instance_predictions(
+                    instances).get_image()
+                label = _guidance_label(guidance)
+                det_title = (f"{label}\n" if label else "") + \
+                    f"{len(instances)} detections (score >= {args.score_thresh:g})"
+                row, kept = [], []
+                grid = (padded[0] // patch, padded[1] // patch)
+                if vit is not None:
+                    for i in sorted(vit.last_keep_masks):
+                        keep = vit.last_keep_masks[i][0].reshape(grid).cpu().numpy()
+                        frac = float(vit.last_keep_ratios[i][0])
+                        row.append((keep_overlay(seen_rgb, keep, patch),
+                                    f"block {i}: kept {frac:.0%} ({int(keep.sum())}/{keep.size})"))
+                        kept.append(f"block {i} {frac:.0%}")
+                if not row:
+                    det_title += "\n(no pruned blocks: dense backbone)"
+                rows.append([(det, det_title), *row])
+                print(f"{path}{' ' + label if label else ''}: {len(instances)} detections"
+                      + (f"; kept: {', '.join(kept)}" if kept else ""), flush=True)
+            png = _figure(os.path.basename(path), rows)
             fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".tmp-", suffix=".png")
             pending.append((tmp, os.path.join(out_dir, name)))
             with os.fdopen(fd, "wb") as f:
                 f.write(png)
-            print(f"{path}: {len(instances)} detections"
-                  + (f"; kept: {', '.join(kept)}" if kept else ""), flush=True)
         umask = os.umask(0)
         os.umask(umask)
         for tmp, final in pending:
