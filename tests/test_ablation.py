@@ -10,7 +10,7 @@ import pytest
 from helpers import run
 
 from tokenprune import ablation
-from tokenprune.ablation import SCALES, VARIANTS, summarize, variant_config
+from tokenprune.ablation import FINDINGS, SCALES, VARIANTS, summarize, variant_config
 
 ROWS = [v.name for v in VARIANTS]
 NUMERIC = ("box_ap", "mask_ap", "backbone_gflops", "backbone_flops_ratio", "gate_gflops",
@@ -38,7 +38,8 @@ def test_quick_ablation_writes_table_csv_and_plot_with_every_row_filled(quick):
             assert key.endswith("_ap") or math.isfinite(value), (r["variant"], key)
     by = {r["variant"]: r for r in rows}
     assert float(by["dense"]["backbone_flops_ratio"]) == 1.0
-    for name in ("svit_fixed_rate", "dynamicvit", "evit", "tome", "random"):  # fixed rates
+    for name in ("svit_fixed_rate", "svit_no_reactivate_fixed", "svit_heavy_gate_fixed",
+                 "dynamicvit", "evit", "tome", "random"):  # fixed rates
         assert float(by[name]["keep_ratio"]) == pytest.approx(0.513, abs=0.01), name
         assert float(by[name]["backbone_flops_ratio"]) < 0.85, name
     assert float(by["evit"]["gate_gflops"]) > float(by["svit"]["gate_gflops"]) > 0
@@ -51,6 +52,9 @@ def test_quick_ablation_writes_table_csv_and_plot_with_every_row_filled(quick):
     for line in lines:
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert len(cells) == 11 and all(cells), line
+    findings = [line for line in table.splitlines() if line.startswith("* ")]
+    assert len(findings) == len(FINDINGS) and all(
+        "**holds**" in line or "**does not hold**" in line for line in findings), table
     with open(os.path.join(out, "ap_vs_flops.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     for name in ROWS:
@@ -97,6 +101,9 @@ def test_every_variant_is_a_config_override_of_the_same_pruned_vit():
     assert switches["svit_no_preserve"] == (False, False, True)
     assert switches["svit_no_reactivate"] == (True, False, True)
     assert switches["svit_fixed_rate"] == (True, True, False)
+    assert switches["svit_no_reactivate_fixed"] == (True, False, False)
+    assert switches["svit_heavy_gate_fixed"] == (True, True, False)
+    assert isinstance(nets["svit_heavy_gate_fixed"].gates["1"], AttentionNetGate)
     assert switches["dynamicvit"] == (False, False, False)  # fixed top-k, discard
     assert switches["evit"] == (True, False, False)
     assert switches["random"][2] is False

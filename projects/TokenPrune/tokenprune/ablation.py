@@ -13,7 +13,10 @@ variant interleaved, median) and the mean kept fraction of the tokens.
 
 Rows (each a config override of the SViT config, see :data:`VARIANTS`): dense; SViT; SViT
 without preserve (discard); without reactivation (inherit); with a fixed rate; with the
-heavier attention gate; DynamicViT; EViT; ToMe; random. Variants whose training is
+heavier attention gate; DynamicViT; EViT; ToMe; random; and, because learned gates keep a
+different number of tokens at inference than their training targets, top-k versions of the
+inherit and heavy-gate runs, so every finding has a pair of rows at the same keep ratio
+(:data:`FINDINGS`, stated under the table). Variants whose training is
 identical share one fine-tuning run: the ``dynamic`` switch acts only at inference for a
 learned gate, so "SViT with a fixed rate" evaluates SViT's weights with top-k, and
 DynamicViT evaluates the discard run's weights with top-k. ToMe is training-free (it runs on
@@ -54,7 +57,7 @@ from .cli import (atomic_write_bytes, atomic_write_json, atomic_write_text, figu
                   first_test_inputs, make_output_dir, run_tool)
 from .errors import InputError
 
-__all__ = ["Variant", "VARIANTS", "TRAININGS", "Scale", "SCALES", "variant_config",
+__all__ = ["Variant", "VARIANTS", "TRAININGS", "FINDINGS", "Scale", "SCALES", "variant_config",
            "run_ablation", "summarize", "main"]
 
 PROG = "python -m tokenprune.ablation"
@@ -104,10 +107,14 @@ VARIANTS: List[Variant] = [
             TRAININGS["discard"], "discard"),
     Variant("svit_no_reactivate", "SViT without reactivation (pruned tokens stay pruned)",
             TRAININGS["inherit"], "inherit"),
+    Variant("svit_no_reactivate_fixed", "SViT without reactivation, fixed rate (top-k)",
+            (*TRAININGS["inherit"], f"{NET}.dynamic=False"), "inherit"),
     Variant("svit_fixed_rate", "SViT with a fixed rate (top-k at the targets)",
             (f"{NET}.dynamic=False",), "svit", all_seeds=True),
     Variant("svit_heavy_gate", "SViT with a heavier gate (self-attention + MLP)",
             TRAININGS["heavy_gate"], "heavy_gate"),
+    Variant("svit_heavy_gate_fixed", "SViT with the heavier gate, fixed rate (top-k)",
+            (*TRAININGS["heavy_gate"], f"{NET}.dynamic=False"), "heavy_gate"),
     Variant("dynamicvit", "DynamicViT: MLP gate, fixed top-k, discard",
             (f"{NET}.preserve=False", f"{NET}.dynamic=False"), "discard"),
     Variant("evit", "EViT: top-k by received attention, inattentive tokens kept as is",
@@ -116,6 +123,24 @@ VARIANTS: List[Variant] = [
             (f"{NET}.reducer=tome",), None, all_seeds=True),
     Variant("random", "Random keep at the target rates (the floor)", TRAININGS["random"],
             "random"),
+]
+
+
+#: The comparisons the table states: (claim, row A, row B, how A should compare with B).
+#: "above": A's box AP higher; "matches": A within 1.0 box AP of B or above it. Except
+#: finding 3 (which compares the dynamic rate with the fixed one), both rows keep the same
+#: number of tokens: top-k at the targets.
+FINDINGS: List[Tuple[str, str, str, str]] = [
+    ("SViT within 1.0 box AP of dense", "svit", "dense", "matches"),
+    ("1. preserving pruned tokens beats discarding them", "svit_fixed_rate", "dynamicvit",
+     "above"),
+    ("2. reactivation helps", "svit_fixed_rate", "svit_no_reactivate_fixed", "above"),
+    ("3. a dynamic rate beats a fixed one", "svit", "svit_fixed_rate", "above"),
+    ("4. the MLP gate matches a heavier gate", "svit_fixed_rate", "svit_heavy_gate_fixed",
+     "matches"),
+    ("SViT (fixed rate) beats random keep", "svit_fixed_rate", "random", "above"),
+    ("SViT (fixed rate) beats EViT", "svit_fixed_rate", "evit", "above"),
+    ("SViT (fixed rate) beats ToMe", "svit_fixed_rate", "tome", "above"),
 ]
 
 
@@ -561,6 +586,7 @@ def _markdown(rows: List[Dict[str, Any]], state: Dict[str, Any]) -> str:
             f"{row['keep_ratio']:.2f} | {row['backbone_ms']:.1f} | "
             f"{row['backbone_speedup']:.2f}x | {weights} |")
     total = sum(v for k, v in state.get("seconds", {}).items() if k != "last_run")
+    lines += ["", *_findings(rows)]
     lines += [
         "",
         "Box / mask AP: COCO AP (0-100) on the validation images; ± = sample standard "
@@ -580,6 +606,23 @@ def _markdown(rows: List[Dict[str, Any]], state: Dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _findings(rows: List[Dict[str, Any]]) -> List[str]:
+    """The :data:`FINDINGS` whose two rows are in ``rows``, one bullet each, with a verdict."""
+    by = {row["variant"]: row for row in rows}
+    out = []
+    for claim, a, b, how in FINDINGS:
+        if a not in by or b not in by:
+            continue
+        diff = by[a]["box_ap"] - by[b]["box_ap"]
+        holds = diff > 0 if how == "above" else diff >= -1.0
+        out.append(f"* {claim}: **{'holds' if holds else 'does not hold'}** -- {a} "
+                   f"{_ap_cell(by[a], 'box_ap')} box AP at keep {by[a]['keep_ratio']:.2f} vs "
+                   f"{b} {_ap_cell(by[b], 'box_ap')} at keep {by[b]['keep_ratio']:.2f} "
+                   f"({diff:+.1f}).")
+    return ["Findings (box AP; means over seeds where there are several):", "", *out] if out \
+        else []
 
 
 def _plot(rows: List[Dict[str, Any]]) -> bytes:
