@@ -1,21 +1,25 @@
 """VLTP on the synthetic task data: guided pruning decoders at blocks 3-11 of ViTDet-Tiny.
 
-Fine-tunes the unpruned task model (mask_rcnn_vitdet_t_task_dense.py). Keep-ratio
-targets 0.75 / 0.56 / 0.42 (SViT's schedule with base 0.75, mean 0.58: about 25% fewer
-backbone FLOPs, decoders included); inherit mode as in
-VLTP (a token pruned by a decoder skips the following blocks), reactivated in the output
-map. ``model.backbone.net.gate=mlp`` gives the unguided SViT gate for comparison;
-``model.guidance.name=text|vector`` switch the guidance source.
+Fine-tunes the unpruned task model (mask_rcnn_vitdet_t_task_dense.py). Keep-ratio targets
+0.75 / 0.56 / 0.42 (SViT's schedule with base 0.75, mean 0.58: about 25% fewer backbone
+FLOPs, decoders included); inherit mode as in VLTP (a token pruned by a decoder skips the
+following blocks), reactivated in the output map. The targets are fractions of all tokens,
+so in inherit mode each decoder drops only a few of the tokens still active (keep
+probability about 0.9): inference keeps the top-k at the targets (``dynamic=False``) rather
+than thresholding at 0.5, which would keep them all. ``model.backbone.net.gate=mlp`` gives
+the unguided SViT gate for comparison; ``model.guidance.name=text|vector`` switch the
+guidance source.
 """
-from ..common.guidance import GUIDANCE_DIM
 from tokenprune.modeling import svit_schedule
 
+from ..common.guidance import GUIDANCE_DIM
 from ..common.svit import make_svit
 from .mask_rcnn_vitdet_t_task_dense import dataloader, lr_multiplier, model, optimizer, train
 
 make_svit(model, depth=12)
 model.backbone.net.update(svit_schedule(12, base=0.75))
 model.backbone.net.reactivate = False
+model.backbone.net.dynamic = False
 model.backbone.net.gate = "guided"
 model.backbone.net.gate_kwargs = dict(guidance_dim=GUIDANCE_DIM)
 model.relevance_loss_weight = 1.0
