@@ -20,9 +20,9 @@ inherit and heavy-gate runs, so every finding has a pair of rows at the same kee
 identical share one fine-tuning run: the ``dynamic`` switch acts only at inference for a
 learned gate, so "SViT with a fixed rate" evaluates SViT's weights with top-k, and
 DynamicViT evaluates the discard run's weights with top-k. ToMe is training-free (it runs on
-the dense weights). ``--seeds N`` repeats dense, SViT and the variants that need no training
-of their own for N seeds (the others use seed 0); the table gives mean +- sample standard
-deviation.
+the dense weights). ``--seeds N`` repeats dense, SViT, random keep (the floor SViT must clear) and the variants
+that need no training of their own for N seeds (the others use seed 0); the table gives
+mean +- sample standard deviation.
 
 Outputs in DIR: ``table.md``, ``results.csv``, ``ap_vs_flops.png`` (written atomically
 after every run), ``results/<variant>_seed<k>.json`` (one per evaluation), ``runs/``
@@ -122,7 +122,7 @@ VARIANTS: List[Variant] = [
     Variant("tome", "ToMe: bipartite token merging, unmerged for the neck (training-free)",
             (f"{NET}.reducer=tome",), None, all_seeds=True),
     Variant("random", "Random keep at the target rates (the floor)", TRAININGS["random"],
-            "random"),
+            "random", all_seeds=True),
 ]
 
 
