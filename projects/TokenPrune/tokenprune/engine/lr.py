@@ -1,0 +1,20 @@
+"""Learning-rate factors for fine-tuning a pretrained model that gained new modules."""
+from __future__ import annotations
+
+from typing import Sequence
+
+__all__ = ["new_module_lr_factor"]
+
+
+def new_module_lr_factor(name: str, *, modules: Sequence[str], factor: float) -> float:
+    """``lr_factor_func`` for Detectron2's ``get_default_optimizer_params``.
+
+    Args:
+        name: a parameter's full name, e.g. ``"backbone.net.gates.3.fc1.weight"``.
+        modules: name components of the new modules, e.g. ``("gates",)``.
+        factor: learning-rate multiplier for their parameters.
+    Returns:
+        ``factor`` if a component of ``name`` is in ``modules``, else 1.0. Freshly
+        initialised gates need a larger rate than the pretrained weights around them.
+    """
+    return factor if set(name.split(".")) & set(modules) else 1.0
