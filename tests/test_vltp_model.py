@@ -150,3 +150,22 @@ def test_synthetic_vltp_trains_and_evaluates_with_each_guidance_source(source, t
         keys = set().union(*(json.loads(line) for line in f if line.strip()))
     assert {"keep_ratio/mean", "keep_ratio/layer1", "loss_keep_ratio", "loss_relevance",
             "flops/backbone_ratio", "task_seg/mIoU", "segm/AP"} <= keys
+
+
+def test_new_decoders_learn_faster_than_the_pretrained_model():
+    from tokenprune.engine.lr import new_module_lr_factor
+
+    assert new_module_lr_factor("backbone.net.gates.3.head.1.weight", modules=("gates",),
+                                factor=10.0) == 10.0
+    assert new_module_lr_factor("backbone.net.blocks.3.attn.qkv.weight", modules=("gates",),
+                                factor=10.0) == 1.0
+    cfg = load_config(VLTP_CFG, [o for o in TINY_VLTP if not o.startswith("dataloader")])
+    model = instantiate(cfg.model)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    gate_params = {id(p) for p in model.backbone.net.gates.parameters()}
+    for group in optimizer.param_groups:
+        is_gate = {id(p) in gate_params for p in group["params"]}
+        assert len(is_gate) == 1  # no group mixes gates and other parameters
+        expected = 10 * cfg.optimizer.lr if is_gate.pop() else cfg.optimizer.lr
+        assert group["lr"] == pytest.approx(expected)
