@@ -377,12 +377,13 @@ def test_input_vector_guidance():
 
 def test_guidance_rows_are_normalised():
     """Every source hands on rows with zero mean and unit variance, whatever its raw scale."""
+    torch.manual_seed(0)
     task = build_guidance("task", dim=16, num_tasks=3)
     vector = build_guidance("vector", dim=16, in_dim=6)
     for out in (task([{"task_id": 0}, {"task_id": 2}]),
                 vector([{"guidance": 1e-3 * torch.randn(6)}, {"guidance": torch.randn(6)}])):
         assert torch.allclose(out.mean(dim=1), torch.zeros(2), atol=1e-5)
-        assert torch.allclose(out.var(dim=1, unbiased=False), torch.ones(2), atol=0.05)
+        assert torch.allclose(out.var(dim=1, unbiased=False), torch.ones(2), atol=1e-3)
 
 
 def test_text_guidance_rejects_bad_prompts_without_loading_the_encoder():
