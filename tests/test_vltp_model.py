@@ -152,14 +152,21 @@ def test_synthetic_vltp_trains_and_evaluates_with_each_guidance_source(source, t
             "flops/backbone_ratio", "task_seg/mIoU", "segm/AP"} <= keys
 
 
-def test_new_decoders_learn_faster_than_the_pretrained_model():
+def test_new_module_lr_factor():
     from tokenprune.engine.lr import new_module_lr_factor
 
-    assert new_module_lr_factor("backbone.net.gates.3.head.1.weight", modules=("gates",),
-                                factor=10.0) == 10.0
-    assert new_module_lr_factor("backbone.net.blocks.3.attn.qkv.weight", modules=("gates",),
-                                factor=10.0) == 1.0
-    cfg = load_config(VLTP_CFG, [o for o in TINY_VLTP if not o.startswith("dataloader")])
+    kw = dict(modules=("gates",), factor=10.0)
+    assert new_module_lr_factor("backbone.net.gates.3.head.1.weight", **kw) == 10.0
+    assert new_module_lr_factor("backbone.net.blocks.3.attn.qkv.weight", **kw) == 1.0
+    assert new_module_lr_factor("backbone.net.blocks.3.attn.qkv.weight", **kw, rest=0.0) == 0.0
+
+
+@pytest.mark.parametrize("config,gate_lr,rest_lr", [
+    (VLTP_CFG, 1e-3, 1e-4),  # decoders at 10x the rate of the pretrained model
+    (VLTP_CFG.replace("_vltp.py", "_vltp_decoders_only.py"), 1e-3, 0.0),  # the rest frozen
+])
+def test_decoder_learning_rates(config, gate_lr, rest_lr):
+    cfg = load_config(config, [o for o in TINY_VLTP if not o.startswith("dataloader")])
     model = instantiate(cfg.model)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -167,5 +174,11 @@ def test_new_decoders_learn_faster_than_the_pretrained_model():
     for group in optimizer.param_groups:
         is_gate = {id(p) in gate_params for p in group["params"]}
         assert len(is_gate) == 1  # no group mixes gates and other parameters
-        expected = 10 * cfg.optimizer.lr if is_gate.pop() else cfg.optimizer.lr
-        assert group["lr"] == pytest.approx(expected)
+        assert group["lr"] == pytest.approx(gate_lr if is_gate.pop() else rest_lr)
+    # one AdamW step: the gates move, a zero rate leaves a parameter exactly as it was
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    sum(p.sum() for p in model.parameters()).backward()
+    optimizer.step()
+    for name, p in model.named_parameters():
+        moved = not torch.equal(p, before[name])
+        assert moved == (".gates." in name or rest_lr > 0), name

@@ -6,15 +6,18 @@ from typing import Sequence
 __all__ = ["new_module_lr_factor"]
 
 
-def new_module_lr_factor(name: str, *, modules: Sequence[str], factor: float) -> float:
+def new_module_lr_factor(name: str, *, modules: Sequence[str], factor: float,
+                         rest: float = 1.0) -> float:
     """``lr_factor_func`` for Detectron2's ``get_default_optimizer_params``.
 
     Args:
         name: a parameter's full name, e.g. ``"backbone.net.gates.3.fc1.weight"``.
         modules: name components of the new modules, e.g. ``("gates",)``.
         factor: learning-rate multiplier for their parameters.
+        rest: multiplier for every other parameter (0 freezes them: with a zero rate AdamW
+            changes nothing, weight decay included).
     Returns:
-        ``factor`` if a component of ``name`` is in ``modules``, else 1.0. Freshly
+        ``factor`` if a component of ``name`` is in ``modules``, else ``rest``. Freshly
         initialised gates need a larger rate than the pretrained weights around them.
     """
-    return factor if set(name.split(".")) & set(modules) else 1.0
+    return factor if set(name.split(".")) & set(modules) else rest
