@@ -7,7 +7,7 @@ import torch
 
 from detectron2.config import instantiate
 
-from helpers import TINY_VLTP, VLTP_CFG, train_net
+from helpers import SVIT_CFG, TINY_SVIT, TINY_VLTP, VLTP_CFG, train_net
 from tokenprune.config import load_config
 from tokenprune.errors import InputError
 from tokenprune.modeling import GuidedGate
@@ -161,12 +161,13 @@ def test_new_module_lr_factor():
     assert new_module_lr_factor("backbone.net.blocks.3.attn.qkv.weight", **kw, rest=0.0) == 0.0
 
 
-@pytest.mark.parametrize("config,gate_lr,rest_lr", [
-    (VLTP_CFG, 1e-3, 1e-4),  # decoders at 10x the rate of the pretrained model
-    (VLTP_CFG.replace("_vltp.py", "_vltp_decoders_only.py"), 1e-3, 0.0),  # the rest frozen
+@pytest.mark.parametrize("config,overrides,gate_lr,rest_lr", [
+    (VLTP_CFG, TINY_VLTP, 1e-3, 1e-4),  # decoders at 10x the rate of the pretrained model
+    (VLTP_CFG.replace("_vltp.py", "_vltp_decoders_only.py"), TINY_VLTP, 1e-3, 0.0),  # rest frozen
+    (SVIT_CFG.replace("_svit.py", "_svit_gates_only.py"), TINY_SVIT, 1e-3, 0.0),
 ])
-def test_decoder_learning_rates(config, gate_lr, rest_lr):
-    cfg = load_config(config, [o for o in TINY_VLTP if not o.startswith("dataloader")])
+def test_decoder_learning_rates(config, overrides, gate_lr, rest_lr):
+    cfg = load_config(config, [o for o in overrides if not o.startswith("dataloader")])
     model = instantiate(cfg.model)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
