@@ -28,7 +28,6 @@ PNGs are written to temporary files and renamed into place only after every imag
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import tempfile
 from typing import Dict, List, Optional, Tuple
@@ -115,19 +114,13 @@ def _figure(title: str, rows: List[List[_Panel]]) -> bytes:
     import matplotlib.pyplot as plt
 
     if len(rows) == 1:
-        n = len(rows[0])
-        ncols = min(n, 4)
-        nrows = math.ceil(n / ncols)
-        cells = [rows[0]]
-    else:
-        ncols, nrows = max(len(r) for r in rows), len(rows)
-        cells = rows
+        rows = [rows[0][i:i + 4] for i in range(0, len(rows[0]), 4)]
+    nrows, ncols = len(rows), max(len(r) for r in rows)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.4 * nrows + 0.4),
                              dpi=100, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    flat_axes = [axes.flat] if len(rows) == 1 else list(axes)
-    for row_axes, row in zip(flat_axes, cells):
+    for row_axes, row in zip(axes, rows):
         for ax, (img, t) in zip(row_axes, row):
             ax.imshow(img)
             ax.set_title(t, fontsize=9)
@@ -221,12 +214,13 @@ def main(args: argparse.Namespace) -> List[str]:
             seen_rgb = convert_image_to_rgb(seen, fmt)
             orig_rgb = convert_image_to_rgb(image, fmt)
             chw = torch.as_tensor(np.ascontiguousarray(seen.transpose(2, 0, 1)))
+            padded = model.preprocess_image([{"image": chw}]).tensor.shape[-2:]
+            grid = (padded[0] // patch, padded[1] // patch)
             rows = []
             for guidance in guidances:
                 inp: Dict = {"image": chw, "height": h0, "width": w0, "file_name": path,
                              **guidance}
                 with torch.no_grad():
-                    padded = model.preprocess_image([inp]).tensor.shape[-2:]
                     instances = model([inp])[0]["instances"].to("cpu")
                 instances = instances[instances.scores >= args.score_thresh]
                 det = Visualizer(orig_rgb, metadata=metadata).draw_instance_predictions(
@@ -235,7 +229,6 @@ def main(args: argparse.Namespace) -> List[str]:
                 det_title = (f"{label}\n" if label else "") + \
                     f"{len(instances)} detections (score >= {args.score_thresh:g})"
                 row, kept = [], []
-                grid = (padded[0] // patch, padded[1] // patch)
                 if vit is not None:
                     for i in sorted(vit.last_keep_masks):
                         keep = vit.last_keep_masks[i][0].reshape(grid).cpu().numpy()
