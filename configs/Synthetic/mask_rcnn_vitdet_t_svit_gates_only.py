@@ -6,7 +6,8 @@ the gates learning at 1e-3 for 300 iterations. The rest of the model cannot adap
 pruning, so the AP at a keep ratio measures the gates' choice of tokens alone; compare with
 random keep on the dense weights (``model.backbone.net.gate=random``, training-free).
 """
-from ..common.svit import train_gates_only
+from tokenprune.engine.lr import train_gates_only
+
 from .mask_rcnn_vitdet_t_svit import dataloader, lr_multiplier, model, optimizer, train
 
 train.output_dir = "output/synthetic_svit_gates_only"

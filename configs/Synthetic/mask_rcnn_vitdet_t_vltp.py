@@ -10,9 +10,7 @@ still active (keep probability about 0.9): inference keeps the top-k at the targ
 ``model.backbone.net.gate=mlp`` gives the unguided SViT gate for comparison;
 ``model.guidance.name=text|vector`` switch the guidance source.
 """
-from functools import partial
-
-from tokenprune.engine.lr import new_module_lr_factor
+from tokenprune.engine.lr import gate_lr
 from tokenprune.modeling import svit_schedule
 
 from ..common.guidance import GUIDANCE_DIM
@@ -35,4 +33,4 @@ train.eval_period = 300
 train.flops_period = 150
 optimizer.lr = 1e-4
 # the new decoders learn at 10x the rate of the pretrained model around them
-optimizer.params.lr_factor_func = partial(new_module_lr_factor, modules=("gates",), factor=10.0)
+gate_lr(optimizer, factor=10.0)

@@ -6,7 +6,8 @@ there. The rest of the model cannot adapt to the pruning, so the accuracy at a k
 measures the decoders' choice of tokens alone: the setting that compares guided and
 unguided decoders (``model.backbone.net.gate=mlp``) most directly.
 """
-from ..common.svit import train_gates_only
+from tokenprune.engine.lr import train_gates_only
+
 from .mask_rcnn_vitdet_t_vltp import dataloader, lr_multiplier, model, optimizer, train
 
 train.output_dir = "output/synthetic_vltp_decoders_only"

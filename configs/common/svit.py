@@ -1,7 +1,4 @@
 """Turn a dense ViTDet Mask R-CNN config into SViT: PrunedViT backbone + keep-ratio loss."""
-from functools import partial
-
-from tokenprune.engine.lr import new_module_lr_factor
 from tokenprune.modeling import PrunedViT, TokenPruningRCNN, svit_schedule
 
 
@@ -18,10 +15,3 @@ def make_svit(model, depth: int = 12) -> None:
     net.dynamic = True
     net.fixed_keep_ratio = None
     net.keep_ratio_loss_weight = 4.0
-
-
-def train_gates_only(optimizer, lr: float) -> None:
-    """In place: the gates learn at ``lr``, every other parameter is frozen (factor 0)."""
-    optimizer.lr = lr
-    optimizer.params.lr_factor_func = partial(new_module_lr_factor, modules=("gates",),
-                                              factor=1.0, rest=0.0)

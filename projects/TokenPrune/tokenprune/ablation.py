@@ -11,9 +11,14 @@ backbone FLOPs (:func:`tokenprune.flops.count_model_flops` on the first validati
 gates included), backbone latency (the ViT alone on the same preprocessed images, dense and
 variant interleaved, median) and the mean kept fraction of the tokens.
 
-Rows (each a config override of the SViT config, see :data:`VARIANTS`): dense; SViT; SViT
+Rows (each a config override of the SViT config, see :data:`VARIANTS`): dense (the starting
+point) and dense fine-tuned with the same recipe and budget but no gates (the reference every
+claim about dense is measured against: the pruned rows get that much more training); SViT; SViT
 without preserve (discard); without reactivation (inherit); with a fixed rate; with the
-heavier attention gate; DynamicViT; EViT; ToMe; random; and, because learned gates keep a
+heavier attention gate; DynamicViT; EViT; ToMe; random; SViT with a gate warm-up (the
+gates first learn alone on the frozen dense model for a third of the budget,
+:data:`GATE_WARMUP`); SViT's and the warmed-up SViT's weights with a random choice of tokens
+(does the learned choice matter once the model is fine-tuned?); and, because learned gates keep a
 different number of tokens at inference than their training targets, top-k versions of the
 inherit and heavy-gate runs, so every finding has a pair of rows at the same keep ratio
 (:data:`FINDINGS`, stated under the table). Variants whose training is
@@ -33,12 +38,13 @@ training is not repeated, an interrupted one resumes from its last checkpoint.
 Scales: ``quick`` (a 4-block, 96-wide ViT, a few iterations, the 8-image minival set;
 minutes on 2 CPU cores, for tests and CI; its numbers mean nothing) and ``full`` (the
 12-block ViT-T synthetic config, 400 dense iterations per seed, 300 per variant, the
-64-image validation set, 2 seeds by default; under an hour on 2 CPU cores).
+64-image validation set, 2 seeds by default; about an hour on 2 CPU cores).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
 import io
 import json
@@ -91,7 +97,9 @@ class Variant:
 
 #: Fine-tuning runs: overrides of the SViT config used for training.
 TRAININGS: Dict[str, Tuple[str, ...]] = {
+    "dense": (f"{NET}.pruned_blocks=[]", f"{NET}.keep_ratios=[]"),  # the recipe, no gates
     "svit": (),
+    "svit_warmup": (),  # the SViT run, gates first trained alone (GATE_WARMUP)
     "discard": (f"{NET}.preserve=False",),
     "inherit": (f"{NET}.reactivate=False",),
     "heavy_gate": (f"{NET}.gate=attention_net",),
@@ -99,8 +107,18 @@ TRAININGS: Dict[str, Tuple[str, ...]] = {
     "random": (f"{NET}.gate=random", f"{NET}.dynamic=False"),
 }
 
+#: Fine-tuning runs whose gates first learn alone, on the frozen dense model at
+#: :data:`WARMUP_LR`, for a third of the budget; the whole model then trains for the rest
+#: (the same total number of iterations as every other run).
+GATE_WARMUP: Tuple[str, ...] = ("svit_warmup",)
+WARMUP_LR = 1e-3
+_RANDOM_CHOICE = (f"{NET}.gate=random", f"{NET}.dynamic=False")
+
 VARIANTS: List[Variant] = [
-    Variant("dense", "Dense ViTDet (no pruning)", None, None, all_seeds=True),
+    Variant("dense", "Dense ViTDet, the starting point (not fine-tuned)", None, None,
+            all_seeds=True),
+    Variant("dense_ft", "Dense ViTDet fine-tuned with the same budget (the reference)",
+            TRAININGS["dense"], "dense", all_seeds=True),
     Variant("svit", "SViT: MLP gate, preserve, reactivate, dynamic rate", (), "svit",
             all_seeds=True),
     Variant("svit_no_preserve", "SViT without preserve (pruned tokens discarded)",
@@ -111,6 +129,14 @@ VARIANTS: List[Variant] = [
             (*TRAININGS["inherit"], f"{NET}.dynamic=False"), "inherit"),
     Variant("svit_fixed_rate", "SViT with a fixed rate (top-k at the targets)",
             (f"{NET}.dynamic=False",), "svit", all_seeds=True),
+    Variant("svit_random_choice", "SViT's fine-tuned weights, tokens chosen at random (fixed "
+            "rate)", _RANDOM_CHOICE, "svit", all_seeds=True),
+    Variant("svit_warmup", "SViT, gates first trained alone on the frozen dense model "
+            "(1/3 of the budget)", (), "svit_warmup", all_seeds=True),
+    Variant("svit_warmup_fixed", "SViT with gate warm-up, fixed rate (top-k at the targets)",
+            (f"{NET}.dynamic=False",), "svit_warmup", all_seeds=True),
+    Variant("svit_warmup_random_choice", "SViT with gate warm-up's weights, tokens chosen at "
+            "random (fixed rate)", _RANDOM_CHOICE, "svit_warmup", all_seeds=True),
     Variant("svit_heavy_gate", "SViT with a heavier gate (self-attention + MLP)",
             TRAININGS["heavy_gate"], "heavy_gate"),
     Variant("svit_heavy_gate_fixed", "SViT with the heavier gate, fixed rate (top-k)",
@@ -127,11 +153,13 @@ VARIANTS: List[Variant] = [
 
 
 #: The comparisons the table states: (claim, row A, row B, how A should compare with B).
-#: "above": A's box AP higher; "matches": A within 1.0 box AP of B or above it. Except
-#: finding 3 (which compares the dynamic rate with the fixed one), both rows keep the same
-#: number of tokens: top-k at the targets.
+#: "above": A's box AP higher; "matches": A within 1.0 box AP of B or above it. Dense means
+#: the dense model fine-tuned as long as the pruned ones. Except finding 3 (which compares
+#: the dynamic rate with the fixed one), the pruned rows of a pair keep the same number of
+#: tokens: top-k at the targets.
 FINDINGS: List[Tuple[str, str, str, str]] = [
-    ("SViT within 1.0 box AP of dense", "svit", "dense", "matches"),
+    ("SViT within 1.0 box AP of dense", "svit", "dense_ft", "matches"),
+    ("SViT (fixed rate) within 1.0 box AP of dense", "svit_fixed_rate", "dense_ft", "matches"),
     ("1. preserving pruned tokens beats discarding them", "svit_fixed_rate", "dynamicvit",
      "above"),
     ("2. reactivation helps", "svit_fixed_rate", "svit_no_reactivate_fixed", "above"),
@@ -139,6 +167,13 @@ FINDINGS: List[Tuple[str, str, str, str]] = [
     ("4. the MLP gate matches a heavier gate", "svit_fixed_rate", "svit_heavy_gate_fixed",
      "matches"),
     ("SViT (fixed rate) beats random keep", "svit_fixed_rate", "random", "above"),
+    ("SViT's learned choice beats a random one on its own weights", "svit_fixed_rate",
+     "svit_random_choice", "above"),
+    ("SViT with gate warm-up within 1.0 box AP of dense", "svit_warmup", "dense_ft", "matches"),
+    ("SViT with gate warm-up (fixed rate) beats random keep", "svit_warmup_fixed", "random",
+     "above"),
+    ("the warmed-up gates' choice beats a random one on their own weights",
+     "svit_warmup_fixed", "svit_warmup_random_choice", "above"),
     ("SViT (fixed rate) beats EViT", "svit_fixed_rate", "evit", "above"),
     ("SViT (fixed rate) beats ToMe", "svit_fixed_rate", "tome", "above"),
 ]
@@ -256,6 +291,27 @@ def _train(cfg, out_dir: str, seed: int, iters: int, init: str, log_period: int)
     model = build_model(cfg)
     do_train(cfg, model, resume=True)
     return time.perf_counter() - start
+
+
+def _warmup_iters(scale: Scale) -> int:
+    return max(1, scale.finetune_iters // 3)
+
+
+def _warm_up_gates(cfg, run: str, seed: int, scale: Scale, dense_checkpoint: str
+                   ) -> Tuple[str, float]:
+    """Train only the gates of ``cfg`` (a copy) on the frozen dense weights into
+    ``run/gate_warmup``; returns its checkpoint and the seconds spent (0 if it was done)."""
+    from .engine.lr import train_gates_only
+
+    out = os.path.join(run, "gate_warmup")
+    checkpoint = os.path.join(out, "model_final.pth")
+    if os.path.isfile(checkpoint):
+        return checkpoint, 0.0
+    warm = copy.deepcopy(cfg)
+    train_gates_only(warm.optimizer, WARMUP_LR)
+    _progress(f"  gates alone first: {_warmup_iters(scale)} iterations at lr {WARMUP_LR:g}")
+    return checkpoint, _train(warm, out, seed, _warmup_iters(scale), dense_checkpoint,
+                              scale.log_period)
 
 
 def _load(cfg, checkpoint: str):
@@ -455,7 +511,11 @@ def run_ablation(output: str, scale_name: str = "quick", seeds: Optional[int] = 
                     _progress(f"fine-tuning '{variant.train}' seed {seed} from dense: "
                               f"{scale.finetune_iters} iterations")
                     tcfg = variant_config(variant, scale, dense_config, svit_config, training=True)
-                    secs = _train(tcfg, run, seed, scale.finetune_iters, dpath, scale.log_period)
+                    init, iters, secs = dpath, scale.finetune_iters, 0.0
+                    if variant.train in GATE_WARMUP:
+                        init, secs = _warm_up_gates(tcfg, run, seed, scale, dpath)
+                        iters -= _warmup_iters(scale)
+                    secs += _train(tcfg, run, seed, iters, init, scale.log_period)
                     state["seconds"][f"train_{variant.train}_seed{seed}"] = secs
                     atomic_write_json(state_path, state)
                     _progress(f"fine-tuned '{variant.train}' seed {seed} in {secs:.0f} s")
@@ -638,7 +698,7 @@ def _plot(rows: List[Dict[str, Any]]) -> bytes:
         for r, x in zip(rows, xs):
             sd = r[f"{key}_sd"]
             ax.errorbar([x], [r[key]], yerr=None if math.isnan(sd) else [sd], fmt="o",
-                        capsize=3, color="black" if r["variant"] == "dense" else
+                        capsize=3, color="black" if r["variant"] in ("dense", "dense_ft") else
                         "tab:red" if r["variant"] == "svit" else "tab:blue")
             ax.annotate(r["variant"], (x, r[key]), fontsize=7, xytext=(4, 3),
                         textcoords="offset points")

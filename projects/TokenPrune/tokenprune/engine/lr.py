@@ -1,9 +1,10 @@
 """Learning-rate factors for fine-tuning a pretrained model that gained new modules."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
-__all__ = ["new_module_lr_factor"]
+__all__ = ["new_module_lr_factor", "gate_lr", "train_gates_only"]
 
 
 def new_module_lr_factor(name: str, *, modules: Sequence[str], factor: float,
@@ -21,3 +22,17 @@ def new_module_lr_factor(name: str, *, modules: Sequence[str], factor: float,
         initialised gates need a larger rate than the pretrained weights around them.
     """
     return factor if set(name.split(".")) & set(modules) else rest
+
+
+def gate_lr(optimizer, factor: float, rest: float = 1.0) -> None:
+    """In place, on a LazyConfig optimizer node: the gates learn at ``factor`` x
+    ``optimizer.lr``, every other parameter at ``rest`` x (0 freezes it)."""
+    optimizer.params.lr_factor_func = partial(new_module_lr_factor, modules=("gates",),
+                                              factor=factor, rest=rest)
+
+
+def train_gates_only(optimizer, lr: float) -> None:
+    """In place, on a LazyConfig optimizer node: the gates learn at ``lr``, every other
+    parameter is frozen."""
+    optimizer.lr = lr
+    gate_lr(optimizer, factor=1.0, rest=0.0)
