@@ -139,6 +139,8 @@ def test_every_variant_is_a_config_override_of_the_same_pruned_vit():
     dense_keys = set(nets["dense"].state_dict())
     for name, net in nets.items():
         assert {k for k in net.state_dict() if not k.startswith("gates.")} == dense_keys, name
+    # fine-tuning runs live in runs/<training>_seed<k>, next to runs/dense_seed<k>
+    assert "dense" not in ablation.TRAININGS
     # variants sharing a fine-tuning run differ from it only in inference switches
     assert ablation.TRAININGS["discard"] == (f"{ablation.NET}.preserve=False",)
 

@@ -97,7 +97,7 @@ class Variant:
 
 #: Fine-tuning runs: overrides of the SViT config used for training.
 TRAININGS: Dict[str, Tuple[str, ...]] = {
-    "dense": (f"{NET}.pruned_blocks=[]", f"{NET}.keep_ratios=[]"),  # the recipe, no gates
+    "dense_ft": (f"{NET}.pruned_blocks=[]", f"{NET}.keep_ratios=[]"),  # the recipe, no gates
     "svit": (),
     "svit_warmup": (),  # the SViT run, gates first trained alone (GATE_WARMUP)
     "discard": (f"{NET}.preserve=False",),
@@ -118,7 +118,7 @@ VARIANTS: List[Variant] = [
     Variant("dense", "Dense ViTDet, the starting point (not fine-tuned)", None, None,
             all_seeds=True),
     Variant("dense_ft", "Dense ViTDet fine-tuned with the same budget (the reference)",
-            TRAININGS["dense"], "dense", all_seeds=True),
+            TRAININGS["dense_ft"], "dense_ft", all_seeds=True),
     Variant("svit", "SViT: MLP gate, preserve, reactivate, dynamic rate", (), "svit",
             all_seeds=True),
     Variant("svit_no_preserve", "SViT without preserve (pruned tokens discarded)",
