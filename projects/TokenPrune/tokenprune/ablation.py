@@ -12,22 +12,22 @@ gates included), backbone latency (the ViT alone on the same preprocessed images
 variant interleaved, median) and the mean kept fraction of the tokens.
 
 Rows (each a config override of the SViT config, see :data:`VARIANTS`): dense (the starting
-point) and dense fine-tuned with the same recipe and budget but no gates (the reference every
-claim about dense is measured against: the pruned rows get that much more training); SViT; SViT
-without preserve (discard); without reactivation (inherit); with a fixed rate; with the
-heavier attention gate; DynamicViT; EViT; ToMe; random; SViT with a gate warm-up (the
-gates first learn alone on the frozen dense model for a third of the budget,
-:data:`GATE_WARMUP`); SViT's and the warmed-up SViT's weights with a random choice of tokens
-(does the learned choice matter once the model is fine-tuned?); and, because learned gates keep a
-different number of tokens at inference than their training targets, top-k versions of the
-inherit and heavy-gate runs, so every finding has a pair of rows at the same keep ratio
-(:data:`FINDINGS`, stated under the table). Variants whose training is
+point) and dense fine-tuned with the same recipe and budget but no gates (the reference
+every claim about dense is measured against: the pruned rows get that much more training);
+SViT; SViT without preserve (discard); without reactivation (inherit); with a fixed rate;
+with the heavier attention gate; DynamicViT; EViT; ToMe; random; SViT with a gate warm-up
+(the gates first learn alone on the frozen dense model for a third of the budget,
+:data:`GATE_WARMUP`); SViT's and the warmed-up SViT's weights with a random choice of
+tokens (does the learned choice matter once the model is fine-tuned?); and, because
+learned gates keep a different number of tokens at inference than their training targets,
+top-k versions of the inherit and heavy-gate runs, so every finding has a pair of rows at
+the same keep ratio (:data:`FINDINGS`, stated under the table). Variants whose training is
 identical share one fine-tuning run: the ``dynamic`` switch acts only at inference for a
 learned gate, so "SViT with a fixed rate" evaluates SViT's weights with top-k, and
-DynamicViT evaluates the discard run's weights with top-k. ToMe is training-free (it runs on
-the dense weights). ``--seeds N`` repeats dense, SViT, random keep (the floor SViT must clear) and the variants
-that need no training of their own for N seeds (the others use seed 0); the table gives
-mean +- sample standard deviation.
+DynamicViT evaluates the discard run's weights with top-k. ToMe is training-free (it runs
+on the dense weights). ``--seeds N`` repeats the rows marked ``all_seeds`` (dense, SViT,
+random keep, the controls) for N seeds (the others use seed 0); the table gives mean +-
+sample standard deviation.
 
 Outputs in DIR: ``table.md``, ``results.csv``, ``ap_vs_flops.png`` (written atomically
 after every run), ``results/<variant>_seed<k>.json`` (one per evaluation), ``runs/``
