@@ -95,6 +95,8 @@ class Variant:
     all_seeds: bool = False
 
 
+_RANDOM_CHOICE = (f"{NET}.gate=random", f"{NET}.dynamic=False")  # random keep at the targets
+
 #: Fine-tuning runs: overrides of the SViT config used for training.
 TRAININGS: Dict[str, Tuple[str, ...]] = {
     "dense_ft": (f"{NET}.pruned_blocks=[]", f"{NET}.keep_ratios=[]"),  # the recipe, no gates
@@ -104,7 +106,7 @@ TRAININGS: Dict[str, Tuple[str, ...]] = {
     "inherit": (f"{NET}.reactivate=False",),
     "heavy_gate": (f"{NET}.gate=attention_net",),
     "evit": (f"{NET}.gate=attention", f"{NET}.dynamic=False", f"{NET}.reactivate=False"),
-    "random": (f"{NET}.gate=random", f"{NET}.dynamic=False"),
+    "random": _RANDOM_CHOICE,
 }
 
 #: Fine-tuning runs whose gates first learn alone, on the frozen dense model at
@@ -112,7 +114,6 @@ TRAININGS: Dict[str, Tuple[str, ...]] = {
 #: (the same total number of iterations as every other run).
 GATE_WARMUP: Tuple[str, ...] = ("svit_warmup",)
 WARMUP_LR = 1e-3
-_RANDOM_CHOICE = (f"{NET}.gate=random", f"{NET}.dynamic=False")
 
 VARIANTS: List[Variant] = [
     Variant("dense", "Dense ViTDet, the starting point (not fine-tuned)", None, None,
