@@ -6,7 +6,6 @@ import os
 import time
 
 import pytest
-import torch
 
 from helpers import run
 
@@ -42,8 +41,7 @@ def test_quick_ablation_writes_table_csv_and_plot_with_every_row_filled(quick):
     assert float(by["dense_ft"]["backbone_flops_ratio"]) == pytest.approx(1.0, abs=1e-6)
     assert float(by["dense_ft"]["keep_ratio"]) == 1.0
     for name in ("svit_fixed_rate", "svit_no_reactivate_fixed", "svit_heavy_gate_fixed",
-                 "dynamicvit", "evit", "tome", "random", "svit_random_choice",
-                 "svit_warmup_fixed", "svit_warmup_random_choice"):  # fixed rates
+                 "dynamicvit", "evit", "tome", "random", "svit_random_choice"):  # fixed rates
         assert float(by[name]["keep_ratio"]) == pytest.approx(0.513, abs=0.01), name
         assert float(by[name]["backbone_flops_ratio"]) < 0.85, name
     assert float(by["evit"]["gate_gflops"]) > float(by["svit"]["gate_gflops"]) > 0
@@ -67,24 +65,6 @@ def test_quick_ablation_writes_table_csv_and_plot_with_every_row_filled(quick):
             assert json.load(f)["variant"] == name
     assert "training dense seed 0" in proc.stdout and "fine-tuning 'svit'" in proc.stdout
     assert "iter: " in proc.stdout  # Detectron2's training lines reach the console
-    assert "gates alone first" in proc.stdout
-
-
-def test_gate_warmup_trains_the_gates_alone_then_everything(quick):
-    out, _, _ = quick
-    runs = os.path.join(out, "runs")
-
-    def weights(path):
-        return torch.load(path, map_location="cpu", weights_only=False)["model"]
-
-    dense = weights(os.path.join(runs, "dense_seed0", "model_final.pth"))
-    warm = weights(os.path.join(runs, "svit_warmup_seed0", "gate_warmup", "model_final.pth"))
-    final = weights(os.path.join(runs, "svit_warmup_seed0", "model_final.pth"))
-    gates = [k for k in warm if ".gates." in k]
-    assert gates and set(warm) - set(gates) == set(dense)
-    for k in dense:  # stage 1: every dense weight frozen
-        assert torch.equal(warm[k], dense[k]), k
-    assert any(not torch.equal(final[k], dense[k]) for k in dense)  # stage 2: all train
 
 
 def test_rerun_resumes_and_only_computes_missing_results(quick):
@@ -114,8 +94,7 @@ def test_every_variant_is_a_config_override_of_the_same_pruned_vit():
     gate_kind = {"svit": MLPGate, "svit_no_preserve": MLPGate, "svit_no_reactivate": MLPGate,
                  "svit_fixed_rate": MLPGate, "svit_heavy_gate": AttentionNetGate,
                  "dynamicvit": MLPGate, "evit": AttentionGate, "random": RandomGate,
-                 "svit_random_choice": RandomGate, "svit_warmup": MLPGate,
-                 "svit_warmup_fixed": MLPGate, "svit_warmup_random_choice": RandomGate}
+                 "svit_random_choice": RandomGate}
     for name, kind in gate_kind.items():
         net = nets[name]
         assert isinstance(net, PrunedViT) and net.pruned_blocks == [1, 2, 3], name

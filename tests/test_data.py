@@ -27,6 +27,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.structures import BoxMode
 from tokenprune.data import (
+    MIXED_COLOR_SPLITS,
     SHAPE_CLASSES,
     SYNTHETIC_SPLITS,
     default_data_root,
@@ -45,10 +46,11 @@ BASE_RGB = {
 }
 
 
-def _generate(root, num_images=6, seed=3, image_size=96):
+def _generate(root, num_images=6, seed=3, image_size=96, class_colors=True):
     json_file = os.path.join(root, "annotations", "shapes.json")
     image_dir = os.path.join(root, "images")
-    generate_synthetic_shapes(json_file, image_dir, num_images, seed, image_size)
+    generate_synthetic_shapes(json_file, image_dir, num_images, seed, image_size,
+                              class_colors=class_colors)
     return json_file, image_dir
 
 
@@ -131,6 +133,27 @@ def test_masks_are_the_visible_drawn_pixels(dataset):
             assert np.abs(mean - BASE_RGB[ann["shape"]][1]).max() < 40, (img, ann["id"], mean)
 
 
+def test_mixed_colours_are_drawn_independently_of_the_class(tmp_path):
+    json_file, image_dir = _generate(tmp_path, 24, 0, 128, class_colors=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(json_file)
+    pairs = set()
+    for img in coco.loadImgs(coco.getImgIds()):
+        pixels = np.asarray(Image.open(os.path.join(image_dir, img["file_name"])), np.float32)
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=img["id"])):
+            shape = coco.loadCats(ann["category_id"])[0]["name"]
+            assert ann["shape"] == shape
+            mean = pixels[coco.annToMask(ann).astype(bool)].mean(axis=0)
+            colour = {name: rgb for name, rgb in BASE_RGB.values()}[ann["color"]]
+            assert np.abs(mean - colour).max() < 40, (img, ann["id"], mean)  # the named colour
+            pairs.add((shape, ann["color"]))
+    assert len(pairs) >= 10  # of the 16 (class, colour) pairs: colour says little of the class
+    # the same seed with class colours is the class-coloured dataset, untouched by the switch
+    json_a, _ = _generate(tmp_path / "a", 24, 0, 128)
+    json_b, _ = _generate(tmp_path / "b", 24, 0, 128)
+    assert _read(json_a) == _read(json_b) != _read(json_file)
+
+
 def test_object_counts_and_empty_images(dataset):
     coco, _ = dataset
     counts = [len(coco.getAnnIds(imgIds=i)) for i in coco.getImgIds()]
@@ -176,7 +199,8 @@ def test_default_data_root(monkeypatch, tmp_path):
 @pytest.fixture
 def synthetic_registered_in_tmp(tmp_path, monkeypatch):
     """Re-register the synthetic datasets under ``tmp_path``; restore the originals after."""
-    saved = {n: (DatasetCatalog.pop(n), MetadataCatalog.pop(n)) for n in SYNTHETIC_SPLITS}
+    saved = {n: (DatasetCatalog.pop(n), MetadataCatalog.pop(n))
+             for n in [*SYNTHETIC_SPLITS, *MIXED_COLOR_SPLITS]}
     monkeypatch.setenv("TOKENPRUNE_DATA", str(tmp_path))
     try:
         register_synthetic_shapes()
@@ -217,6 +241,12 @@ def test_registration_is_cheap_and_loads(synthetic_registered_in_tmp):
             assert isinstance(a["segmentation"], (list, dict)) and a["segmentation"]
     assert num_anns > len(dicts)
     assert not os.path.exists(root / "synthetic_shapes" / "train"), "only the used split"
+
+    mixed = MetadataCatalog.get("synthetic_mixcolor_val")
+    assert mixed.json_file == str(root / "synthetic_mixcolor" / "annotations" / "val.json")
+    assert mixed.synthetic_params["class_colors"] is False
+    assert meta.synthetic_params["class_colors"] is True
+    assert not os.path.exists(root / "synthetic_mixcolor")
 
 
 def test_prepare_dataset_unregistered_name():

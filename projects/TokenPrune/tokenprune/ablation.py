@@ -4,7 +4,8 @@
                                   [--dense-checkpoint FILE]
 
 Trains the dense synthetic ViTDet-T Mask R-CNN (``configs/Synthetic/mask_rcnn_vitdet_t_dense.py``)
-once per seed, fine-tunes every variant from it with the same budget (the SViT recipe of
+once per seed, on the mixed-colour shapes (``synthetic_mixcolor_*``: an object's colour says
+nothing about its class, so classifying it takes its outline, the deeper blocks' work), fine-tunes every variant from it with the same budget (the SViT recipe of
 ``configs/Synthetic/mask_rcnn_vitdet_t_svit.py``: its schedule, learning rate and keep-ratio
 targets), and evaluates every variant the same way: box and mask AP on the validation set,
 backbone FLOPs (:func:`tokenprune.flops.count_model_flops` on the first validation images,
@@ -15,10 +16,9 @@ Rows (each a config override of the SViT config, see :data:`VARIANTS`): dense (t
 point) and dense fine-tuned with the same recipe and budget but no gates (the reference
 every claim about dense is measured against: the pruned rows get that much more training);
 SViT; SViT without preserve (discard); without reactivation (inherit); with a fixed rate;
-with the heavier attention gate; DynamicViT; EViT; ToMe; random; SViT with a gate warm-up
-(the gates first learn alone on the frozen dense model for a third of the budget,
-:data:`GATE_WARMUP`); SViT's and the warmed-up SViT's weights with a random choice of
-tokens (does the learned choice matter once the model is fine-tuned?); and, because
+with the heavier attention gate; DynamicViT; EViT; ToMe; random; SViT's weights with a
+random choice of tokens (does the learned choice matter once the model is fine-tuned?); and,
+because
 learned gates keep a different number of tokens at inference than their training targets,
 top-k versions of the inherit and heavy-gate runs, so every finding has a pair of rows at
 the same keep ratio (:data:`FINDINGS`, stated under the table). Variants whose training is
@@ -26,7 +26,7 @@ identical share one fine-tuning run: the ``dynamic`` switch acts only at inferen
 learned gate, so "SViT with a fixed rate" evaluates SViT's weights with top-k, and
 DynamicViT evaluates the discard run's weights with top-k. ToMe is training-free (it runs
 on the dense weights). ``--seeds N`` repeats the rows marked ``all_seeds`` (dense, SViT,
-random keep, the controls) for N seeds (the others use seed 0); the table gives mean +-
+random keep, the random-choice control) for N seeds (the others use seed 0); the table gives mean +-
 sample standard deviation.
 
 Outputs in DIR: ``table.md``, ``results.csv``, ``ap_vs_flops.png`` (written atomically
@@ -38,13 +38,12 @@ training is not repeated, an interrupted one resumes from its last checkpoint.
 Scales: ``quick`` (a 4-block, 96-wide ViT, a few iterations, the 8-image minival set;
 minutes on 2 CPU cores, for tests and CI; its numbers mean nothing) and ``full`` (the
 12-block ViT-T synthetic config, 400 dense iterations per seed, 300 per variant, the
-64-image validation set, 2 seeds by default; about an hour on 2 CPU cores).
+128-image validation set, 2 seeds by default; about 100 minutes on 2 CPU cores).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import csv
 import io
 import json
@@ -101,7 +100,6 @@ _RANDOM_CHOICE = (f"{NET}.gate=random", f"{NET}.dynamic=False")  # random keep a
 TRAININGS: Dict[str, Tuple[str, ...]] = {
     "dense_ft": (f"{NET}.pruned_blocks=[]", f"{NET}.keep_ratios=[]"),  # the recipe, no gates
     "svit": (),
-    "svit_warmup": (),  # the SViT run, gates first trained alone (GATE_WARMUP)
     "discard": (f"{NET}.preserve=False",),
     "inherit": (f"{NET}.reactivate=False",),
     "heavy_gate": (f"{NET}.gate=attention_net",),
@@ -109,35 +107,25 @@ TRAININGS: Dict[str, Tuple[str, ...]] = {
     "random": _RANDOM_CHOICE,
 }
 
-#: Fine-tuning runs whose gates first learn alone, on the frozen dense model at
-#: :data:`WARMUP_LR`, for a third of the budget; the whole model then trains for the rest
-#: (the same total number of iterations as every other run).
-GATE_WARMUP: Tuple[str, ...] = ("svit_warmup",)
-WARMUP_LR = 1e-3
-
 VARIANTS: List[Variant] = [
     Variant("dense", "Dense ViTDet, the starting point (not fine-tuned)", None, None,
             all_seeds=True),
     Variant("dense_ft", "Dense ViTDet fine-tuned with the same budget (the reference)",
             TRAININGS["dense_ft"], "dense_ft", all_seeds=True),
+    Variant("random", "Random keep at the target rates (the floor)", TRAININGS["random"],
+            "random", all_seeds=True),
     Variant("svit", "SViT: MLP gate, preserve, reactivate, dynamic rate", (), "svit",
             all_seeds=True),
+    Variant("svit_fixed_rate", "SViT with a fixed rate (top-k at the targets)",
+            (f"{NET}.dynamic=False",), "svit", all_seeds=True),
+    Variant("svit_random_choice", "SViT's fine-tuned weights, tokens chosen at random (fixed "
+            "rate)", _RANDOM_CHOICE, "svit", all_seeds=True),
     Variant("svit_no_preserve", "SViT without preserve (pruned tokens discarded)",
             TRAININGS["discard"], "discard"),
     Variant("svit_no_reactivate", "SViT without reactivation (pruned tokens stay pruned)",
             TRAININGS["inherit"], "inherit"),
     Variant("svit_no_reactivate_fixed", "SViT without reactivation, fixed rate (top-k)",
             (*TRAININGS["inherit"], f"{NET}.dynamic=False"), "inherit"),
-    Variant("svit_fixed_rate", "SViT with a fixed rate (top-k at the targets)",
-            (f"{NET}.dynamic=False",), "svit", all_seeds=True),
-    Variant("svit_random_choice", "SViT's fine-tuned weights, tokens chosen at random (fixed "
-            "rate)", _RANDOM_CHOICE, "svit", all_seeds=True),
-    Variant("svit_warmup", "SViT, gates first trained alone on the frozen dense model "
-            "(1/3 of the budget)", (), "svit_warmup", all_seeds=True),
-    Variant("svit_warmup_fixed", "SViT with gate warm-up, fixed rate (top-k at the targets)",
-            (f"{NET}.dynamic=False",), "svit_warmup", all_seeds=True),
-    Variant("svit_warmup_random_choice", "SViT with gate warm-up's weights, tokens chosen at "
-            "random (fixed rate)", _RANDOM_CHOICE, "svit_warmup", all_seeds=True),
     Variant("svit_heavy_gate", "SViT with a heavier gate (self-attention + MLP)",
             TRAININGS["heavy_gate"], "heavy_gate"),
     Variant("svit_heavy_gate_fixed", "SViT with the heavier gate, fixed rate (top-k)",
@@ -148,8 +136,6 @@ VARIANTS: List[Variant] = [
             TRAININGS["evit"], "evit"),
     Variant("tome", "ToMe: bipartite token merging, unmerged for the neck (training-free)",
             (f"{NET}.reducer=tome",), None, all_seeds=True),
-    Variant("random", "Random keep at the target rates (the floor)", TRAININGS["random"],
-            "random", all_seeds=True),
 ]
 
 
@@ -170,11 +156,6 @@ FINDINGS: List[Tuple[str, str, str, str]] = [
     ("SViT (fixed rate) beats random keep", "svit_fixed_rate", "random", "above"),
     ("SViT's learned choice beats a random one on its own weights", "svit_fixed_rate",
      "svit_random_choice", "above"),
-    ("SViT with gate warm-up within 1.0 box AP of dense", "svit_warmup", "dense_ft", "matches"),
-    ("SViT with gate warm-up (fixed rate) beats random keep", "svit_warmup_fixed", "random",
-     "above"),
-    ("the warmed-up gates' choice beats a random one on their own weights",
-     "svit_warmup_fixed", "svit_warmup_random_choice", "above"),
     ("SViT (fixed rate) beats EViT", "svit_fixed_rate", "evit", "above"),
     ("SViT (fixed rate) beats ToMe", "svit_fixed_rate", "tome", "above"),
 ]
@@ -196,10 +177,11 @@ class Scale:
     description: str = ""
 
 
+_TRAIN_DATA = "dataloader.train.dataset.names=synthetic_mixcolor_train"
 _TINY = (
-    f"{NET}.depth=4", f"{NET}.embed_dim=96", f"{NET}.window_block_indexes=[0,2]",
+    _TRAIN_DATA, f"{NET}.depth=4", f"{NET}.embed_dim=96", f"{NET}.window_block_indexes=[0,2]",
     "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
-    "dataloader.test.num_workers=0", "dataloader.test.dataset.names=synthetic_shapes_minival",
+    "dataloader.test.num_workers=0", "dataloader.test.dataset.names=synthetic_mixcolor_minival",
 )
 
 SCALES: Dict[str, Scale] = {
@@ -208,12 +190,13 @@ SCALES: Dict[str, Scale] = {
                                    f"{NET}.keep_ratios=[0.7,0.49,0.343]"),
                    flops_images=1, latency_images=2, latency_rounds=5, seeds=1, log_period=10,
                    description="4-block 96-wide ViT, blocks 1-3 pruned at 0.7/0.49/0.343, "
-                               "minival (8 images): a smoke test, the numbers mean nothing"),
-    "full": Scale(dense_iters=400, finetune_iters=300, overrides=(),
+                               "mixed-colour minival (8 images): a smoke test, the numbers mean nothing"),
+    "full": Scale(dense_iters=400, finetune_iters=300,
+                  overrides=(_TRAIN_DATA, "dataloader.test.dataset.names=synthetic_mixcolor_val"),
                   svit_overrides=(), flops_images=4, latency_images=8, latency_rounds=5,
                   seeds=2, log_period=20,
                   description="ViT-T (12 blocks, 192 wide), blocks 3-11 pruned at "
-                              "0.7/0.49/0.343, validation set (64 images)"),
+                              "0.7/0.49/0.343, mixed-colour shapes, validation set (128 images)"),
 }
 
 
@@ -292,27 +275,6 @@ def _train(cfg, out_dir: str, seed: int, iters: int, init: str, log_period: int)
     model = build_model(cfg)
     do_train(cfg, model, resume=True)
     return time.perf_counter() - start
-
-
-def _warmup_iters(scale: Scale) -> int:
-    return max(1, scale.finetune_iters // 3)
-
-
-def _warm_up_gates(cfg, run: str, seed: int, scale: Scale, dense_checkpoint: str
-                   ) -> Tuple[str, float]:
-    """Train only the gates of ``cfg`` (a copy) on the frozen dense weights into
-    ``run/gate_warmup``; returns its checkpoint and the seconds spent (0 if it was done)."""
-    from .engine.lr import train_gates_only
-
-    out = os.path.join(run, "gate_warmup")
-    checkpoint = os.path.join(out, "model_final.pth")
-    if os.path.isfile(checkpoint):
-        return checkpoint, 0.0
-    warm = copy.deepcopy(cfg)
-    train_gates_only(warm.optimizer, WARMUP_LR)
-    _progress(f"  gates alone first: {_warmup_iters(scale)} iterations at lr {WARMUP_LR:g}")
-    return checkpoint, _train(warm, out, seed, _warmup_iters(scale), dense_checkpoint,
-                              scale.log_period)
 
 
 def _load(cfg, checkpoint: str):
@@ -512,11 +474,8 @@ def run_ablation(output: str, scale_name: str = "quick", seeds: Optional[int] = 
                     _progress(f"fine-tuning '{variant.train}' seed {seed} from dense: "
                               f"{scale.finetune_iters} iterations")
                     tcfg = variant_config(variant, scale, dense_config, svit_config, training=True)
-                    init, iters, secs = dpath, scale.finetune_iters, 0.0
-                    if variant.train in GATE_WARMUP:
-                        init, secs = _warm_up_gates(tcfg, run, seed, scale, dpath)
-                        iters -= _warmup_iters(scale)
-                    secs += _train(tcfg, run, seed, iters, init, scale.log_period)
+                    secs = _train(tcfg, run, seed, scale.finetune_iters, dpath,
+                                  scale.log_period)
                     state["seconds"][f"train_{variant.train}_seed{seed}"] = secs
                     atomic_write_json(state_path, state)
                     _progress(f"fine-tuned '{variant.train}' seed {seed} in {secs:.0f} s")
@@ -734,8 +693,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seeds for dense, SViT and the rows without their own training "
                              "(default: 1 quick, 2 full)")
     parser.add_argument("--dense-checkpoint", default=None, metavar="FILE",
-                        help="use this dense model (trained with the scale's dense config) "
-                             "for seed 0 instead of training one")
+                        help="use this dense model (trained with the scale's dense config "
+                             "on the mixed-colour shapes) for seed 0 instead of training one")
     parser.add_argument("--dense-config", default=DENSE_CONFIG, metavar="FILE")
     parser.add_argument("--svit-config", default=SVIT_CONFIG, metavar="FILE")
     return parser

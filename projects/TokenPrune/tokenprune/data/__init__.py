@@ -1,12 +1,14 @@
 """Datasets: the synthetic shapes generator and registration, and COCO-format helpers.
 
-Importing this package registers ``synthetic_shapes_{train,val}``, ``synthetic_tasks_{train,val}``
+Importing this package registers ``synthetic_shapes_{train,val,minival}``,
+``synthetic_mixcolor_{train,val,minival}``, ``synthetic_tasks_{train,val}``
 (cheap: their files are generated on first use) and ``coco_tasks_*`` (from $DETECTRON2_DATASETS).
 """
 
 from .coco import prepare_dataset, write_coco_layout
 from .coco_tasks import COCO_TASKS, register_coco_tasks, write_coco_tasks_layout
 from .synthetic import (
+    MIXED_COLOR_SPLITS,
     SHAPE_CLASSES,
     SYNTHETIC_SPLITS,
     default_data_root,
@@ -25,6 +27,7 @@ __all__ = [
     "register_coco_tasks",
     "register_synthetic_tasks",
     "write_coco_tasks_layout",
+    "MIXED_COLOR_SPLITS",
     "SHAPE_CLASSES",
     "SYNTHETIC_SPLITS",
     "default_data_root",

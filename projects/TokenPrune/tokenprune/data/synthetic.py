@@ -7,6 +7,10 @@ other mask (circles, occluded shapes) as compressed RLE. The pixels drawn for an
 exactly the pixels its segmentation decodes to with pycocotools, and ``area`` / ``bbox`` are
 computed from that same mask. Besides the COCO fields, each annotation records ``"shape"``
 (class name) and ``"color"`` (colour name), from which task-oriented relevance can be derived.
+
+Two families are registered: ``synthetic_shapes_*``, where each class has its own colour, and
+``synthetic_mixcolor_*``, where an object's colour is drawn independently of its class, so
+that the class is in the outline and size only (a task the deeper ViT blocks matter for).
 """
 
 import json
@@ -25,6 +29,7 @@ from detectron2.data.datasets import load_coco_json
 from PIL import Image, ImageDraw
 
 __all__ = [
+    "MIXED_COLOR_SPLITS",
     "SHAPE_CLASSES",
     "SYNTHETIC_SPLITS",
     "default_data_root",
@@ -58,7 +63,14 @@ SYNTHETIC_SPLITS: Dict[str, Tuple[str, int, int]] = {
     "synthetic_shapes_val": ("val", 64, 1),
     "synthetic_shapes_minival": ("minival", 8, 2),  # quick evaluations in tests
 }
-"""Registered dataset name -> (split folder, number of images, seed)."""
+"""Registered dataset name -> (split folder, number of images, seed); a colour per class."""
+
+MIXED_COLOR_SPLITS: Dict[str, Tuple[str, int, int]] = {
+    "synthetic_mixcolor_train": ("train", 400, 10),
+    "synthetic_mixcolor_val": ("val", 128, 11),
+    "synthetic_mixcolor_minival": ("minival", 8, 12),
+}
+"""As :data:`SYNTHETIC_SPLITS`, for shapes coloured independently of their class."""
 
 _FORMAT_VERSION = 1  # bump when the rendered images or the json change for the same parameters
 _EMPTY_FRACTION = 0.05
@@ -81,6 +93,7 @@ class _Object:
     visible: np.ndarray  # (H, W) bool, the part not covered by later shapes
     polygon: Optional[List[float]]  # [x0, y0, x1, y1, ...] in pixels, None for circles
     rgb: np.ndarray  # (3,) float
+    color_name: str
 
 
 def _upsample(grid: np.ndarray, size: int) -> np.ndarray:
@@ -139,9 +152,10 @@ def _polygon_mask(polygon: List[float], size: int) -> np.ndarray:
 
 
 def _sample_object(
-    rng: np.random.Generator, size: int, grid: Tuple[np.ndarray, np.ndarray]
+    rng: np.random.Generator, size: int, grid: Tuple[np.ndarray, np.ndarray], class_colors: bool
 ) -> _Object:
     shape = _SHAPES[int(rng.integers(len(_SHAPES)))]
+    paint = shape if class_colors else _SHAPES[int(rng.integers(len(_SHAPES)))]
     r = rng.uniform(*shape.radius) * size
     cx, cy = (float(v) for v in rng.uniform(r + 1, size - r - 1, 2))
     if shape.name == "circle":
@@ -152,19 +166,20 @@ def _sample_object(
         polygon = _polygon(rng, shape.name, cx, cy, r)
         mask = _polygon_mask(polygon, size)
     jitter = rng.integers(-_COLOR_JITTER, _COLOR_JITTER + 1, 3)
-    rgb = np.clip(np.asarray(shape.rgb) + jitter, 0, 255).astype(np.float32)
-    return _Object(shape, mask, mask.copy(), polygon, rgb)
+    rgb = np.clip(np.asarray(paint.rgb) + jitter, 0, 255).astype(np.float32)
+    return _Object(shape, mask, mask.copy(), polygon, rgb, paint.color_name)
 
 
 def _place_objects(
-    rng: np.random.Generator, size: int, num_objects: int, grid: Tuple[np.ndarray, np.ndarray]
+    rng: np.random.Generator, size: int, num_objects: int, grid: Tuple[np.ndarray, np.ndarray],
+    class_colors: bool,
 ) -> List[_Object]:
     """Sample up to ``num_objects`` shapes in drawing order, each occluding the earlier ones
     by at most ``1 - _MIN_VISIBLE_FRACTION`` of their area."""
     objects: List[_Object] = []
     for _ in range(num_objects):
         for _ in range(_PLACEMENT_TRIES):
-            new = _sample_object(rng, size, grid)
+            new = _sample_object(rng, size, grid, class_colors)
             if all(
                 np.count_nonzero(o.visible & ~new.mask) >= _MIN_VISIBLE_FRACTION * o.mask.sum()
                 for o in objects
@@ -179,12 +194,12 @@ def _place_objects(
 
 
 def _render(
-    rng: np.random.Generator, size: int, num_objects: int
+    rng: np.random.Generator, size: int, num_objects: int, class_colors: bool
 ) -> Tuple[np.ndarray, List[_Object]]:
     """Returns a (size, size, 3) uint8 RGB image and its objects in drawing order."""
     canvas = _background(rng, size)
     xs, ys = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5)  # pixel centres
-    objects = _place_objects(rng, size, num_objects, (xs, ys))
+    objects = _place_objects(rng, size, num_objects, (xs, ys), class_colors)
     for o in objects:
         # a soft linear shading across each shape, so that fills are not perfectly flat
         phi = rng.uniform(0, 2 * math.pi)
@@ -212,7 +227,7 @@ def _annotation(o: _Object) -> Dict[str, Any]:
         "bbox": bbox,
         "iscrowd": 0,
         "shape": o.shape.name,
-        "color": o.shape.color_name,
+        "color": o.color_name,
     }
 
 
@@ -261,6 +276,7 @@ def generate_synthetic_shapes(
     file_name_format: str = "{:06d}.png",
     categories: Optional[Sequence[Dict[str, Any]]] = None,
     shape_category_ids: Optional[Sequence[int]] = None,
+    class_colors: bool = True,
 ) -> str:
     """
     Write ``num_images`` images of ``image_size`` x ``image_size`` pixels into ``image_dir``
@@ -273,6 +289,8 @@ def generate_synthetic_shapes(
         categories: the json's "categories" list; default: SHAPE_CLASSES with ids 1..K.
         shape_category_ids: the json category id of each entry of SHAPE_CLASSES; must be
             given together with ``categories``.
+        class_colors: paint each shape in its class's colour; if False, in the colour of a
+            class drawn independently (the annotation's "color" names the colour used).
 
     Returns:
         ``json_file``.
@@ -294,6 +312,7 @@ def generate_synthetic_shapes(
         "file_name_format": file_name_format,
         "categories": list(categories),
         "shape_category_ids": list(category_of.values()),
+        "class_colors": bool(class_colors),
     }
     file_names = [file_name_format.format(i) for i in range(1, num_images + 1)]
     stamp_file = json_file + ".stamp"
@@ -313,7 +332,7 @@ def generate_synthetic_shapes(
     for image_id, file_name in enumerate(file_names, start=1):
         image_rng = np.random.default_rng([seed, image_id])
         num_objects = 0 if image_id in empty_ids else int(image_rng.integers(1, _MAX_OBJECTS + 1))
-        pixels, objects = _render(image_rng, image_size, num_objects)
+        pixels, objects = _render(image_rng, image_size, num_objects, class_colors)
         _save_image(pixels, os.path.join(image_dir, file_name))
         images.append(
             {"id": image_id, "file_name": file_name, "width": image_size, "height": image_size}
@@ -355,24 +374,29 @@ def _load_synthetic(name: str) -> List[Dict[str, Any]]:
 
 def register_synthetic_shapes(root: Optional[str] = None) -> None:
     """
-    Register the datasets of ``SYNTHETIC_SPLITS`` under ``<root>/synthetic_shapes``
-    (default root: :func:`default_data_root`). Nothing is generated here: the files are made
-    on the first ``DatasetCatalog.get`` or ``prepare_dataset``. Names that are already
-    registered are left as they are. Dataset dicts carry each annotation's "shape" and "color".
+    Register the datasets of ``SYNTHETIC_SPLITS`` under ``<root>/synthetic_shapes`` and of
+    ``MIXED_COLOR_SPLITS`` under ``<root>/synthetic_mixcolor`` (default root:
+    :func:`default_data_root`). Nothing is generated here: the files are made on the first
+    ``DatasetCatalog.get`` or ``prepare_dataset``. Names that are already registered are left
+    as they are. Dataset dicts carry each annotation's "shape" and "color".
     Metadata: thing_classes, thing_colors, json_file, image_root, evaluator_type="coco",
     generated_on_load=True and synthetic_params (the generator's arguments).
     """
-    base = os.path.join(root or default_data_root(), "synthetic_shapes")
-    for name, (split, num_images, seed) in SYNTHETIC_SPLITS.items():
-        if name in DatasetCatalog:
-            continue
-        DatasetCatalog.register(name, lambda name=name: _load_synthetic(name))
-        MetadataCatalog.get(name).set(
-            thing_classes=list(SHAPE_CLASSES),
-            thing_colors=[list(s.rgb) for s in _SHAPES],
-            json_file=os.path.join(base, "annotations", f"{split}.json"),
-            image_root=os.path.join(base, split),
-            evaluator_type="coco",
-            generated_on_load=True,
-            synthetic_params={"num_images": num_images, "seed": seed, "image_size": 256},
-        )
+    root = root or default_data_root()
+    for folder, splits, class_colors in (("synthetic_shapes", SYNTHETIC_SPLITS, True),
+                                         ("synthetic_mixcolor", MIXED_COLOR_SPLITS, False)):
+        base = os.path.join(root, folder)
+        for name, (split, num_images, seed) in splits.items():
+            if name in DatasetCatalog:
+                continue
+            DatasetCatalog.register(name, lambda name=name: _load_synthetic(name))
+            MetadataCatalog.get(name).set(
+                thing_classes=list(SHAPE_CLASSES),
+                thing_colors=[list(s.rgb) for s in _SHAPES],
+                json_file=os.path.join(base, "annotations", f"{split}.json"),
+                image_root=os.path.join(base, split),
+                evaluator_type="coco",
+                generated_on_load=True,
+                synthetic_params={"num_images": num_images, "seed": seed, "image_size": 256,
+                                  "class_colors": class_colors},
+            )
