@@ -40,9 +40,10 @@ def test_quick_ablation_writes_table_csv_and_plot_with_every_row_filled(quick):
     assert float(by["dense"]["backbone_flops_ratio"]) == 1.0
     assert float(by["dense_ft"]["backbone_flops_ratio"]) == pytest.approx(1.0, abs=1e-6)
     assert float(by["dense_ft"]["keep_ratio"]) == 1.0
+    target_keep = sum(ablation.KEEP_TARGETS) / 3  # the quick scale prunes 3 of 4 blocks
     for name in ("svit_fixed_rate", "svit_no_reactivate_fixed", "svit_heavy_gate_fixed",
                  "dynamicvit", "evit", "tome", "random", "svit_random_choice"):  # fixed rates
-        assert float(by[name]["keep_ratio"]) == pytest.approx(0.513, abs=0.01), name
+        assert float(by[name]["keep_ratio"]) == pytest.approx(target_keep, abs=0.01), name
         assert float(by[name]["backbone_flops_ratio"]) < 0.85, name
     assert float(by["evit"]["gate_gflops"]) > float(by["svit"]["gate_gflops"]) > 0
     assert float(by["random"]["gate_gflops"]) == 0 and float(by["tome"]["gate_gflops"]) == 0
