@@ -137,6 +137,7 @@ def test_mixed_colours_are_drawn_independently_of_the_class(tmp_path):
     json_file, image_dir = _generate(tmp_path, 24, 0, 128, class_colors=False)
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(json_file)
+    rgb_of = dict(BASE_RGB.values())  # colour name -> RGB
     pairs = set()
     for img in coco.loadImgs(coco.getImgIds()):
         pixels = np.asarray(Image.open(os.path.join(image_dir, img["file_name"])), np.float32)
@@ -144,8 +145,8 @@ def test_mixed_colours_are_drawn_independently_of_the_class(tmp_path):
             shape = coco.loadCats(ann["category_id"])[0]["name"]
             assert ann["shape"] == shape
             mean = pixels[coco.annToMask(ann).astype(bool)].mean(axis=0)
-            colour = {name: rgb for name, rgb in BASE_RGB.values()}[ann["color"]]
-            assert np.abs(mean - colour).max() < 40, (img, ann["id"], mean)  # the named colour
+            # the colour the annotation names
+            assert np.abs(mean - rgb_of[ann["color"]]).max() < 40, (img, ann["id"], mean)
             pairs.add((shape, ann["color"]))
     assert len(pairs) >= 10  # of the 16 (class, colour) pairs: colour says little of the class
     # the same seed with class colours is the class-coloured dataset, untouched by the switch

@@ -20,16 +20,15 @@ every claim about dense is measured against: the pruned rows get that much more 
 SViT; SViT without preserve (discard); without reactivation (inherit); with a fixed rate;
 with the heavier attention gate; DynamicViT; EViT; ToMe; random; SViT's weights with a
 random choice of tokens (does the learned choice matter once the model is fine-tuned?); and,
-because
-learned gates keep a different number of tokens at inference than their training targets,
-top-k versions of the inherit and heavy-gate runs, so every finding has a pair of rows at
+because learned gates keep a different number of tokens at inference than their training
+targets, top-k versions of the inherit and heavy-gate runs, so every finding has a pair of rows at
 the same keep ratio (:data:`FINDINGS`, stated under the table). Variants whose training is
 identical share one fine-tuning run: the ``dynamic`` switch acts only at inference for a
 learned gate, so "SViT with a fixed rate" evaluates SViT's weights with top-k, and
 DynamicViT evaluates the discard run's weights with top-k. ToMe is training-free (it runs
-on the dense weights). ``--seeds N`` repeats the rows marked ``all_seeds`` (dense, SViT,
-random keep, the random-choice control) for N seeds (the others use seed 0); the table gives mean +-
-sample standard deviation.
+on the dense weights). ``--seeds N`` repeats the rows marked ``all_seeds`` (dense, dense
+fine-tuned, random keep, SViT and its fixed-rate and random-choice rows, ToMe) for N seeds
+(the others use seed 0); the table gives mean +- sample standard deviation.
 
 Outputs in DIR: ``table.md``, ``results.csv``, ``ap_vs_flops.png`` (written atomically
 after every run), ``results/<variant>_seed<k>.json`` (one per evaluation), ``runs/``
@@ -482,8 +481,7 @@ def run_ablation(output: str, scale_name: str = "quick", seeds: Optional[int] = 
                     _progress(f"fine-tuning '{variant.train}' seed {seed} from dense: "
                               f"{scale.finetune_iters} iterations")
                     tcfg = variant_config(variant, scale, dense_config, svit_config, training=True)
-                    secs = _train(tcfg, run, seed, scale.finetune_iters, dpath,
-                                  scale.log_period)
+                    secs = _train(tcfg, run, seed, scale.finetune_iters, dpath, scale.log_period)
                     state["seconds"][f"train_{variant.train}_seed{seed}"] = secs
                     atomic_write_json(state_path, state)
                     _progress(f"fine-tuned '{variant.train}' seed {seed} in {secs:.0f} s")
@@ -696,10 +694,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--scale", default="quick", choices=sorted(SCALES),
-                        help="quick: minutes, a smoke test; full: under an hour, real numbers")
+                        help="quick: minutes, a smoke test; full: about 100 minutes on 2 CPU "
+                             "cores, real numbers")
     parser.add_argument("--seeds", type=int, default=None, metavar="N",
-                        help="seeds for dense, SViT and the rows without their own training "
-                             "(default: 1 quick, 2 full)")
+                        help="seeds for the rows marked all_seeds (dense, dense_ft, random, SViT "
+                             "and its controls, ToMe; default: 1 quick, 2 full)")
     parser.add_argument("--dense-checkpoint", default=None, metavar="FILE",
                         help="use this dense model (trained with the scale's dense config "
                              "on the mixed-colour shapes) for seed 0 instead of training one")
