@@ -201,7 +201,7 @@ SCALES: Dict[str, Scale] = {
                    description="4-block 96-wide ViT, blocks 1-3 pruned at 0.5/0.25/0.125, "
                                "mixed-colour minival (8 images): a smoke test, the numbers "
                                "mean nothing"),
-    "full": Scale(dense_iters=300, finetune_iters=200,
+    "full": Scale(dense_iters=300, finetune_iters=150,
                   overrides=(_TRAIN_DATA, "dataloader.test.dataset.names=synthetic_mixcolor_val",
                              *_IN_PROCESS_LOADING),
                   svit_overrides=(f"{NET}.keep_ratios={_FULL_TARGETS}",),
