@@ -161,3 +161,24 @@ def test_output_of_another_scale_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         ablation.cli(["--output", str(tmp_path), "--scale", "quick"])
     assert "holds a --scale full ablation" in capsys.readouterr().err
+
+
+def test_output_of_another_recipe_is_refused(tmp_path, capsys):
+    quick_scale = SCALES["quick"]
+    (tmp_path / "ablation.json").write_text(json.dumps(dict(
+        scale="quick", dense_iters=quick_scale.dense_iters,
+        finetune_iters=quick_scale.finetune_iters, gate_lr_factor=1.0)))
+    with pytest.raises(SystemExit):
+        ablation.cli(["--output", str(tmp_path), "--scale", "quick"])
+    err = capsys.readouterr().err
+    assert "another recipe" in err and "gate_lr_factor 1.0" in err
+
+
+def test_fine_tuning_runs_train_the_gates_faster():
+    svit = next(v for v in VARIANTS if v.name == "svit")
+    train_cfg = variant_config(svit, SCALES["quick"], training=True)
+    factor = train_cfg.optimizer.params.lr_factor_func
+    assert factor("backbone.net.gates.1.fc1.weight") == ablation.GATE_LR_FACTOR > 1
+    assert factor("backbone.net.blocks.1.attn.qkv.weight") == 1.0
+    # evaluation configs carry no training-only settings
+    assert "lr_factor_func" not in variant_config(svit, SCALES["quick"]).optimizer.params
