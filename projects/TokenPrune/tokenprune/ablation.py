@@ -8,7 +8,8 @@ once per seed, on the mixed-colour shapes (``synthetic_mixcolor_*``: an object's
 nothing about its class, so classifying it takes its outline, the deeper blocks' work),
 fine-tunes every variant from it with the same budget (the SViT recipe of
 ``configs/Synthetic/mask_rcnn_vitdet_t_svit.py``: its schedule, learning rate and keep-ratio
-loss, with the keep targets of :data:`KEEP_TARGETS`), and evaluates every variant the same
+loss, with the keep targets of :data:`KEEP_TARGETS` and the gates at :data:`GATE_LR_FACTOR`
+times the learning rate), and evaluates every variant the same
 way: box and mask AP on the validation set, backbone FLOPs
 (:func:`tokenprune.flops.count_model_flops` on the first validation images, gates
 included), backbone latency (the ViT alone on the same preprocessed images, dense and
@@ -34,12 +35,13 @@ Outputs in DIR: ``table.md``, ``results.csv``, ``ap_vs_flops.png`` (written atom
 after every run), ``results/<variant>_seed<k>.json`` (one per evaluation), ``runs/``
 (training folders and checkpoints), ``ablation.json`` (scale, durations) and ``log.txt``
 (Detectron2's log). Resumable: a result file that exists is not computed again, a finished
-training is not repeated, an interrupted one resumes from its last checkpoint.
+training is not repeated, an interrupted one resumes from its last checkpoint; a folder
+made with another recipe (iterations, gate learning-rate factor) is refused.
 
 Scales: ``quick`` (a 4-block, 96-wide ViT, a few iterations, the 8-image minival set;
 minutes on 2 CPU cores, for tests and CI; its numbers mean nothing) and ``full`` (the
-12-block ViT-T synthetic config, 400 dense iterations per seed, 300 per variant, the
-128-image validation set, 2 seeds by default; about 100 minutes on 2 CPU cores).
+12-block ViT-T synthetic config, 300 dense iterations per seed, 150 per variant, the
+128-image validation set, 2 seeds by default; about an hour on 2 CPU cores).
 """
 from __future__ import annotations
 
@@ -711,8 +713,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--scale", default="quick", choices=sorted(SCALES),
-                        help="quick: minutes, a smoke test; full: about 100 minutes on 2 CPU "
-                             "cores, real numbers")
+                        help="quick: minutes, a smoke test; full: about an hour on 2 CPU cores, "
+                             "real numbers")
     parser.add_argument("--seeds", type=int, default=None, metavar="N",
                         help="seeds for the rows marked all_seeds (dense, dense_ft, random, SViT "
                              "and its controls, ToMe; default: 1 quick, 2 full)")
