@@ -9,11 +9,11 @@ nothing about its class, so classifying it takes its outline, the deeper blocks'
 fine-tunes every variant from it with the same budget (the SViT recipe of
 ``configs/Synthetic/mask_rcnn_vitdet_t_svit.py``: its schedule, learning rate and keep-ratio
 loss, with the keep targets of :data:`KEEP_TARGETS` and the gates at :data:`GATE_LR_FACTOR`
-times the learning rate), and evaluates every variant the same
-way: box and mask AP on the validation set, backbone FLOPs
-(:func:`tokenprune.flops.count_model_flops` on the first validation images, gates
-included), backbone latency (the ViT alone on the same preprocessed images, dense and
-variant interleaved, median) and the mean kept fraction of the tokens.
+times the learning rate), and evaluates every variant the same way: box and mask AP on the
+validation set, backbone FLOPs (:func:`tokenprune.flops.count_model_flops` on the first
+validation images, gates included), backbone latency (the ViT alone on the same
+preprocessed images, dense and variant interleaved, median) and the mean kept fraction of
+the tokens.
 
 Rows (each a config override of the SViT config, see :data:`VARIANTS`): dense (the starting
 point) and dense fine-tuned with the same recipe and budget but no gates (the reference
@@ -22,8 +22,8 @@ SViT; SViT without preserve (discard); without reactivation (inherit); with a fi
 with the heavier attention gate; DynamicViT; EViT; ToMe; random; SViT's weights with a
 random choice of tokens (does the learned choice matter once the model is fine-tuned?); and,
 because learned gates keep a different number of tokens at inference than their training
-targets, top-k versions of the inherit and heavy-gate runs, so every finding has a pair of rows at
-the same keep ratio (:data:`FINDINGS`, stated under the table). Variants whose training is
+targets, top-k versions of the inherit and heavy-gate runs, so every finding has a pair of
+rows at the same keep ratio (:data:`FINDINGS`, stated under the table). Variants whose training is
 identical share one fine-tuning run: the ``dynamic`` switch acts only at inference for a
 learned gate, so "SViT with a fixed rate" evaluates SViT's weights with top-k, and
 DynamicViT evaluates the discard run's weights with top-k. ToMe is training-free (it runs
