@@ -174,11 +174,14 @@ def test_output_of_another_recipe_is_refused(tmp_path, capsys):
     assert "another recipe" in err and "gate_lr_factor 1.0" in err
 
 
-def test_fine_tuning_runs_train_the_gates_faster():
+def test_fine_tuning_runs_train_the_gates_faster_and_anneal_their_noise():
     svit = next(v for v in VARIANTS if v.name == "svit")
     train_cfg = variant_config(svit, SCALES["quick"], training=True)
     factor = train_cfg.optimizer.params.lr_factor_func
     assert factor("backbone.net.gates.1.fc1.weight") == ablation.GATE_LR_FACTOR > 1
     assert factor("backbone.net.blocks.1.attn.qkv.weight") == 1.0
+    assert train_cfg.train.gate_noise_anneal == ablation.GATE_NOISE_ANNEAL > 0
     # evaluation configs carry no training-only settings
-    assert "lr_factor_func" not in variant_config(svit, SCALES["quick"]).optimizer.params
+    eval_cfg = variant_config(svit, SCALES["quick"])
+    assert "lr_factor_func" not in eval_cfg.optimizer.params
+    assert eval_cfg.train.gate_noise_anneal == 0

@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from helpers import SVIT_CFG, TINY_SVIT, train_net
+
+from detectron2.config import LazyConfig
+
 from tokenprune.engine import keep_ratio_scalars
+from tokenprune.engine.hooks import build_gate_noise_hook
 from tokenprune.modeling import PrunedViT
 
 
@@ -41,10 +45,20 @@ def test_keep_ratio_loss_drives_keep_fraction_to_target():
         assert abs(end.item() - target) < abs(start[i] - target)
 
 
-def test_svit_training_logs_keep_ratios_flops_and_loss(tmp_path):
+@pytest.mark.parametrize("anneal", [1.5, -0.2])
+def test_gate_noise_anneal_outside_the_run_is_refused(anneal):
+    cfg = LazyConfig.load(SVIT_CFG)
+    assert build_gate_noise_hook(cfg) is None  # the default: SViT's constant noise
+    cfg.train.gate_noise_anneal = anneal
+    with pytest.raises(ValueError, match="gate_noise_anneal must lie in"):
+        build_gate_noise_hook(cfg)
+
+
+def test_svit_training_logs_keep_ratios_flops_loss_and_gate_noise(tmp_path):
     out = str(tmp_path / "svit")
     proc = train_net(SVIT_CFG, TINY_SVIT + ["train.max_iter=4", f"train.output_dir={out}",
-                                            "train.flops_period=2", "train.eval_period=0"])
+                                            "train.flops_period=2", "train.eval_period=0",
+                                            "train.gate_noise_anneal=0.5"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(os.path.join(out, "metrics.json")) as f:
         records = [json.loads(line) for line in f if line.strip()]
@@ -56,6 +70,8 @@ def test_svit_training_logs_keep_ratios_flops_and_loss(tmp_path):
     train_recs = [r for r in records if "keep_ratio/mean" in r]
     assert len(train_recs) == 4  # every iteration
     assert all(0 < r["keep_ratio/mean"] <= 1 for r in train_recs)
+    # the noise falls linearly to 0 over the first half of the 4 iterations
+    assert [r["gate_noise"] for r in train_recs] == [1.0, 0.5, 0.0, 0.0]
     flops = [r for r in records if "flops/backbone_ratio" in r]
     assert [r["iteration"] for r in flops] == [1, 3]
     assert all(0 < r["flops/backbone_ratio"] < 1.5 and r["flops/backbone_gflops"] > 0

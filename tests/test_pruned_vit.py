@@ -6,7 +6,7 @@ import torch
 
 from detectron2.modeling import ViT
 
-from tokenprune.modeling import PrunedViT
+from tokenprune.modeling import PrunedViT, gumbel_keep_decision
 from tokenprune.modeling.sparse_block import run_block_gathered, run_block_masked
 
 TINY = dict(img_size=64, patch_size=8, embed_dim=48, depth=6, num_heads=3,
@@ -163,3 +163,38 @@ def test_windowed_dense_checkpoint_loads_into_global_pruned_model(tmp_path):
     assert not incompatible.incorrect_shapes and not incompatible.unexpected_keys
     # a global block's table (unchanged length) is copied as is
     assert torch.equal(pruned.blocks[1].attn.rel_pos_h, dense.blocks[1].attn.rel_pos_h)
+
+
+def test_gumbel_noise_scales_from_sampling_to_the_inference_threshold():
+    torch.manual_seed(0)
+    p_keep = torch.tensor([0.3, 0.6]).repeat(20000)
+    log_probs = torch.stack([p_keep, 1 - p_keep], dim=-1).log()[None].requires_grad_()
+    sampled = gumbel_keep_decision(log_probs, noise=1.0)
+    assert set(sampled.unique().tolist()) <= {0.0, 1.0}
+    assert sampled[0, 0::2].mean().item() == pytest.approx(0.3, abs=0.02)
+    assert sampled[0, 1::2].mean().item() == pytest.approx(0.6, abs=0.02)
+    halved = gumbel_keep_decision(log_probs, noise=0.5)[0, 0::2].mean().item()
+    assert 0.0 < halved < 0.25  # less noise: closer to the threshold's 0
+    exact = gumbel_keep_decision(log_probs, noise=0.0)
+    assert torch.equal(exact[0], (p_keep > 0.5).float())
+    exact.sum().backward()  # straight-through gradients at every noise scale
+    assert log_probs.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="noise"):
+        gumbel_keep_decision(log_probs, noise=-0.1)
+
+
+def test_noiseless_training_decisions_are_the_dynamic_inference_ones():
+    _, pruned = _pair(**CONFIGS["global_relpos"])
+    for gate in pruned.gates.values():  # undecided gates: about half the tokens kept
+        torch.nn.init.normal_(gate.fc2.weight, std=1.0)
+        gate.fc2.bias.data.zero_()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        pruned(x)
+        inference = {i: r.clone() for i, r in pruned.last_keep_ratios.items()}
+        pruned.train()
+        pruned.gumbel_noise = 0.0
+        pruned(x)
+    assert all(0.1 < r.mean() < 0.9 for r in inference.values()), inference
+    for i, r in inference.items():
+        assert torch.equal(pruned.last_keep_ratios[i], r), i

@@ -42,6 +42,7 @@ train.init_checkpoint = (
 )
 train.output_dir = "output/coco_vitdet_b_dense"
 train.flops_period = 0
+train.gate_noise_anneal = 0.0  # SViT: Gumbel noise 1 throughout (GateNoiseHook)
 # 100 epochs: 184375 iterations of 64 images over COCO's 118k training images
 train.max_iter = 184375
 

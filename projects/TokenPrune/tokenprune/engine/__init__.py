@@ -1,10 +1,10 @@
 """Training loop, evaluation and trainer hooks (Detectron2 engine based)."""
-from .hooks import FlopsHook, KeepRatioHook, keep_ratio_scalars
+from .hooks import FlopsHook, GateNoiseHook, KeepRatioHook, keep_ratio_scalars
 from .train_loop import (
     build_model, checkpoint_to_load, do_test, do_train, prepare_datasets, verify_checkpoint,
 )
 
 __all__ = [
-    "FlopsHook", "KeepRatioHook", "keep_ratio_scalars", "build_model", "checkpoint_to_load",
+    "FlopsHook", "GateNoiseHook", "KeepRatioHook", "keep_ratio_scalars", "build_model", "checkpoint_to_load",
     "do_test", "do_train", "prepare_datasets", "verify_checkpoint",
 ]

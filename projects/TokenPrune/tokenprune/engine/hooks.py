@@ -2,7 +2,8 @@
 
 Scalar names (DESIGN.md): ``keep_ratio/layer{i}``, ``keep_ratio/mean`` (plus
 ``keep_ratio_min/layer{i}`` and ``keep_ratio_max/layer{i}`` over the images of a batch),
-``flops/backbone_gflops``, ``flops/total_gflops``, ``flops/backbone_ratio``.
+``flops/backbone_gflops``, ``flops/total_gflops``, ``flops/backbone_ratio``, and
+``gate_noise`` (the Gumbel noise scale while :class:`GateNoiseHook` anneals it).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from detectron2.utils import comm
 
 from ..modeling.meta_arch import find_pruned_vit
 
-__all__ = ["KeepRatioHook", "FlopsHook", "keep_ratio_scalars"]
+__all__ = ["KeepRatioHook", "FlopsHook", "GateNoiseHook", "keep_ratio_scalars"]
 
 logger = logging.getLogger("detectron2")
 
@@ -46,6 +47,43 @@ class KeepRatioHook(HookBase):
             return
         self.trainer.storage.put_scalars(**keep_ratio_scalars(vit.last_keep_ratios),
                                          smoothing_hint=True)
+
+
+class GateNoiseHook(HookBase):
+    """Anneals the Gumbel noise of the gates' training decisions from 1 to 0.
+
+    The noise scale falls linearly over the first ``anneal`` fraction of the run and stays
+    0 after it, so training ends on the decisions the model takes at inference
+    (p_keep > p_drop) instead of samples. SViT trains with the noise at 1 throughout; after
+    a short fine-tune its gates are still unsure, their samples are close to random choices,
+    and the deterministic inference decision then meets features the model never saw.
+    """
+
+    def __init__(self, anneal: float):
+        """anneal: fraction of ``max_iter`` in (0, 1] over which the noise reaches 0."""
+        if not 0.0 < anneal <= 1.0:
+            raise ValueError(f"train.gate_noise_anneal must lie in [0, 1], got {anneal}")
+        self.anneal = anneal
+
+    def noise_at(self, iteration: int) -> float:
+        """The noise scale at ``iteration`` (0-based) of the trainer's run."""
+        return max(0.0, 1.0 - iteration / (self.anneal * self.trainer.max_iter))
+
+    def before_step(self) -> None:
+        vit = find_pruned_vit(self.trainer.model)
+        if vit is None:
+            return
+        vit.gumbel_noise = self.noise_at(self.trainer.iter)
+        self.trainer.storage.put_scalar("gate_noise", vit.gumbel_noise, smoothing_hint=False)
+
+
+def build_gate_noise_hook(cfg) -> Optional[GateNoiseHook]:
+    """A GateNoiseHook if ``train.gate_noise_anneal`` is above 0 (default 0: SViT's constant
+    noise)."""
+    anneal = cfg.train.get("gate_noise_anneal", 0.0)
+    if anneal is None or anneal == 0:
+        return None
+    return GateNoiseHook(float(anneal))
 
 
 class FlopsHook(HookBase):

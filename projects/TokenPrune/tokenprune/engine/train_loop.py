@@ -18,7 +18,7 @@ from ..checkpoint import TokenPruneCheckpointer, is_resizable_rel_pos
 from ..data import prepare_dataset
 from ..errors import CheckpointError
 from ..modeling.meta_arch import find_pruned_vit
-from .hooks import KeepRatioHook, build_flops_hook
+from .hooks import KeepRatioHook, build_flops_hook, build_gate_noise_hook
 
 __all__ = ["do_train", "do_test", "build_model", "verify_checkpoint", "prepare_datasets",
            "checkpoint_to_load"]
@@ -151,6 +151,7 @@ def do_train(cfg: DictConfig, model: torch.nn.Module, resume: bool = False) -> D
         if comm.is_main_process() else None,
         hooks.EvalHook(cfg.train.eval_period, evaluate),
         KeepRatioHook() if pruned else None,
+        build_gate_noise_hook(cfg) if pruned else None,
         build_flops_hook(cfg) if pruned and comm.is_main_process() else None,
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
                              period=cfg.train.log_period)

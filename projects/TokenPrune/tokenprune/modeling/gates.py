@@ -47,12 +47,26 @@ class MLPGate(nn.Module):
         return F.log_softmax(self.fc2(self.act(self.fc1(self.norm(x)))), dim=-1)
 
 
-def gumbel_keep_decision(log_probs: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+def gumbel_keep_decision(log_probs: torch.Tensor, tau: float = 1.0,
+                         noise: float = 1.0) -> torch.Tensor:
     """Hard Gumbel-softmax keep decision with straight-through gradients.
 
     Args:
         log_probs: (B, N, 2) gate output (keep, drop).
+        tau: softmax temperature of the gradient path (the hard decision does not depend
+            on it).
+        noise: scale of the Gumbel noise. 1: a sample from the gate's keep probability (the
+            standard Gumbel-softmax); 0: the deterministic decision p_keep > p_drop, the one
+            a dynamic-rate model takes at inference. Gradients flow at every scale.
     Returns:
         (B, N) float tensor with values exactly 0 or 1; gradients flow to ``log_probs``.
     """
-    return F.gumbel_softmax(log_probs, tau=tau, hard=True, dim=-1)[..., 0]
+    if noise < 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    logits = log_probs
+    if noise > 0:
+        gumbel = -torch.empty_like(log_probs).exponential_().log()
+        logits = log_probs + noise * gumbel
+    soft = (logits / tau).softmax(dim=-1)[..., 0]
+    hard = (logits[..., 0] > logits[..., 1]).to(soft.dtype)
+    return hard - soft.detach() + soft

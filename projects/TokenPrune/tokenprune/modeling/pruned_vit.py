@@ -66,6 +66,7 @@ class PrunedViT(ViT):
         keep_ratio_loss_weight: float = 4.0,
         keep_ratio_loss_per_image: bool = False,
         gumbel_tau: float = 1.0,
+        gumbel_noise: float = 1.0,
         execution: str = "gather",
         reducer: Optional[str] = None,
         reducer_kwargs: Optional[dict] = None,
@@ -85,6 +86,9 @@ class PrunedViT(ViT):
             keep_ratio_loss_weight: weight of ``(mean(keep) - target)^2`` averaged over gates.
             keep_ratio_loss_per_image: take the mean per image, then average the squares.
             gumbel_tau: Gumbel-softmax temperature in training.
+            gumbel_noise: scale of the Gumbel noise in training: 1 samples each decision from
+                the gate's keep probability (SViT), 0 takes the inference threshold
+                (see :func:`gumbel_keep_decision`). :class:`tokenprune.engine.GateNoiseHook` anneals it.
             execution: "gather" (compute kept tokens only) or "masked" (compute all tokens,
                 mask keys; a reference that saves no time).
             reducer: a name in REDUCER_REGISTRY ("tome") to use instead of gates;
@@ -116,6 +120,7 @@ class PrunedViT(ViT):
         self.keep_ratio_loss_weight = keep_ratio_loss_weight
         self.keep_ratio_loss_per_image = keep_ratio_loss_per_image
         self.gumbel_tau = gumbel_tau
+        self.gumbel_noise = gumbel_noise
         self.execution = execution
         embed_dim = self._out_feature_channels[self._out_features[0]]
         self.reducer = None
@@ -188,7 +193,7 @@ class PrunedViT(ViT):
                 ratio = keep.mean(dim=1)
             elif self.training:
                 self.last_gate_log_probs[i] = log_probs
-                keep = gumbel_keep_decision(log_probs, self.gumbel_tau)
+                keep = gumbel_keep_decision(log_probs, self.gumbel_tau, self.gumbel_noise)
                 if not self.reactivate:
                     keep = keep * active
                     active = keep.detach() > 0
