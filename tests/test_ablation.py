@@ -143,6 +143,27 @@ def test_summary_averages_seeds_and_reports_the_spread():
     assert "| dense (n=2) |" in table and "41.0 ± 1.4" in table and "32.0 ± 2.8" in table
 
 
+def test_claims_are_judged_on_the_seeds_both_rows_have():
+    def result(name, seed, box):
+        return dict(variant=name, seed=seed, box_ap=box, mask_ap=box, backbone_gflops=1.0,
+                    gate_gflops=0.0, backbone_flops_ratio=0.5, keep_ratio=0.29,
+                    backbone_ms=2.0, dense_backbone_ms=4.0, backbone_speedup=2.0,
+                    finetune_iters=5)
+
+    rows = summarize({
+        "random": [result("random", 0, 29.0), result("random", 1, 18.0)],
+        "svit_fixed_rate": [result("svit_fixed_rate", 0, 30.0),
+                            result("svit_fixed_rate", 1, 20.0)],
+        "dynamicvit": [result("dynamicvit", 0, 28.0)],  # seed 0 only
+    })
+    claims = {line.split(":")[0][2:]: line for line in ablation._findings(rows)[2:]}
+    # mean 25.0 vs 28.0, but +2.0 on seed 0, the only seed the two rows share
+    preserve = claims["1. preserving pruned tokens beats discarding them"]
+    assert "**holds**" in preserve and "+2.0 on seed 0, the seeds both rows have" in preserve
+    random_keep = claims["SViT (fixed rate) beats random keep"]
+    assert "**holds**" in random_keep and "(+1.5; per seed +1.0 / +2.0)" in random_keep
+
+
 @pytest.mark.parametrize("args, message", [
     (["--scale", "huge"], "invalid choice"),
     (["--seeds", "0"], "--seeds must be 1 or more"),
@@ -185,3 +206,12 @@ def test_fine_tuning_runs_train_the_gates_faster_and_anneal_their_noise():
     eval_cfg = variant_config(svit, SCALES["quick"])
     assert "lr_factor_func" not in eval_cfg.optimizer.params
     assert eval_cfg.train.gate_noise_anneal == 0
+
+
+def test_plot_labels_of_nearby_points_do_not_overlap():
+    xs, ys = [0.80, 0.81, 0.82, 1.6], [24.0, 24.1, 24.0, 24.0]
+    heights = ablation._spread_labels(xs, ys, near=0.1, gap=0.5)
+    close = sorted(heights[:3])
+    assert all(b - a >= 0.5 - 1e-9 for a, b in zip(close, close[1:]))
+    assert sum(close) / 3 == pytest.approx(sum(ys[:3]) / 3)  # centred on the points
+    assert heights[3] == 24.0  # a point on its own keeps its height

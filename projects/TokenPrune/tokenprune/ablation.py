@@ -145,7 +145,8 @@ VARIANTS: List[Variant] = [
 
 
 #: The comparisons the table states: (claim, row A, row B, how A should compare with B).
-#: "above": A's box AP higher; "matches": A within 1.0 box AP of B or above it. Dense means
+#: "above": A's box AP higher; "matches": A within 1.0 box AP of B or above it, both as the
+#: mean difference over the seeds the two rows have in common. Dense means
 #: the dense model fine-tuned as long as the pruned ones. Except finding 3 (which compares
 #: the dynamic rate with the fixed one), the pruned rows of a pair keep the same number of
 #: tokens: top-k at the targets.
@@ -585,6 +586,7 @@ def summarize(found: Dict[str, List[dict]]) -> List[Dict[str, Any]]:
         for key in ("box_ap", "mask_ap"):
             values = [float(r[key]) for r in results]
             row[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else float("nan")
+        row["box_ap_by_seed"] = {int(r["seed"]): float(r["box_ap"]) for r in results}
         rows.append(row)
     return rows
 
@@ -664,20 +666,60 @@ def _markdown(rows: List[Dict[str, Any]], state: Dict[str, Any]) -> str:
 
 
 def _findings(rows: List[Dict[str, Any]]) -> List[str]:
-    """The :data:`FINDINGS` whose two rows are in ``rows``, one bullet each, with a verdict."""
+    """The :data:`FINDINGS` whose two rows are in ``rows``, one bullet each, with a verdict.
+
+    A claim is judged on the seeds both rows have: the mean of the per-seed differences.
+    Seeds differ by several AP, so a two-seed row against a seed-0 row would otherwise
+    compare seed 1 with nothing.
+    """
     by = {row["variant"]: row for row in rows}
     out = []
     for claim, a, b, how in FINDINGS:
         if a not in by or b not in by:
             continue
-        diff = by[a]["box_ap"] - by[b]["box_ap"]
+        ap_a, ap_b = by[a]["box_ap_by_seed"], by[b]["box_ap_by_seed"]
+        diffs = [ap_a[s] - ap_b[s] for s in sorted(set(ap_a) & set(ap_b))]
+        if not diffs:
+            continue
+        diff = sum(diffs) / len(diffs)
         holds = diff > 0 if how == "above" else diff >= -1.0
+        if len(ap_a) == len(ap_b) == len(diffs):
+            paired = f"{diff:+.1f}" + (
+                f"; per seed {' / '.join(f'{d:+.1f}' for d in diffs)}" if len(diffs) > 1 else "")
+        else:
+            common = sorted(set(ap_a) & set(ap_b))
+            paired = (f"{diff:+.1f} on seed{'s' if len(common) > 1 else ''} "
+                      f"{', '.join(map(str, common))}, the seeds both rows have")
         out.append(f"* {claim}: **{'holds' if holds else 'does not hold'}** -- {a} "
                    f"{_ap_cell(by[a], 'box_ap')} box AP at keep {by[a]['keep_ratio']:.2f} vs "
                    f"{b} {_ap_cell(by[b], 'box_ap')} at keep {by[b]['keep_ratio']:.2f} "
-                   f"({diff:+.1f}).")
-    return ["Findings (box AP; means over seeds where there are several):", "", *out] if out \
-        else []
+                   f"({paired}).")
+    return ["Findings (box AP, means over seeds; each claim judged on the seeds both rows "
+            "have):", "", *out] if out else []
+
+
+def _spread_labels(xs: Sequence[float], ys: Sequence[float], near: float,
+                   gap: float) -> List[float]:
+    """Label heights for points (xs, ys): among points less than ``near`` apart in x, labels
+    are at least ``gap`` apart in y, in the points' order, centred on the points' heights."""
+    heights = list(ys)
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    groups, current = [], [order[0]] if order else []
+    for prev, i in zip(order, order[1:]):
+        if xs[i] - xs[prev] < near:
+            current.append(i)
+        else:
+            groups.append(current)
+            current = [i]
+    groups.append(current)
+    for group in groups:
+        group.sort(key=lambda i: ys[i])
+        for prev, i in zip(group, group[1:]):
+            heights[i] = max(heights[i], heights[prev] + gap)
+        shift = (sum(ys[i] for i in group) - sum(heights[i] for i in group)) / len(group)
+        for i in group:
+            heights[i] += shift
+    return heights
 
 
 def _plot(rows: List[Dict[str, Any]]) -> bytes:
@@ -689,14 +731,18 @@ def _plot(rows: List[Dict[str, Any]]) -> bytes:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharex=True)
     xs = [r["backbone_gflops"] for r in rows]
+    near = 0.1 * (max(xs) - min(xs) or 1.0)  # points this close in x share a label column
     for ax, key, title in ((axes[0], "box_ap", "box AP"), (axes[1], "mask_ap", "mask AP")):
-        for r, x in zip(rows, xs):
+        ys = [r[key] for r in rows]
+        label_ys = _spread_labels(xs, ys, near, gap=0.045 * (max(ys) - min(ys) or 1.0))
+        for r, x, y, label_y in zip(rows, xs, ys, label_ys):
             sd = r[f"{key}_sd"]
-            ax.errorbar([x], [r[key]], yerr=None if math.isnan(sd) else [sd], fmt="o",
+            ax.errorbar([x], [y], yerr=None if math.isnan(sd) else [sd], fmt="o",
                         capsize=3, color="black" if r["variant"] in ("dense", "dense_ft") else
                         "tab:red" if r["variant"] == "svit" else "tab:blue")
-            ax.annotate(r["variant"], (x, r[key]), fontsize=7, xytext=(4, 3),
-                        textcoords="offset points")
+            ax.annotate(r["variant"], (x, y), xytext=(x + 0.3 * near, label_y), fontsize=7,
+                        va="center", arrowprops=dict(arrowstyle="-", lw=0.4, color="0.5"))
+        ax.set_xlim(right=max(xs) + 3 * near)  # room for the labels of the rightmost points
         ax.set_xlabel("backbone GFLOPs per image (fvcore, gates included)")
         ax.set_ylabel(title)
         ax.set_title(f"{title} against backbone FLOPs")
