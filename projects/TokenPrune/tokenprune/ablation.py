@@ -10,11 +10,11 @@ fine-tunes every variant from it with the same budget (the SViT recipe of
 ``configs/Synthetic/mask_rcnn_vitdet_t_svit.py``: its schedule, learning rate and keep-ratio
 loss, with the keep targets of :data:`KEEP_TARGETS`, the gates at :data:`GATE_LR_FACTOR`
 times the learning rate and their Gumbel noise annealed to 0 over the first
-:data:`GATE_NOISE_ANNEAL` of the run), and evaluates every variant the same way: box and mask AP on the
-validation set, backbone FLOPs (:func:`tokenprune.flops.count_model_flops` on the first
-validation images, gates included), backbone latency (the ViT alone on the same
-preprocessed images, dense and variant interleaved, median) and the mean kept fraction of
-the tokens.
+:data:`GATE_NOISE_ANNEAL` of the run), and evaluates every variant the same way: box and
+mask AP on the validation set, backbone FLOPs (:func:`tokenprune.flops.count_model_flops`
+on the first validation images, gates included), backbone latency (the ViT alone on the
+same preprocessed images, dense and variant interleaved, median) and the mean kept
+fraction of the tokens.
 
 Rows (each a config override of the SViT config, see :data:`VARIANTS`): dense (the starting
 point) and dense fine-tuned with the same recipe and budget but no gates (the reference
@@ -703,8 +703,10 @@ def _spread_labels(xs: Sequence[float], ys: Sequence[float], near: float,
     """Label heights for points (xs, ys): among points less than ``near`` apart in x, labels
     are at least ``gap`` apart in y, in the points' order, centred on the points' heights."""
     heights = list(ys)
+    if not heights:
+        return heights
     order = sorted(range(len(xs)), key=lambda i: xs[i])
-    groups, current = [], [order[0]] if order else []
+    groups, current = [], [order[0]]
     for prev, i in zip(order, order[1:]):
         if xs[i] - xs[prev] < near:
             current.append(i)

@@ -5,6 +5,6 @@ from .train_loop import (
 )
 
 __all__ = [
-    "FlopsHook", "GateNoiseHook", "KeepRatioHook", "keep_ratio_scalars", "build_model", "checkpoint_to_load",
-    "do_test", "do_train", "prepare_datasets", "verify_checkpoint",
+    "FlopsHook", "GateNoiseHook", "KeepRatioHook", "keep_ratio_scalars", "build_model",
+    "checkpoint_to_load", "do_test", "do_train", "prepare_datasets", "verify_checkpoint",
 ]

@@ -62,7 +62,8 @@ class GateNoiseHook(HookBase):
     def __init__(self, anneal: float):
         """anneal: fraction of ``max_iter`` in (0, 1] over which the noise reaches 0."""
         if not 0.0 < anneal <= 1.0:
-            raise ValueError(f"train.gate_noise_anneal must lie in [0, 1], got {anneal}")
+            raise ValueError(f"train.gate_noise_anneal must lie in [0, 1] (0 = off), "
+                             f"got {anneal}")
         self.anneal = anneal
 
     def noise_at(self, iteration: int) -> float:

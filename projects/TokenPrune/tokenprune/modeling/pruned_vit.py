@@ -88,7 +88,8 @@ class PrunedViT(ViT):
             gumbel_tau: Gumbel-softmax temperature in training.
             gumbel_noise: scale of the Gumbel noise in training: 1 samples each decision from
                 the gate's keep probability (SViT), 0 takes the inference threshold
-                (see :func:`gumbel_keep_decision`). :class:`tokenprune.engine.GateNoiseHook` anneals it.
+                (see :func:`gumbel_keep_decision`); :class:`tokenprune.engine.GateNoiseHook`
+                anneals it.
             execution: "gather" (compute kept tokens only) or "masked" (compute all tokens,
                 mask keys; a reference that saves no time).
             reducer: a name in REDUCER_REGISTRY ("tome") to use instead of gates;
