@@ -678,16 +678,16 @@ def _findings(rows: List[Dict[str, Any]]) -> List[str]:
         if a not in by or b not in by:
             continue
         ap_a, ap_b = by[a]["box_ap_by_seed"], by[b]["box_ap_by_seed"]
-        diffs = [ap_a[s] - ap_b[s] for s in sorted(set(ap_a) & set(ap_b))]
-        if not diffs:
+        common = sorted(set(ap_a) & set(ap_b))
+        if not common:
             continue
+        diffs = [ap_a[s] - ap_b[s] for s in common]
         diff = sum(diffs) / len(diffs)
         holds = diff > 0 if how == "above" else diff >= -1.0
         if len(ap_a) == len(ap_b) == len(diffs):
             paired = f"{diff:+.1f}" + (
                 f"; per seed {' / '.join(f'{d:+.1f}' for d in diffs)}" if len(diffs) > 1 else "")
         else:
-            common = sorted(set(ap_a) & set(ap_b))
             paired = (f"{diff:+.1f} on seed{'s' if len(common) > 1 else ''} "
                       f"{', '.join(map(str, common))}, the seeds both rows have")
         out.append(f"* {claim}: **{'holds' if holds else 'does not hold'}** -- {a} "

@@ -70,19 +70,22 @@ class GateNoiseHook(HookBase):
         """The noise scale at ``iteration`` (0-based) of the trainer's run."""
         return max(0.0, 1.0 - iteration / (self.anneal * self.trainer.max_iter))
 
+    def before_train(self) -> None:
+        self._vit = find_pruned_vit(self.trainer.model)
+
     def before_step(self) -> None:
-        vit = find_pruned_vit(self.trainer.model)
-        if vit is None:
+        if self._vit is None:
             return
-        vit.gumbel_noise = self.noise_at(self.trainer.iter)
-        self.trainer.storage.put_scalar("gate_noise", vit.gumbel_noise, smoothing_hint=False)
+        self._vit.gumbel_noise = self.noise_at(self.trainer.iter)
+        self.trainer.storage.put_scalar("gate_noise", self._vit.gumbel_noise,
+                                        smoothing_hint=False)
 
 
 def build_gate_noise_hook(cfg) -> Optional[GateNoiseHook]:
     """A GateNoiseHook if ``train.gate_noise_anneal`` is above 0 (default 0: SViT's constant
     noise)."""
     anneal = cfg.train.get("gate_noise_anneal", 0.0)
-    if anneal is None or anneal == 0:
+    if not anneal:
         return None
     return GateNoiseHook(float(anneal))
 
