@@ -1,21 +1,45 @@
 # The README's two commands: `make demo` (train + evaluate on generated data) and `make test`.
-# Both create the environment outside the checkout when it is missing, reuse it otherwise,
-# and stop at once when Detectron2 is not installed in it.
+# Both set up what they need, once, in an environment outside the checkout:
+#   venv -> torch/torchvision (only when missing) -> Detectron2 (only when missing: from
+#   $DETECTRON2_SRC, a local checkout, else the pinned git commit; non-editable, no build
+#   isolation) -> the project's dependencies read from setup.cfg (re-run only when they change).
+# The package itself is never installed: each checkout puts its own projects/TokenPrune on
+# PYTHONPATH, so two checkouts sharing one environment each run their own code.
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 VENV := $(if $(TOKENPRUNE_VENV),$(TOKENPRUNE_VENV),$(HOME)/.cache/tokenprune/venv)
 PYTHON := $(VENV)/bin/python
-D2_GUIDE := https://detectron2.readthedocs.io/en/latest/tutorials/install.html
-D2_TESTED := Detectron2 v0.6 (main branch, commit 02b5c4e2)
+PIP := "$(PYTHON)" -m pip install -q --disable-pip-version-check
+TORCH := torch==2.14.1 torchvision==0.29.1
+D2_BUILD_REQS := 'setuptools>=61,<81' wheel ninja
+D2_COMMIT := 02b5c4e295e990042a714712c21dc79b731e8833
+D2_GIT := git+https://github.com/facebookresearch/detectron2.git@$(D2_COMMIT)
+D2_SOURCE := $(if $(DETECTRON2_SRC),$(DETECTRON2_SRC),$(D2_GIT))
+D2_MANUAL := $(PIP) $(D2_BUILD_REQS) && $(PIP) --no-build-isolation '$(D2_SOURCE)'
+REQS := $(VENV)/tokenprune-requirements.txt
 DEMO_DIR ?= output/synthetic_dense
+export PYTHONPATH := $(CURDIR)/projects/TokenPrune$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: demo test env
 
 env:
-	@test -x "$(PYTHON)" || python3 -m venv "$(VENV)"
-	@"$(PYTHON)" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('detectron2') is None)" \
-	  || { echo "error: Detectron2 is not installed in $(VENV). Install it by hand into that environment following the official guide $(D2_GUIDE) (tested with $(D2_TESTED)), then run this command again." >&2; exit 1; }
-	@"$(PYTHON)" -m pip install -q --disable-pip-version-check \
-	  "torch==2.13.0,!=2.13.0+cpu" "torchvision==0.28.0" -e ".[test,text]"
+	@test -x "$(PYTHON)" || { echo "[setup] creating $(VENV)"; python3 -m venv "$(VENV)"; }
+	@if ! "$(PYTHON)" -c "import detectron2" 2>/dev/null; then \
+	  if [ -n "$(DETECTRON2_SRC)" ] && [ ! -f "$(DETECTRON2_SRC)/setup.py" ]; then \
+	    echo "error: DETECTRON2_SRC=$(DETECTRON2_SRC) is not a Detectron2 checkout (no setup.py)." >&2; exit 1; fi; \
+	  "$(PYTHON)" -c "import torch, torchvision" 2>/dev/null \
+	    || { echo "[setup] installing $(TORCH)"; $(PIP) $(TORCH); }; \
+	  echo "[setup] building Detectron2 from $(D2_SOURCE) (a few minutes)"; \
+	  { $(PIP) $(D2_BUILD_REQS) && $(PIP) --no-build-isolation "$(D2_SOURCE)"; } \
+	    || { echo "error: could not install Detectron2 into $(VENV). Install it by hand, then run this command again: $(D2_MANUAL)" >&2; exit 1; }; \
+	fi
+	@"$(PYTHON)" -c "import configparser; c = configparser.ConfigParser(); c.read('setup.cfg'); \
+	  extras = c['options.extras_require']; \
+	  print(''.join(c['options']['install_requires'] + extras['test'] + extras['text']).strip())" \
+	  > "$(REQS).new"
+	@cmp -s "$(REQS).new" "$(REQS)" \
+	  || { echo "[setup] installing the dependencies in setup.cfg"; $(PIP) -r "$(REQS).new" && mv "$(REQS).new" "$(REQS)"; }
+	@rm -f "$(REQS).new"
 
 demo: env
 	"$(PYTHON)" train_net.py --config-file configs/Synthetic/mask_rcnn_vitdet_t_dense.py \
