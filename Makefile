@@ -15,7 +15,7 @@ D2_BUILD_REQS := 'setuptools>=61,<81' wheel ninja
 D2_COMMIT := 02b5c4e295e990042a714712c21dc79b731e8833
 D2_GIT := git+https://github.com/facebookresearch/detectron2.git@$(D2_COMMIT)
 D2_SOURCE := $(if $(DETECTRON2_SRC),$(DETECTRON2_SRC),$(D2_GIT))
-D2_MANUAL := $(PIP) $(D2_BUILD_REQS) && $(PIP) --no-build-isolation '$(D2_SOURCE)'
+D2_MANUAL = $(PYTHON) -m pip install $(D2_BUILD_REQS) && $(PYTHON) -m pip install --no-build-isolation '$(1)'
 REQS := $(VENV)/tokenprune-requirements.txt
 DEMO_DIR ?= output/synthetic_dense
 export PYTHONPATH := $(CURDIR)/projects/TokenPrune$(if $(PYTHONPATH),:$(PYTHONPATH))
@@ -26,13 +26,16 @@ env:
 	@test -x "$(PYTHON)" || { echo "[setup] creating $(VENV)"; python3 -m venv "$(VENV)"; }
 	@if ! "$(PYTHON)" -c "import detectron2" 2>/dev/null; then \
 	  if [ -n "$(DETECTRON2_SRC)" ] && [ ! -f "$(DETECTRON2_SRC)/setup.py" ]; then \
-	    echo "error: DETECTRON2_SRC=$(DETECTRON2_SRC) is not a Detectron2 checkout (no setup.py)." >&2; exit 1; fi; \
+	    echo "error: DETECTRON2_SRC=$(DETECTRON2_SRC) is not a Detectron2 checkout (no setup.py). Point it at one (commit $(D2_COMMIT)), or install Detectron2 by hand, then run this command again: $(call D2_MANUAL,$(D2_GIT))" >&2; exit 1; fi; \
 	  "$(PYTHON)" -c "import torch, torchvision" 2>/dev/null \
 	    || { echo "[setup] installing $(TORCH)"; $(PIP) $(TORCH); }; \
 	  echo "[setup] building Detectron2 from $(D2_SOURCE) (a few minutes)"; \
 	  { $(PIP) $(D2_BUILD_REQS) && $(PIP) --no-build-isolation "$(D2_SOURCE)"; } \
-	    || { echo "error: could not install Detectron2 into $(VENV). Install it by hand, then run this command again: $(D2_MANUAL)" >&2; exit 1; }; \
+	    || { echo "error: could not install Detectron2 into $(VENV). Install it by hand, then run this command again: $(call D2_MANUAL,$(D2_SOURCE))" >&2; exit 1; }; \
 	fi
+	@! "$(PYTHON)" -m pip show -q tokenprune 2>/dev/null \
+	  || { echo "[setup] removing the copy of tokenprune installed in $(VENV) (each checkout runs its own)"; \
+	       "$(PYTHON)" -m pip uninstall -q -y tokenprune; }
 	@"$(PYTHON)" -c "import configparser; c = configparser.ConfigParser(); c.read('setup.cfg'); \
 	  extras = c['options.extras_require']; \
 	  print(''.join(c['options']['install_requires'] + extras['test'] + extras['text']).strip())" \

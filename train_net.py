@@ -14,12 +14,15 @@ import logging
 import os
 import sys
 
+from tokenprune.cli import quiet_third_party_warnings
+
+quiet_third_party_warnings()  # before Detectron2's imports, some of which warn on import
+
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from torch.multiprocessing import ProcessExitedException
 
 from tokenprune.checkpoint import TokenPruneCheckpointer
-from tokenprune.cli import quiet_third_party_warnings
 from tokenprune.config import load_config
 from tokenprune.engine import (
     build_model, checkpoint_to_load, do_test, do_train, prepare_datasets, verify_checkpoint,

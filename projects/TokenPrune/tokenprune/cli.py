@@ -65,6 +65,7 @@ def quiet_third_party_warnings() -> None:
     import warnings
 
     for message in (".*pkg_resources is deprecated.*",
+                    ".*`torch.jit.script` is deprecated.*",  # fvcore.nn's import, torch>=2.14
                     ".*Importing from timm.models.layers is deprecated.*",
                     ".*torch.meshgrid: in an upcoming release.*"):
         warnings.filterwarnings("ignore", message=message)
