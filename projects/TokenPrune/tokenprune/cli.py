@@ -17,7 +17,11 @@ from typing import Any, Callable, List, Optional, Sequence
 import torch
 from omegaconf import DictConfig
 
+from .checkpoint import load_model
 from .config import load_config
+from .data.catalog import first_test_inputs
+from .fileio import (atomic_write_bytes, atomic_write_json, atomic_write_text, figure_png,
+                     make_output_dir)
 from .errors import InputError, TokenPruneError
 
 __all__ = ["tool_parser", "run_tool", "load_tool_config", "build_eval_model", "make_output_dir",
@@ -80,7 +84,7 @@ def load_tool_config(args: argparse.Namespace, need_data: bool = True,
     from detectron2.data import DatasetCatalog
 
     from .data import prepare_dataset
-    from .engine.train_loop import dataset_names
+    from .data import dataset_names
 
     cfg = load_config(args.config_file, args.opts)
     for name in dataset_names(cfg, splits):
@@ -90,80 +94,6 @@ def load_tool_config(args: argparse.Namespace, need_data: bool = True,
 
 
 def build_eval_model(cfg: DictConfig, device: Optional[str] = None) -> torch.nn.Module:
-    """Instantiate the model in eval mode and load ``train.init_checkpoint`` if it is set.
-
-    Without a checkpoint the weights are random (fine for FLOPs and latency).
-    """
-
-    from .checkpoint import TokenPruneCheckpointer
-    from .engine.train_loop import build_model, verify_checkpoint
-
-    if device:
-        cfg.train.device = device
-    model = build_model(cfg)
-    ckpt = cfg.train.init_checkpoint
-    if ckpt:
-        verify_checkpoint(model, ckpt, strict=False)
-        TokenPruneCheckpointer(model).load(ckpt)
-    return model.eval()
+    return load_model(cfg, device)
 
 
-def make_output_dir(path: str) -> str:
-    """Create ``path`` (and parents) and check that it is writable."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path):
-            pass
-    except OSError as e:
-        raise InputError(f"cannot write to output folder {path}: {e.strerror or e}") from e
-    return path
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 -> the usual permissions of a new file
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def first_test_inputs(cfg: DictConfig, num: int) -> List[dict]:
-    """The first ``num`` mapped inputs of the config's test loader (Detectron2 input dicts)."""
-    from detectron2.config import instantiate
-
-    inputs: List[dict] = []
-    for batch in instantiate(cfg.dataloader.test):
-        inputs.extend(batch)
-        if len(inputs) >= num:
-            break
-    if not inputs:
-        raise InputError(f"the test dataset {cfg.dataloader.test.dataset.names} has no images")
-    return inputs[:num]
-
-
-def figure_png(fig, dpi: Optional[int] = None) -> bytes:
-    """Render a matplotlib figure to PNG bytes and close it."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    return buf.getvalue()

@@ -13,11 +13,11 @@ Two families are registered: ``synthetic_shapes_*``, where each class has its ow
 that the class is in the outline and size only (a task the deeper ViT blocks matter for).
 """
 
+import io
 import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -27,6 +27,8 @@ import pycocotools.mask as mask_util
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from PIL import Image, ImageDraw
+
+from ..fileio import atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "MIXED_COLOR_SPLITS",
@@ -233,23 +235,13 @@ def _annotation(o: _Object) -> Dict[str, Any]:
 
 def _save_image(array: np.ndarray, path: str) -> None:
     """Write an image atomically; the format follows the extension (PNG or JPEG)."""
-    tmp = f"{path}.tmp{os.getpid()}"
+    buf = io.BytesIO()
     image = Image.fromarray(array)
     if path.lower().endswith((".jpg", ".jpeg")):
-        image.save(tmp, format="JPEG", quality=90)
+        image.save(buf, format="JPEG", quality=90)
     else:
-        image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(obj: Any, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile(
-        "w", dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp", delete=False
-    ) as f:
-        json.dump(obj, f, separators=(",", ":"))
-    os.chmod(f.name, 0o644)  # NamedTemporaryFile creates files readable by the owner only
-    os.replace(f.name, path)
+        image.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _is_generated(
@@ -354,8 +346,8 @@ def generate_synthetic_shapes(
         "annotations": annotations,
         "categories": list(categories),
     }
-    _write_json_atomic(dataset, json_file)
-    _write_json_atomic(params, stamp_file)
+    atomic_write_json(json_file, dataset, compact=True)
+    atomic_write_json(stamp_file, params, compact=True)
     logger.info(
         f"Generated {num_images} synthetic images ({len(annotations)} objects) in "
         f"{time.perf_counter() - start:.1f} s: {json_file}"

@@ -144,7 +144,7 @@ class FlopsHook(HookBase):
 def build_flops_hook(cfg) -> Optional[FlopsHook]:
     """A FlopsHook every ``train.flops_period`` iterations over the first images of the
     configured test set, or None if the period is 0."""
-    from ..cli import first_test_inputs
+    from ..data import first_test_inputs
 
     period = cfg.train.get("flops_period", 0)
     if not period:

@@ -26,16 +26,19 @@ from detectron2.modeling.backbone.utils import window_partition, window_unpartit
 
 __all__ = ["TokenGroups", "group_kept_tokens", "attention_logits", "attention_on_groups",
            "add_rel_pos_bias_", "run_block_gathered",
-           "run_block_masked", "rel_pos_table"]
+           "run_block_masked", "rel_pos_table", "resize_rel_pos"]
+
+
+def resize_rel_pos(table: Tensor, length: int) -> Tensor:
+    """(L, C) -> (length, C) by linear interpolation along L (``table`` itself if L fits)."""
+    if table.shape[0] == length:
+        return table
+    return F.interpolate(table.t()[None], size=length, mode="linear")[0].t()
 
 
 def rel_pos_table(rel_pos: Tensor, size: int) -> Tensor:
     """(L, C) learned relative embeddings -> (2 * size - 1, C), linearly resized if needed."""
-    length = 2 * size - 1
-    if rel_pos.shape[0] == length:
-        return rel_pos
-    resized = F.interpolate(rel_pos.t()[None], size=length, mode="linear")
-    return resized[0].t()
+    return resize_rel_pos(rel_pos, 2 * size - 1)
 
 
 @dataclass
