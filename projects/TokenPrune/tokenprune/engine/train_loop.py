@@ -13,6 +13,7 @@ from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
+from ..analysis import count_model_flops
 from ..checkpoint import TokenPruneCheckpointer, build_model, verify_checkpoint
 from ..data import dataset_names, prepare_dataset
 from ..modeling.meta_arch import find_pruned_vit
@@ -88,7 +89,7 @@ def do_train(cfg: DictConfig, model: torch.nn.Module, resume: bool = False) -> D
         hooks.EvalHook(cfg.train.eval_period, evaluate),
         KeepRatioHook() if pruned else None,
         build_gate_noise_hook(cfg) if pruned else None,
-        build_flops_hook(cfg) if pruned and comm.is_main_process() else None,
+        build_flops_hook(cfg, count_model_flops) if pruned and comm.is_main_process() else None,
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
                              period=cfg.train.log_period)
         if comm.is_main_process() else None,
