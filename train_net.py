@@ -12,14 +12,13 @@ status 2 before anything is written to the output folder.
 """
 import logging
 import os
-import sys
 
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from torch.multiprocessing import ProcessExitedException
 
 from tokenprune.checkpoint import TokenPruneCheckpointer
-from tokenprune.cli import quiet_third_party_warnings
+from tokenprune.tools.common import fail, quiet_third_party_warnings
 from tokenprune.config import load_config
 from tokenprune.engine import (
     build_model, checkpoint_to_load, do_test, do_train, prepare_datasets, verify_checkpoint,
@@ -27,12 +26,10 @@ from tokenprune.engine import (
 from tokenprune.errors import TokenPruneError
 
 logger = logging.getLogger("detectron2")
-EXIT_BAD_INPUT = 2
 
 
 def _fail(message: str) -> None:
-    print(f"train_net.py: error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(EXIT_BAD_INPUT)
+    fail("train_net.py", message)
 
 
 def main(args) -> None:
