@@ -258,6 +258,30 @@ def _is_generated(
     )
 
 
+def _render_images(image_dir: str, file_names: List[str], seed: int, image_size: int,
+                   class_colors: bool, category_of: Dict[str, int]) -> Tuple[list, list]:
+    """Render and save every image; returns the COCO (images, annotations) lists."""
+    num_images = len(file_names)
+    rng = np.random.default_rng([seed])
+    num_empty = max(0, min(max(1, round(_EMPTY_FRACTION * num_images)), num_images - 1))
+    empty_ids = {int(i) + 1 for i in rng.choice(num_images, size=num_empty, replace=False)}
+    images, annotations = [], []
+    for image_id, file_name in enumerate(file_names, start=1):
+        image_rng = np.random.default_rng([seed, image_id])
+        num_objects = 0 if image_id in empty_ids else int(image_rng.integers(1, _MAX_OBJECTS + 1))
+        pixels, objects = _render(image_rng, image_size, num_objects, class_colors)
+        _save_image(pixels, os.path.join(image_dir, file_name))
+        images.append(
+            {"id": image_id, "file_name": file_name, "width": image_size, "height": image_size}
+        )
+        for o in objects:
+            ann = {"id": len(annotations) + 1, "image_id": image_id}
+            ann["category_id"] = category_of[o.shape.name]
+            ann.update(_annotation(o))
+            annotations.append(ann)
+    return images, annotations
+
+
 def generate_synthetic_shapes(
     json_file: str,
     image_dir: str,
@@ -317,24 +341,8 @@ def generate_synthetic_shapes(
     if os.path.exists(stamp_file):
         os.remove(stamp_file)
 
-    rng = np.random.default_rng([seed])
-    num_empty = max(0, min(max(1, round(_EMPTY_FRACTION * num_images)), num_images - 1))
-    empty_ids = {int(i) + 1 for i in rng.choice(num_images, size=num_empty, replace=False)}
-    images, annotations = [], []
-    for image_id, file_name in enumerate(file_names, start=1):
-        image_rng = np.random.default_rng([seed, image_id])
-        num_objects = 0 if image_id in empty_ids else int(image_rng.integers(1, _MAX_OBJECTS + 1))
-        pixels, objects = _render(image_rng, image_size, num_objects, class_colors)
-        _save_image(pixels, os.path.join(image_dir, file_name))
-        images.append(
-            {"id": image_id, "file_name": file_name, "width": image_size, "height": image_size}
-        )
-        for o in objects:
-            ann = {"id": len(annotations) + 1, "image_id": image_id}
-            ann["category_id"] = category_of[o.shape.name]
-            ann.update(_annotation(o))
-            annotations.append(ann)
-
+    images, annotations = _render_images(image_dir, file_names, seed, image_size, class_colors,
+                                         category_of)
     dataset = {
         "info": {
             "description": "TokenPrune synthetic shapes",

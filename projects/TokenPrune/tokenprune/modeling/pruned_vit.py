@@ -98,16 +98,7 @@ class PrunedViT(ViT):
             vit_kwargs: arguments of detectron2's ViT.
         """
         super().__init__(**vit_kwargs)
-        depth = len(self.blocks)
-        self.pruned_blocks = sorted(int(i) for i in pruned_blocks)
-        if len(set(self.pruned_blocks)) != len(self.pruned_blocks) or any(
-            not 0 <= i < depth for i in self.pruned_blocks
-        ):
-            raise ValueError(f"pruned_blocks must be distinct indices in [0, {depth}), "
-                             f"got {list(pruned_blocks)}")
-        for i in self.pruned_blocks:
-            if self.blocks[i].use_residual_block:
-                raise ValueError(f"block {i} has a residual conv block and cannot be pruned")
+        self.pruned_blocks = self._checked_blocks(pruned_blocks)
         self.keep_ratios = self._per_block(keep_ratios, "keep_ratios")
         self.fixed_keep_ratio = (
             None if fixed_keep_ratio is None
@@ -141,6 +132,18 @@ class PrunedViT(ViT):
         self.last_keep_ratio_loss: Optional[Tensor] = None
         self.last_gate_log_probs: Dict[int, Tensor] = {}
         self.last_grid = (0, 0)
+
+    def _checked_blocks(self, pruned_blocks: Sequence[int]) -> List[int]:
+        """Sorted distinct block indices without a residual conv block (ValueError if not)."""
+        depth = len(self.blocks)
+        blocks = sorted(int(i) for i in pruned_blocks)
+        if len(set(blocks)) != len(blocks) or any(not 0 <= i < depth for i in blocks):
+            raise ValueError(f"pruned_blocks must be distinct indices in [0, {depth}), "
+                             f"got {list(pruned_blocks)}")
+        for i in blocks:
+            if self.blocks[i].use_residual_block:
+                raise ValueError(f"block {i} has a residual conv block and cannot be pruned")
+        return blocks
 
     def _per_block(self, value, name: str) -> Dict[int, float]:
         values = [float(value)] * len(self.pruned_blocks) if isinstance(value, (int, float)) \

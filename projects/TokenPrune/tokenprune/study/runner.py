@@ -264,12 +264,13 @@ class _Study:
         """``run``/model_final.pth, trained first if it is not there."""
         checkpoint = os.path.join(run, "model_final.pth")
         if not os.path.isfile(checkpoint):
-            progress(f"training '{key}' seed {seed}: {iters} iterations"
-                     + (" from dense" if init else ""))
+            what = f"fine-tun%s '{key}'" if init else f"train%s {key}"
+            progress(f"{what % 'ing'} seed {seed}{' from dense' if init else ''}: "
+                     f"{iters} iterations")
             secs = _train(cfg, run, seed, iters, init, self.scale.log_period)
             self.state["seconds"][f"train_{key}_seed{seed}"] = secs
             atomic_write_json(os.path.join(self.output, "ablation.json"), self.state)
-            progress(f"trained '{key}' seed {seed} in {secs:.0f} s")
+            progress(f"{what % 'ed'} seed {seed} in {secs:.0f} s")
         return checkpoint
 
     def dense_weights(self, seed: int) -> str:
