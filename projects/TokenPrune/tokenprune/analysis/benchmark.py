@@ -83,17 +83,15 @@ Outputs (``--output``, default ``<train.output_dir>/benchmark``), each written a
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -101,7 +99,7 @@ import torch
 from ..checkpoint import load_model
 from ..errors import CheckpointError, ConfigError, InputError
 from ..modeling import PrunedViT, find_pruned_vit, svit_schedule
-from .cost import BackboneSpec, backbone_macs, uniform_keep_speedups
+from .cost import BackboneSpec
 from .memory import resident_peaks, tensor_peak
 from .timing import interleaved_times
 
