@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> dict:
     if args.memory_probe:
         return memory_probe(setup(cfg, args), args)
     out_dir = make_output_dir(args.output or os.path.join(cfg.train.output_dir, "benchmark"))
-    return run_benchmark(cfg, args, out_dir, PROG, probe_module=__name__)
+    return run_benchmark(cfg, args, out_dir, PROG, probe_module="tokenprune.tools.benchmark")
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> Any:
