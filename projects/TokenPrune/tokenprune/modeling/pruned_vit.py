@@ -18,6 +18,10 @@ The four SViT findings are switches (see DESIGN.md):
 Training runs every token with the keep decision as a soft key mask (differentiable,
 straight-through Gumbel). Inference gathers the kept tokens, runs the block on them only
 and scatters them back (:func:`run_block_gathered`).
+
+Callers switch inference without touching attributes: :meth:`PrunedViT.pruning` forces a
+top-k rate or turns the gates off (the dense ViT), :meth:`PrunedViT.observed` hands the
+decisions and the gathered blocks to a :class:`PruningObserver` (FLOP counting).
 """
 from __future__ import annotations
 
