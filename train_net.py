@@ -12,9 +12,8 @@ status 2 before anything is written to the output folder.
 """
 import logging
 import os
-import sys
 
-from tokenprune.cli import quiet_third_party_warnings
+from tokenprune.tools.common import fail, quiet_third_party_warnings
 
 quiet_third_party_warnings()  # before Detectron2's imports, some of which warn on import
 
@@ -30,12 +29,10 @@ from tokenprune.engine import (
 from tokenprune.errors import TokenPruneError
 
 logger = logging.getLogger("detectron2")
-EXIT_BAD_INPUT = 2
 
 
 def _fail(message: str) -> None:
-    print(f"train_net.py: error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(EXIT_BAD_INPUT)
+    fail("train_net.py", message)
 
 
 def main(args) -> None:
@@ -65,7 +62,6 @@ def main(args) -> None:
 
 
 def invoke_main() -> None:
-    quiet_third_party_warnings()
     args = default_argument_parser().parse_args()
     try:
         load_config(args.config_file, args.opts)  # fail fast, before any process starts

@@ -1,4 +1,4 @@
-"""python -m tokenprune.ablation: the quick study end to end, resuming, variants, reporting."""
+"""python -m tokenprune.tools.ablation: the quick study end to end, resuming, variants, reporting."""
 import csv
 import json
 import math
@@ -9,8 +9,11 @@ import pytest
 
 from helpers import run
 
-from tokenprune import ablation
-from tokenprune.ablation import FINDINGS, SCALES, VARIANTS, summarize, variant_config
+from tokenprune.study import report
+from tokenprune.study import variants as ablation
+from tokenprune.study.report import summarize
+from tokenprune.study.variants import FINDINGS, SCALES, VARIANTS, variant_config
+from tokenprune.tools.ablation import cli as ablation_cli
 
 ROWS = [v.name for v in VARIANTS]
 NUMERIC = ("box_ap", "mask_ap", "backbone_gflops", "backbone_flops_ratio", "gate_gflops",
@@ -21,7 +24,7 @@ NUMERIC = ("box_ap", "mask_ap", "backbone_gflops", "backbone_flops_ratio", "gate
 def quick(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ablation"))
     start = time.perf_counter()
-    proc = run(["-m", "tokenprune.ablation", "--output", out, "--scale", "quick"], timeout=900)
+    proc = run(["-m", "tokenprune.tools.ablation", "--output", out, "--scale", "quick"], timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc, time.perf_counter() - start
 
@@ -72,7 +75,7 @@ def test_rerun_resumes_and_only_computes_missing_results(quick):
     out, _, _ = quick
     stamps = {n: os.path.getmtime(os.path.join(out, "results", f"{n}_seed0.json")) for n in ROWS}
     os.remove(os.path.join(out, "results", "evit_seed0.json"))
-    proc = run(["-m", "tokenprune.ablation", "--output", out, "--scale", "quick"], timeout=600)
+    proc = run(["-m", "tokenprune.tools.ablation", "--output", out, "--scale", "quick"], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"{len(ROWS) - 1} already done" in proc.stdout
     assert "training" not in proc.stdout and "fine-tuning" not in proc.stdout
@@ -139,7 +142,7 @@ def test_summary_averages_seeds_and_reports_the_spread():
     assert math.isnan(rows[1]["box_ap_sd"])
     state = dict(scale="quick", description="d", dense_iters=1, finetune_iters=1, seeds=2,
                  seconds={})
-    table = ablation._markdown(rows, state)
+    table = report._markdown(rows, state)
     assert "| dense (n=2) |" in table and "41.0 ± 1.4" in table and "32.0 ± 2.8" in table
 
 
@@ -156,7 +159,7 @@ def test_claims_are_judged_on_the_seeds_both_rows_have():
                             result("svit_fixed_rate", 1, 20.0)],
         "dynamicvit": [result("dynamicvit", 0, 28.0)],  # seed 0 only
     })
-    claims = {line.split(":")[0][2:]: line for line in ablation._findings(rows)[2:]}
+    claims = {line.split(":")[0][2:]: line for line in report._findings(rows)[2:]}
     # mean 25.0 vs 28.0, but +2.0 on seed 0, the only seed the two rows share
     preserve = claims["1. preserving pruned tokens beats discarding them"]
     assert "**holds**" in preserve and "+2.0 on seed 0, the seeds both rows have" in preserve
@@ -171,7 +174,7 @@ def test_claims_are_judged_on_the_seeds_both_rows_have():
 ])
 def test_bad_input_is_one_line(args, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        ablation.cli(["--output", str(tmp_path / "out"), *args])
+        ablation_cli(["--output", str(tmp_path / "out"), *args])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
@@ -180,7 +183,7 @@ def test_bad_input_is_one_line(args, message, tmp_path, capsys):
 def test_output_of_another_scale_is_refused(tmp_path, capsys):
     (tmp_path / "ablation.json").write_text(json.dumps({"scale": "full"}))
     with pytest.raises(SystemExit):
-        ablation.cli(["--output", str(tmp_path), "--scale", "quick"])
+        ablation_cli(["--output", str(tmp_path), "--scale", "quick"])
     assert "holds a --scale full ablation" in capsys.readouterr().err
 
 
@@ -190,7 +193,7 @@ def test_output_of_another_recipe_is_refused(tmp_path, capsys):
         scale="quick", dense_iters=quick_scale.dense_iters,
         finetune_iters=quick_scale.finetune_iters, gate_lr_factor=1.0)))
     with pytest.raises(SystemExit):
-        ablation.cli(["--output", str(tmp_path), "--scale", "quick"])
+        ablation_cli(["--output", str(tmp_path), "--scale", "quick"])
     err = capsys.readouterr().err
     assert "another recipe" in err and "gate_lr_factor 1.0" in err
 
@@ -210,7 +213,7 @@ def test_fine_tuning_runs_train_the_gates_faster_and_anneal_their_noise():
 
 def test_plot_labels_of_nearby_points_do_not_overlap():
     xs, ys = [0.80, 0.81, 0.82, 1.6], [24.0, 24.1, 24.0, 24.0]
-    heights = ablation._spread_labels(xs, ys, near=0.1, gap=0.5)
+    heights = report._spread_labels(xs, ys, near=0.1, gap=0.5)
     close = sorted(heights[:3])
     assert all(b - a >= 0.5 - 1e-9 for a, b in zip(close, close[1:]))
     assert sum(close) / 3 == pytest.approx(sum(ys[:3]) / 3)  # centred on the points

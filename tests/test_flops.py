@@ -1,4 +1,4 @@
-"""FLOP counting (tokenprune.flops): handles, the analytic block count, Detectron2 parity,
+"""FLOP counting (tokenprune.analysis, python -m tokenprune.tools.flops): handles, the analytic block count, Detectron2 parity,
 pruned vs keep-all, and the command line's bad-input handling."""
 import json
 import os
@@ -14,7 +14,8 @@ from detectron2.utils.analysis import FlopCountAnalysis as D2FlopCountAnalysis
 from helpers import DENSE_CFG, SVIT_CFG, run
 from tokenprune.config import load_config
 from tokenprune.data import prepare_dataset
-from tokenprune.flops import block_flops, count_model_flops, flop_analysis, split_operators
+from tokenprune.analysis import (BackboneSpec, block_cost, count_model_flops, flop_analysis,
+                                 split_operators)
 from tokenprune.modeling import PrunedViT, find_pruned_vit
 
 # A 4-block ViTDet-Tiny (blocks 0 and 2 windowed) on the generated validation images; the
@@ -102,37 +103,37 @@ def test_headline_matches_detectron2_on_small_module():
 
 # --------------------------------------------------------------------------- analytic check
 
-def test_block_flops_by_hand():
-    f = block_flops(10, 8, 2.0, 2)
-    assert (f["qkv"], f["attn_qk"], f["attn_v"], f["proj"], f["fc1"], f["fc2"]) == \
-        (10 * 8 * 24, 100 * 8, 100 * 8, 10 * 64, 10 * 8 * 16, 10 * 16 * 8)
-    assert f["total"] == f["attention"] + f["mlp"] == 6720
-    windows = block_flops(8, 4, 1.0, 1, group_len=4)
-    assert windows["attn_qk"] == 2 * 16 * 4
-    padded = block_flops(4, 4, 1.0, 1, group_len=[3, 1], padded=True)
+def test_block_cost_by_hand():
+    # 10 tokens of width 8, MLP hidden 16, one global group
+    spec = BackboneSpec(grid=(1, 10), embed_dim=8, mlp_hidden=16, patch_macs=0,
+                        window_sizes=[0], use_rel_pos=[False])
+    f = block_cost(spec, 0)
+    assert (f["qkv"], f["attn_qk"], f["attn_v"], f["proj"], f["mlp"]) == \
+        (10 * 8 * 24, 100 * 8, 100 * 8, 10 * 64, 2 * 10 * 8 * 16)
+    assert f["total"] == 6720
+    # 2x4 grid in 2x2 windows: 2 windows of 4 tokens
+    windows = BackboneSpec(grid=(2, 4), embed_dim=4, mlp_hidden=4, patch_macs=0,
+                           window_sizes=[2], use_rel_pos=[False])
+    assert block_cost(windows, 0)["attn_qk"] == 2 * 16 * 4
+    keep = torch.tensor([1, 1, 0, 0, 1, 0, 0, 1], dtype=torch.bool)  # 2x4 grid: 3 + 1 kept
+    padded = block_cost(windows, 0, keep, padded=True)  # groups [3, 1] padded to [3, 3]
     assert padded["qkv"] == 6 * 4 * 12 and padded["attn_qk"] == 2 * 9 * 4
-    assert padded["fc1"] == 4 * 4 * 4  # the MLP runs on the kept tokens only
-    with pytest.raises(ValueError):
-        block_flops(5, 4, 1.0, 1, group_len=[3, 1])
+    assert padded["mlp"] == 2 * 4 * 4 * 4  # the MLP runs on the kept tokens only
+    assert block_cost(windows, 0, keep)["attn_qk"] == (9 + 1) * 4
 
 
 @pytest.mark.parametrize("ratios", [[0.6, 0.5, 0.3], [1.0, 0.2, 0.75]])
-def test_pruned_block_count_matches_block_flops(ratios):
+def test_pruned_block_count_matches_block_cost(ratios):
     torch.manual_seed(0)
     vit = PrunedViT(pruned_blocks=[1, 2, 3], keep_ratios=0.5, fixed_keep_ratio=ratios,
                     img_size=64, patch_size=8, embed_dim=48, depth=4, num_heads=3,
                     use_rel_pos=False, window_size=4, window_block_indexes=[0, 2],
                     pretrain_img_size=64, pretrain_use_cls_token=False).eval()
     per_module = flop_analysis(vit, torch.randn(1, 3, 64, 64)).by_module_and_operator()
+    spec = BackboneSpec.from_vit(vit, (8, 8))
     for i in vit.pruned_blocks:
         keep = vit.last_keep_masks[i][0]
-        ws = vit.blocks[i].window_size
-        groups = None
-        if ws:
-            pos = torch.arange(64)
-            window = (pos // 8 // ws) * (8 // ws) + (pos % 8) // ws
-            groups = torch.bincount(window[keep], minlength=(8 // ws) ** 2).tolist()
-        expected = block_flops(int(keep.sum()), 48, 4.0, 3, group_len=groups, padded=True)
+        expected = block_cost(spec, i, keep, padded=True)
         flops, _, _ = split_operators(per_module[f"model.blocks.{i}"])
         counted = flops["linear"] + flops["matmul"]  # qkv, proj, fc1, fc2; q@k, attn@v
         assert abs(counted - expected["total"]) <= 0.01 * expected["total"], (i, counted, expected)
@@ -184,7 +185,7 @@ def test_svit_flops_follow_keep_ratio(dense):
 # --------------------------------------------------------------------------- command line
 
 def _flops_cli(args, **kw):
-    return run(["-m", "tokenprune.flops", *args], **kw)
+    return run(["-m", "tokenprune.tools.flops", *args], **kw)
 
 
 def test_cli_writes_report(tmp_path):
@@ -219,6 +220,6 @@ def test_cli_bad_input(tmp_path, case):
                       env={"DETECTRON2_DATASETS": str(tmp_path / "no_datasets")})
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("python -m tokenprune.flops: error:"), lines
+    assert len(lines) == 1 and lines[0].startswith("python -m tokenprune.tools.flops: error:"), lines
     assert not out.exists()
     assert sorted(os.listdir(tmp_path)) == ["a_file"]

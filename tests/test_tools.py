@@ -1,4 +1,4 @@
-"""The analysis tools ``python -m tokenprune.benchmark`` and ``python -m tokenprune.visualize``.
+"""The analysis tools ``python -m tokenprune.tools.benchmark`` and ``python -m tokenprune.tools.visualize``.
 
 Both run as subprocesses on a tiny model (outputs and their format, never timings), on
 every kind of bad input (one line on stderr, exit status 2, no result files), and the
@@ -14,10 +14,10 @@ from PIL import Image
 
 from helpers import DENSE_CFG, SVIT_CFG, TINY, TINY_SVIT, TINY_VLTP, VLTP_CFG, run
 
-from tokenprune.benchmark import BackboneSpec, attention_groups, backbone_macs, block_macs
+from tokenprune.analysis import BackboneSpec, attention_groups, backbone_macs, block_macs
 
-BENCH = ["-m", "tokenprune.benchmark"]
-VIS = ["-m", "tokenprune.visualize"]
+BENCH = ["-m", "tokenprune.tools.benchmark"]
+VIS = ["-m", "tokenprune.tools.visualize"]
 FAST = ["--input-size", "64", "--repeats", "1", "--warmup", "0"]
 # lighter heads: 20 proposals, 5 detections (the benchmark sets the score threshold to 0)
 LIGHT_HEADS = ["model.proposal_generator.post_nms_topk=[100,20]",
@@ -252,7 +252,7 @@ def test_benchmark_bad_input(case, tmp_path):
         opts.append("dataloader.test.dataset.names=no_such_dataset")
     proc = run(BENCH + ["--config-file", SVIT_CFG, *flags, "--output", str(out), *FAST,
                         "--", *opts], timeout=120)
-    line = _one_line_error(proc, "tokenprune.benchmark")
+    line = _one_line_error(proc, "tokenprune.tools.benchmark")
     assert {"keep_zero": "keep ratio 0 is outside (0, 1]",
             "keep_above_one": "keep ratio 1.5 is outside (0, 1]",
             "output_not_writable": "cannot write to output folder",
@@ -283,7 +283,7 @@ def test_visualize_bad_input(case, tmp_path, images):
         flags = ["--prompt", "a", "b", "--task-id", "1"]
     proc = run(VIS + ["--config-file", SVIT_CFG, "--input", *inputs, "--output", str(out),
                       *flags, "--", *opts], env=env, timeout=120)
-    line = _one_line_error(proc, "tokenprune.visualize")
+    line = _one_line_error(proc, "tokenprune.tools.visualize")
     assert {"not_an_image": "is not an image file", "missing_image": "not found",
             "image_is_folder": "is a folder", "output_not_writable": "cannot write",
             "missing_dataset": "coco_2017_val",

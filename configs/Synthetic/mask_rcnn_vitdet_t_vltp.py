@@ -2,7 +2,7 @@
 
 Fine-tunes the unpruned task model (mask_rcnn_vitdet_t_task_dense.py). Keep-ratio targets
 0.75 / 0.56 / 0.42 (SViT's schedule with base 0.75, mean 0.58: 23% fewer backbone FLOPs,
-decoders included, by ``tokenprune.flops``); inherit mode as in VLTP (a token pruned by a
+decoders included, by ``tokenprune.tools.flops``); inherit mode as in VLTP (a token pruned by a
 decoder skips the following blocks), reactivated in the output map. The targets are
 fractions of all tokens, so in inherit mode each decoder drops only a few of the tokens
 still active (keep probability about 0.9): inference keeps the top-k at the targets

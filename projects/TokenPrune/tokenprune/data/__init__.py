@@ -1,10 +1,12 @@
-"""Datasets: the synthetic shapes generator and registration, and COCO-format helpers.
+"""Datasets: the synthetic shapes generator and registration, COCO-format helpers, and
+what a config reads (:mod:`.catalog`).
 
 Importing this package registers ``synthetic_shapes_{train,val,minival}``,
 ``synthetic_mixcolor_{train,val,minival}``, ``synthetic_tasks_{train,val}``
 (cheap: their files are generated on first use) and ``coco_tasks_*`` (from $DETECTRON2_DATASETS).
 """
 
+from .catalog import dataset_names, first_test_inputs
 from .coco import prepare_dataset, write_coco_layout
 from .coco_tasks import COCO_TASKS, register_coco_tasks, write_coco_tasks_layout
 from .synthetic import (
@@ -22,6 +24,8 @@ register_synthetic_tasks()
 register_coco_tasks()
 
 __all__ = [
+    "dataset_names",
+    "first_test_inputs",
     "COCO_TASKS",
     "SYNTHETIC_TASKS",
     "register_coco_tasks",

@@ -13,11 +13,11 @@ Two families are registered: ``synthetic_shapes_*``, where each class has its ow
 that the class is in the outline and size only (a task the deeper ViT blocks matter for).
 """
 
+import io
 import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -27,6 +27,8 @@ import pycocotools.mask as mask_util
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from PIL import Image, ImageDraw
+
+from ..fileio import atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "MIXED_COLOR_SPLITS",
@@ -233,23 +235,13 @@ def _annotation(o: _Object) -> Dict[str, Any]:
 
 def _save_image(array: np.ndarray, path: str) -> None:
     """Write an image atomically; the format follows the extension (PNG or JPEG)."""
-    tmp = f"{path}.tmp{os.getpid()}"
+    buf = io.BytesIO()
     image = Image.fromarray(array)
     if path.lower().endswith((".jpg", ".jpeg")):
-        image.save(tmp, format="JPEG", quality=90)
+        image.save(buf, format="JPEG", quality=90)
     else:
-        image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(obj: Any, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile(
-        "w", dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp", delete=False
-    ) as f:
-        json.dump(obj, f, separators=(",", ":"))
-    os.chmod(f.name, 0o644)  # NamedTemporaryFile creates files readable by the owner only
-    os.replace(f.name, path)
+        image.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _is_generated(
@@ -264,6 +256,30 @@ def _is_generated(
     return os.path.isfile(json_file) and all(
         os.path.isfile(os.path.join(image_dir, n)) for n in file_names
     )
+
+
+def _render_images(image_dir: str, file_names: List[str], seed: int, image_size: int,
+                   class_colors: bool, category_of: Dict[str, int]) -> Tuple[list, list]:
+    """Render and save every image; returns the COCO (images, annotations) lists."""
+    num_images = len(file_names)
+    rng = np.random.default_rng([seed])
+    num_empty = max(0, min(max(1, round(_EMPTY_FRACTION * num_images)), num_images - 1))
+    empty_ids = {int(i) + 1 for i in rng.choice(num_images, size=num_empty, replace=False)}
+    images, annotations = [], []
+    for image_id, file_name in enumerate(file_names, start=1):
+        image_rng = np.random.default_rng([seed, image_id])
+        num_objects = 0 if image_id in empty_ids else int(image_rng.integers(1, _MAX_OBJECTS + 1))
+        pixels, objects = _render(image_rng, image_size, num_objects, class_colors)
+        _save_image(pixels, os.path.join(image_dir, file_name))
+        images.append(
+            {"id": image_id, "file_name": file_name, "width": image_size, "height": image_size}
+        )
+        for o in objects:
+            ann = {"id": len(annotations) + 1, "image_id": image_id}
+            ann["category_id"] = category_of[o.shape.name]
+            ann.update(_annotation(o))
+            annotations.append(ann)
+    return images, annotations
 
 
 def generate_synthetic_shapes(
@@ -325,24 +341,8 @@ def generate_synthetic_shapes(
     if os.path.exists(stamp_file):
         os.remove(stamp_file)
 
-    rng = np.random.default_rng([seed])
-    num_empty = max(0, min(max(1, round(_EMPTY_FRACTION * num_images)), num_images - 1))
-    empty_ids = {int(i) + 1 for i in rng.choice(num_images, size=num_empty, replace=False)}
-    images, annotations = [], []
-    for image_id, file_name in enumerate(file_names, start=1):
-        image_rng = np.random.default_rng([seed, image_id])
-        num_objects = 0 if image_id in empty_ids else int(image_rng.integers(1, _MAX_OBJECTS + 1))
-        pixels, objects = _render(image_rng, image_size, num_objects, class_colors)
-        _save_image(pixels, os.path.join(image_dir, file_name))
-        images.append(
-            {"id": image_id, "file_name": file_name, "width": image_size, "height": image_size}
-        )
-        for o in objects:
-            ann = {"id": len(annotations) + 1, "image_id": image_id}
-            ann["category_id"] = category_of[o.shape.name]
-            ann.update(_annotation(o))
-            annotations.append(ann)
-
+    images, annotations = _render_images(image_dir, file_names, seed, image_size, class_colors,
+                                         category_of)
     dataset = {
         "info": {
             "description": "TokenPrune synthetic shapes",
@@ -354,8 +354,8 @@ def generate_synthetic_shapes(
         "annotations": annotations,
         "categories": list(categories),
     }
-    _write_json_atomic(dataset, json_file)
-    _write_json_atomic(params, stamp_file)
+    atomic_write_json(json_file, dataset, compact=True)
+    atomic_write_json(stamp_file, params, compact=True)
     logger.info(
         f"Generated {num_images} synthetic images ({len(annotations)} objects) in "
         f"{time.perf_counter() - start:.1f} s: {json_file}"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -23,6 +22,7 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from ..fileio import atomic_write_text
 from .synthetic import SYNTHETIC_SPLITS, default_data_root, generate_synthetic_shapes
 
 __all__ = [
@@ -186,11 +186,7 @@ def _write_if_changed(obj: Any, path: str) -> None:
     except OSError:
         pass
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp", delete=False
-    ) as f:
-        f.write(text)
-    os.replace(f.name, path)
+    atomic_write_text(path, text)
 
 
 def _load_synthetic_tasks(name: str) -> List[Dict[str, Any]]:

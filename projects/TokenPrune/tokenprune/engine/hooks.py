@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import Tensor
@@ -17,6 +17,7 @@ from torch import Tensor
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from ..data import first_test_inputs
 from ..modeling.meta_arch import find_pruned_vit
 
 __all__ = ["KeepRatioHook", "FlopsHook", "GateNoiseHook", "keep_ratio_scalars"]
@@ -97,26 +98,28 @@ class FlopsHook(HookBase):
     in eval mode with its real (dynamic) pruning, and the same count with every token kept
     (which does not depend on the weights, so it is made once) gives
     ``flops/backbone_ratio``. The time spent is logged.
+
+    ``count_flops(model, inputs, keep_all=False)`` returns an object with ``backbone`` and
+    ``total`` flops (:func:`tokenprune.analysis.count_model_flops`).
     """
 
-    def __init__(self, period: int, probe_inputs: List[dict]):
+    def __init__(self, period: int, probe_inputs: List[dict], count_flops: Callable[..., Any]):
         self._period = period
         self._probe = probe_inputs
+        self._count = count_flops
         self._dense = None
         self.seconds = 0.0
 
     def _measure(self) -> None:
-        from ..flops import count_model_flops  # fvcore analysis is only needed here
-
         start = time.perf_counter()
         model = getattr(self.trainer.model, "module", self.trainer.model)
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                pruned = count_model_flops(model, self._probe)
+                pruned = self._count(model, self._probe)
                 if self._dense is None:
-                    self._dense = count_model_flops(model, self._probe, keep_all=True)
+                    self._dense = self._count(model, self._probe, keep_all=True)
         finally:
             model.train(was_training)
         storage = self.trainer.storage
@@ -141,12 +144,11 @@ class FlopsHook(HookBase):
                         f"({100 * self.seconds / total:.1f}% of the training steps' time)")
 
 
-def build_flops_hook(cfg) -> Optional[FlopsHook]:
+def build_flops_hook(cfg, count_flops: Callable[..., Any]) -> Optional[FlopsHook]:
     """A FlopsHook every ``train.flops_period`` iterations over the first images of the
-    configured test set, or None if the period is 0."""
-    from ..cli import first_test_inputs
-
+    configured test set, counting with ``count_flops``, or None if the period is 0."""
     period = cfg.train.get("flops_period", 0)
     if not period:
         return None
-    return FlopsHook(period, first_test_inputs(cfg, cfg.train.get("flops_num_images", 2)))
+    return FlopsHook(period, first_test_inputs(cfg, cfg.train.get("flops_num_images", 2)),
+                     count_flops)

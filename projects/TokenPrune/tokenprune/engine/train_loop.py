@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-from urllib.parse import urlparse
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict
 
 import torch
 from omegaconf import DictConfig
@@ -14,9 +13,9 @@ from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
-from ..checkpoint import TokenPruneCheckpointer, is_resizable_rel_pos
-from ..data import prepare_dataset
-from ..errors import CheckpointError
+from ..analysis import count_model_flops
+from ..checkpoint import TokenPruneCheckpointer, build_model, verify_checkpoint
+from ..data import dataset_names, prepare_dataset
 from ..modeling.meta_arch import find_pruned_vit
 from .hooks import KeepRatioHook, build_flops_hook, build_gate_noise_hook
 
@@ -26,27 +25,10 @@ __all__ = ["do_train", "do_test", "build_model", "verify_checkpoint", "prepare_d
 logger = logging.getLogger("detectron2")
 
 
-def dataset_names(cfg: DictConfig, splits: Sequence[str] = ("train", "test")) -> List[str]:
-    """Every dataset name the config's loaders of ``splits`` read."""
-    names: List[str] = []
-    for split in splits:
-        node = cfg.get("dataloader", {}).get(split)
-        value = node.dataset.names if node is not None and "dataset" in node else None
-        if value is None:
-            continue
-        names.extend([value] if isinstance(value, str) else list(value))
-    return names
-
-
 def prepare_datasets(cfg: DictConfig) -> None:
     """Generate (synthetic) or check (real) every dataset the config needs."""
     for name in dataset_names(cfg):
         prepare_dataset(name)
-
-
-def build_model(cfg: DictConfig) -> torch.nn.Module:
-    model = instantiate(cfg.model)
-    return model.to(cfg.train.device)
 
 
 def checkpoint_to_load(cfg: DictConfig, resume: bool) -> str:
@@ -56,51 +38,6 @@ def checkpoint_to_load(cfg: DictConfig, resume: bool) -> str:
         with open(last) as f:
             return os.path.join(cfg.train.output_dir, f.read().strip())
     return cfg.train.init_checkpoint or ""
-
-
-def verify_checkpoint(model: torch.nn.Module, path: str, *, strict: bool) -> List[str]:
-    """Check that ``path`` exists and fits ``model``; return the model keys it does not set.
-
-    Raises CheckpointError for a missing or unreadable file, a file none of whose tensors
-    fits the model, or (``strict``, e.g. for evaluation) any model tensor that the file lacks
-    or holds in another shape. Without ``strict`` (initialising a fine-tune), tensors of
-    another shape are skipped like Detectron2 does (e.g. heads for another class count) and
-    returned with the missing ones. Relative-position tables of another length are resized
-    on loading (:class:`TokenPruneCheckpointer`). Remote checkpoints (``scheme://``) are left
-    to Detectron2's checkpointer.
-    """
-    if not path or "://" in path:
-        return []
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    checkpointer = TokenPruneCheckpointer(model)
-    checkpointer._parsed_url_during_load = urlparse(path)  # _load_file expects load()'s state
-    try:
-        loaded = checkpointer._load_file(path)
-    except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
-    state = loaded.get("model", loaded)
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} holds no model state dict")
-    own = model.state_dict()
-
-    def fits(k: str) -> bool:
-        saved = getattr(state[k], "shape", None)
-        return saved is None or tuple(saved) == tuple(own[k].shape) or \
-            is_resizable_rel_pos(k, saved, own[k].shape)
-
-    shared = [k for k in state if k in own]
-    wrong = [k for k in shared if not fits(k)]
-    if len(wrong) == len(shared):
-        raise CheckpointError(f"checkpoint {path} does not match the model: none of its "
-                              f"{len(state)} tensors fits {type(model).__name__}")
-    missing = [k for k in own if k not in state]
-    if strict and (wrong or missing):
-        example = (f"{wrong[0]} {tuple(state[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)}"
-                   if wrong else f"{missing[0]} is missing")
-        raise CheckpointError(f"checkpoint {path} does not match the model: {len(wrong)} tensors "
-                              f"differ in shape and {len(missing)} are missing, e.g. {example}")
-    return wrong + missing
 
 
 def do_test(cfg: DictConfig, model: torch.nn.Module) -> Dict[str, Any]:
@@ -152,7 +89,7 @@ def do_train(cfg: DictConfig, model: torch.nn.Module, resume: bool = False) -> D
         hooks.EvalHook(cfg.train.eval_period, evaluate),
         KeepRatioHook() if pruned else None,
         build_gate_noise_hook(cfg) if pruned else None,
-        build_flops_hook(cfg) if pruned and comm.is_main_process() else None,
+        build_flops_hook(cfg, count_model_flops) if pruned and comm.is_main_process() else None,
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
                              period=cfg.train.log_period)
         if comm.is_main_process() else None,

@@ -18,12 +18,16 @@ The four SViT findings are switches (see DESIGN.md):
 Training runs every token with the keep decision as a soft key mask (differentiable,
 straight-through Gumbel). Inference gathers the kept tokens, runs the block on them only
 and scatters them back (:func:`run_block_gathered`).
+
+Callers switch inference without touching attributes: :meth:`PrunedViT.pruning` forces a
+top-k rate or turns the gates off (the dense ViT), :meth:`PrunedViT.observed` hands the
+decisions and the gathered blocks to a :class:`PruningObserver` (FLOP counting).
 """
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Dict, Iterator, Optional, Sequence, Union
+from contextlib import contextmanager, nullcontext
+from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -33,10 +37,10 @@ from detectron2.modeling.backbone.utils import get_abs_pos
 from detectron2.modeling.backbone.vit import ViT
 
 from .gates import GATE_REGISTRY, gumbel_keep_decision
-from .sparse_block import run_block_gathered, run_block_masked
+from .sparse_block import profiler_range, run_block_gathered, run_block_masked
 from .tome import REDUCER_REGISTRY
 
-__all__ = ["PrunedViT", "svit_schedule"]
+__all__ = ["PrunedViT", "PruningObserver", "keep_count", "svit_schedule"]
 
 
 class PrunedViT(ViT):
@@ -98,16 +102,7 @@ class PrunedViT(ViT):
             vit_kwargs: arguments of detectron2's ViT.
         """
         super().__init__(**vit_kwargs)
-        depth = len(self.blocks)
-        self.pruned_blocks = sorted(int(i) for i in pruned_blocks)
-        if len(set(self.pruned_blocks)) != len(self.pruned_blocks) or any(
-            not 0 <= i < depth for i in self.pruned_blocks
-        ):
-            raise ValueError(f"pruned_blocks must be distinct indices in [0, {depth}), "
-                             f"got {list(pruned_blocks)}")
-        for i in self.pruned_blocks:
-            if self.blocks[i].use_residual_block:
-                raise ValueError(f"block {i} has a residual conv block and cannot be pruned")
+        self.pruned_blocks = self._checked_blocks(pruned_blocks)
         self.keep_ratios = self._per_block(keep_ratios, "keep_ratios")
         self.fixed_keep_ratio = (
             None if fixed_keep_ratio is None
@@ -134,11 +129,25 @@ class PrunedViT(ViT):
              for i in self.pruned_blocks}
         )
         self._guidance: Optional[Tensor] = None
+        self._gates_on = True
+        self._observer = PruningObserver()
         self.last_keep_ratios: Dict[int, Tensor] = {}
         self.last_keep_masks: Dict[int, Tensor] = {}
         self.last_keep_ratio_loss: Optional[Tensor] = None
         self.last_gate_log_probs: Dict[int, Tensor] = {}
         self.last_grid = (0, 0)
+
+    def _checked_blocks(self, pruned_blocks: Sequence[int]) -> List[int]:
+        """Sorted distinct block indices without a residual conv block (ValueError if not)."""
+        depth = len(self.blocks)
+        blocks = sorted(int(i) for i in pruned_blocks)
+        if len(set(blocks)) != len(blocks) or any(not 0 <= i < depth for i in blocks):
+            raise ValueError(f"pruned_blocks must be distinct indices in [0, {depth}), "
+                             f"got {list(pruned_blocks)}")
+        for i in blocks:
+            if self.blocks[i].use_residual_block:
+                raise ValueError(f"block {i} has a residual conv block and cannot be pruned")
+        return blocks
 
     def _per_block(self, value, name: str) -> Dict[int, float]:
         values = [float(value)] * len(self.pruned_blocks) if isinstance(value, (int, float)) \
@@ -159,6 +168,40 @@ class PrunedViT(ViT):
         finally:
             self._guidance = None
 
+    @contextmanager
+    def pruning(self, *, keep_ratio: Union[None, float, Sequence[float], Dict[int, float]] = None,
+                gates: bool = True) -> Iterator[None]:
+        """Within the context, inference prunes as asked instead of as configured.
+
+        Args:
+            keep_ratio: a top-k rate forced on every pruned block (a float, one per pruned
+                block, or {block: ratio}); 1.0 keeps every token. None: the gates decide
+                per image (the dynamic rate), whatever ``dynamic`` and ``fixed_keep_ratio``
+                say.
+            gates: False runs every block densely without its gate or reducer: exactly
+                the dense ViT (``keep_ratio`` is then ignored).
+        """
+        if isinstance(keep_ratio, dict):
+            keep_ratio = [keep_ratio[i] for i in self.pruned_blocks]
+        saved = (self.fixed_keep_ratio, self.dynamic, self._gates_on)
+        self.fixed_keep_ratio = (None if keep_ratio is None
+                                 else self._per_block(keep_ratio, "keep_ratio"))
+        self.dynamic, self._gates_on = True, gates
+        try:
+            yield
+        finally:
+            self.fixed_keep_ratio, self.dynamic, self._gates_on = saved
+
+    @contextmanager
+    def observed(self, observer: "PruningObserver") -> Iterator[None]:
+        """Within the context, ``observer`` takes the inference decisions and runs the pruned
+        blocks (see :class:`PruningObserver`; FLOP counting scopes and ties them)."""
+        saved, self._observer = self._observer, observer
+        try:
+            yield
+        finally:
+            self._observer = saved
+
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         """x: (B, 3, H, W) image -> {out_feature: (B, C, H/16, W/16)}."""
         x = self.patch_embed(x)
@@ -167,68 +210,95 @@ class PrunedViT(ViT):
                                 (x.shape[1], x.shape[2]))
         B, H, W, C = x.shape
         active = torch.ones(B, H * W, dtype=torch.bool, device=x.device)
-        losses = []
+        losses: List[Tensor] = []
         self.last_keep_ratios, self.last_keep_masks, self.last_gate_log_probs = {}, {}, {}
         self.last_grid = (H, W)
+        pruning = self._gates_on
         for i, blk in enumerate(self.blocks):
-            if self.reducer is not None and i in self.keep_ratios:
-                x = self._run_reduced(i, blk, x)
-                continue
-            if str(i) not in self.gates:
-                x = blk(x)
-                continue
-            gate = self.gates[str(i)]
-            if getattr(gate, "needs_block", False):
-                log_probs = gate(x.reshape(B, H * W, C), guidance=self._guidance, block=blk,
-                                 hw=(H, W), active=active)
+            if pruning and self.reducer is not None and i in self.keep_ratios:
+                x = self._reduced_block(i, blk, x)
+            elif not pruning or str(i) not in self.gates:
+                x = _dense_block(blk, x)
             else:
-                log_probs = gate(x.reshape(B, H * W, C), guidance=self._guidance)
-            if self.training and not getattr(gate, "learned", True):
-                # a score without parameters: hard decision as at inference, no loss
-                with torch.no_grad():
-                    hard = self._inference_decision(i, log_probs.detach(), active)
-                if not self.reactivate:
-                    active = hard
-                keep = hard.to(x.dtype)
-                x = run_block_masked(blk, x, keep)
-                ratio = keep.mean(dim=1)
-            elif self.training:
-                self.last_gate_log_probs[i] = log_probs
-                keep = gumbel_keep_decision(log_probs, self.gumbel_tau, self.gumbel_noise)
-                if not self.reactivate:
-                    keep = keep * active
-                    active = keep.detach() > 0
-                x = run_block_masked(blk, x, keep)
-                losses.append(self._keep_ratio_loss(keep, self.keep_ratios[i]))
-                ratio = keep.detach().mean(dim=1)
-            else:
-                keep = self._inference_decision(i, log_probs, active)
-                if not self.reactivate:
-                    active = keep
-                if bool(keep.all()):
-                    x = blk(x)
-                elif self.execution == "gather":
-                    x = run_block_gathered(blk, x, keep)
-                else:
-                    x = run_block_masked(blk, x, keep.float())
-                self.last_keep_masks[i] = keep
-                ratio = keep.float().mean(dim=1)
-            self.last_keep_ratios[i] = ratio
-        if not self.preserve and self.gates:
+                x, active = self._gated_block(i, blk, x, active, losses)
+        if not self.preserve and self.gates and pruning:
             x = x * active.view(B, H, W, 1).to(x.dtype)
         self.last_keep_ratio_loss = (
             self.keep_ratio_loss_weight * torch.stack(losses).mean() if losses else None
         )
         return {self._out_features[0]: x.permute(0, 3, 1, 2)}
 
-    def _run_reduced(self, i: int, blk: nn.Module, x: Tensor) -> Tensor:
+    def _gated_block(self, i: int, blk: nn.Module, x: Tensor, active: Tensor,
+                     losses: List[Tensor]) -> Tuple[Tensor, Tensor]:
+        """Gate ``i`` scores the tokens, block ``i`` runs on the kept ones; returns (x, active)."""
+        B, H, W, C = x.shape
+        gate = self.gates[str(i)]
+        with profiler_range("tp::gate"):
+            if getattr(gate, "needs_block", False):
+                log_probs = gate(x.reshape(B, H * W, C), guidance=self._guidance, block=blk,
+                                 hw=(H, W), active=active)
+            else:
+                log_probs = gate(x.reshape(B, H * W, C), guidance=self._guidance)
+        if not self.training:
+            x, active = self._inference_block(i, blk, x, log_probs, active)
+        elif getattr(gate, "learned", True):
+            x, active = self._training_block(i, blk, x, log_probs, active, losses)
+        else:
+            x, active = self._unlearned_training_block(i, blk, x, log_probs, active)
+        return x, active
+
+    def _training_block(self, i: int, blk: nn.Module, x: Tensor, log_probs: Tensor,
+                        active: Tensor, losses: List[Tensor]) -> Tuple[Tensor, Tensor]:
+        """Training with a learned gate: straight-through Gumbel decisions, soft key mask."""
+        self.last_gate_log_probs[i] = log_probs
+        keep = gumbel_keep_decision(log_probs, self.gumbel_tau, self.gumbel_noise)
+        if not self.reactivate:
+            keep = keep * active
+            active = keep.detach() > 0
+        x = run_block_masked(blk, x, keep)
+        losses.append(self._keep_ratio_loss(keep, self.keep_ratios[i]))
+        self.last_keep_ratios[i] = keep.detach().mean(dim=1)
+        return x, active
+
+    def _unlearned_training_block(self, i: int, blk: nn.Module, x: Tensor, log_probs: Tensor,
+                                  active: Tensor) -> Tuple[Tensor, Tensor]:
+        """Training with a score without parameters: hard decision as at inference, no loss."""
+        with torch.no_grad():
+            hard = self._inference_decision(i, log_probs.detach(), active)
+        if not self.reactivate:
+            active = hard
+        keep = hard.to(x.dtype)
+        x = run_block_masked(blk, x, keep)
+        self.last_keep_ratios[i] = keep.mean(dim=1)
+        return x, active
+
+    def _inference_block(self, i: int, blk: nn.Module, x: Tensor, log_probs: Tensor,
+                         active: Tensor) -> Tuple[Tensor, Tensor]:
+        """Inference: the kept tokens are gathered, computed and scattered back."""
+        observer = self._observer
+        keep = observer.decide(i, lambda: self._inference_decision(i, log_probs, active),
+                               log_probs)
+        if not self.reactivate:
+            active = keep
+        if bool(keep.all()):
+            x = _dense_block(blk, observer.before_dense_block(i, x))
+        elif self.execution == "gather":
+            with observer.block_scope(i), profiler_range("tp::gathered_block"):
+                x = run_block_gathered(blk, x, keep)
+        else:
+            with observer.block_scope(i):
+                x = run_block_masked(blk, x, keep.float())
+        self.last_keep_masks[i] = keep
+        self.last_keep_ratios[i] = keep.float().mean(dim=1)
+        return x, active
+
+    def _reduced_block(self, i: int, blk: nn.Module, x: Tensor) -> Tensor:
         """Pruned block ``i`` with the token reducer: reduce, run the block, restore."""
         B, H, W, C = x.shape
         N = H * W
-        ratio = (self.fixed_keep_ratio or self.keep_ratios)[i]
-        n = min(max(1, math.ceil(ratio * N - 1e-6)), N)
+        n = keep_count((self.fixed_keep_ratio or self.keep_ratios)[i], N)
         if n == N:
-            x = blk(x)
+            x = _dense_block(blk, x)
         else:
             tokens, state = self.reducer.reduce(x, n)
             x = self.reducer.restore(self.reducer.run_block(blk, tokens, state), state)
@@ -247,7 +317,7 @@ class PrunedViT(ViT):
             ratio = self.keep_ratios[i]
         N = score.shape[1]
         if ratio is not None:
-            k = min(max(1, math.ceil(ratio * N - 1e-6)), N)
+            k = keep_count(ratio, N)
             if not self.reactivate:
                 k = min(k, int(active.sum(dim=1).min()))
             if k == N:
@@ -264,6 +334,36 @@ class PrunedViT(ViT):
         if self.keep_ratio_loss_per_image:
             return ((keep.mean(dim=1) - target) ** 2).mean()
         return (keep.mean() - target) ** 2
+
+
+def keep_count(ratio: float, num_tokens: int) -> int:
+    """Tokens a top-k rate ``ratio`` keeps of ``num_tokens``: ceil(ratio * N), in [1, N]."""
+    return min(max(1, math.ceil(ratio * num_tokens - 1e-6)), num_tokens)
+
+
+class PruningObserver:
+    """What :meth:`PrunedViT.observed` hands the inference path of the pruned blocks; this
+    base class changes nothing. FLOP counting (:mod:`tokenprune.analysis.flops`) overrides
+    it to trace the decisions as constants and to scope the gathered blocks.
+    """
+
+    def decide(self, block: int, decide: Callable[[], Tensor], log_probs: Tensor) -> Tensor:
+        """The (B, N) bool keep mask of ``block``: ``decide()`` on the gate's ``log_probs``."""
+        return decide()
+
+    def before_dense_block(self, block: int, x: Tensor) -> Tensor:
+        """The input of ``block`` when its decision keeps every token (it runs densely)."""
+        return x
+
+    def block_scope(self, block: int) -> ContextManager:
+        """A context around the gathered (or masked) execution of ``block``."""
+        return nullcontext()
+
+
+def _dense_block(blk: nn.Module, x: Tensor) -> Tensor:
+    """Detectron2's own ``Block.forward`` on every token."""
+    with profiler_range("tp::dense_block"):
+        return blk(x)
 
 
 def _gate_class_name(kind: str) -> str:

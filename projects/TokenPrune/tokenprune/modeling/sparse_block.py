@@ -15,27 +15,55 @@ token kept, :class:`PrunedViT` runs the block densely, exactly like ViTDet.
 """
 from __future__ import annotations
 
+import functools
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, ContextManager, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.profiler import record_function
 
 from detectron2.modeling.backbone.utils import window_partition, window_unpartition
 
 __all__ = ["TokenGroups", "group_kept_tokens", "attention_logits", "attention_on_groups",
            "add_rel_pos_bias_", "run_block_gathered",
-           "run_block_masked", "rel_pos_table"]
+           "run_block_masked", "rel_pos_table", "resize_rel_pos", "profiler_range"]
+
+
+def profiler_range(name: str) -> ContextManager:
+    """A ``torch.profiler`` range named ``name`` while a profiler runs, else nothing (so the
+    pieces are labelled in profiles and cost nothing, nor appear in traces, otherwise)."""
+    if torch.autograd.profiler._is_profiler_enabled:
+        return record_function(name)
+    return nullcontext()
+
+
+def profiled(name: str) -> Callable[[Callable], Callable]:
+    """Decorator: every call of the function is a :func:`profiler_range` ``name``."""
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def labelled(*args, **kwargs):
+            with profiler_range(name):
+                return fn(*args, **kwargs)
+
+        return labelled
+
+    return decorate
+
+
+def resize_rel_pos(table: Tensor, length: int) -> Tensor:
+    """(L, C) -> (length, C) by linear interpolation along L (``table`` itself if L fits)."""
+    if table.shape[0] == length:
+        return table
+    return F.interpolate(table.t()[None], size=length, mode="linear")[0].t()
 
 
 def rel_pos_table(rel_pos: Tensor, size: int) -> Tensor:
     """(L, C) learned relative embeddings -> (2 * size - 1, C), linearly resized if needed."""
-    length = 2 * size - 1
-    if rel_pos.shape[0] == length:
-        return rel_pos
-    resized = F.interpolate(rel_pos.t()[None], size=length, mode="linear")
-    return resized[0].t()
+    return resize_rel_pos(rel_pos, 2 * size - 1)
 
 
 @dataclass
@@ -62,6 +90,7 @@ class TokenGroups:
     key_valid: Optional[Tensor]
     frame: Tuple[int, int]
 
+    @profiled("tp::pack")
     def pack(self, tokens: Tensor) -> Tensor:
         """(M, C) kept tokens in ``flat_index`` order -> (G, L, C), zeros on padding."""
         if self.key_valid is None:
@@ -70,6 +99,7 @@ class TokenGroups:
         out[self.group, self.slot] = tokens
         return out
 
+    @profiled("tp::unpack")
     def unpack(self, packed: Tensor) -> Tensor:
         """(G, L, C) -> (M, C), dropping padding slots."""
         if self.key_valid is None:
@@ -77,6 +107,7 @@ class TokenGroups:
         return packed[self.group, self.slot]
 
 
+@profiled("tp::group_kept_tokens")
 def group_kept_tokens(keep: Tensor, hw: Tuple[int, int], window_size: int = 0) -> TokenGroups:
     """Pack the kept tokens of each image (or image-window) into groups.
 
@@ -188,6 +219,7 @@ def attention_on_groups(
     return attn_module.proj(out)
 
 
+@profiled("tp::rel_pos_bias")
 def add_rel_pos_bias_(attn: Tensor, q: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor,
                        coords: Tensor, frame: Tuple[int, int]) -> Tensor:
     """Add the decomposed relative position bias to ``attn`` (G, nh, L, L) in place.

@@ -1,6 +1,6 @@
 """Which tokens a pruned ViTDet keeps, block by block, and what it detects.
 
-    python -m tokenprune.visualize --config-file configs/Synthetic/mask_rcnn_vitdet_t_svit.py \\
+    python -m tokenprune.tools.visualize --config-file configs/Synthetic/mask_rcnn_vitdet_t_svit.py \\
         --input img1.png img2.jpg --output out/vis [--score-thresh 0.5] [--keep-ratio 0.5] \\
         [--prompt "red shapes" "the largest object" | --task-id 0 2] [-- key=value ...]
 
@@ -22,29 +22,26 @@ different tasks on the same image sit side by side.
 
 Bad input (unreadable or non-image files, an output folder that cannot be written, a
 config whose test dataset is missing, a bad keep ratio or threshold) stops with one line
-``tokenprune.visualize: error: ...`` and exit status 2, before any image is written. The
-PNGs are written to temporary files and renamed into place only after every image is done.
+``tokenprune.tools.visualize: error: ...`` and exit status 2, before any image is written. The
+PNGs are kept in memory and written (atomically) only after every image is done.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import tempfile
+from contextlib import nullcontext
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from .cli import (build_eval_model, figure_png, load_tool_config, make_output_dir, run_tool,
-                  tool_parser)
-from .errors import ConfigError, InputError
+from ..errors import ConfigError, InputError
+from ..fileio import atomic_write_bytes, figure_png
+from ..modeling import find_pruned_vit
 
-__all__ = ["main", "keep_overlay"]
-
-PROG = "tokenprune.visualize"
+__all__ = ["keep_overlay", "read_image", "read_images", "guidances", "visualize"]
 
 
-def _read_image(path: str, fmt: Optional[str] = None) -> Optional[np.ndarray]:
+def read_image(path: str, fmt: Optional[str] = None) -> Optional[np.ndarray]:
     """The image in ``fmt`` as Detectron2's mappers read it; ``fmt=None``: only check that
     the file is a readable image (one-line InputError otherwise)."""
     from PIL import Image, UnidentifiedImageError
@@ -129,7 +126,7 @@ def _figure(title: str, rows: List[List[_Panel]]) -> bytes:
     return figure_png(fig)
 
 
-def _guidances(prompts: Optional[List[str]], task_ids: Optional[List[int]]) -> List[Dict]:
+def guidances(prompts: Optional[List[str]], task_ids: Optional[List[int]]) -> List[Dict]:
     """The input-dict entries of each requested guidance (``[{}]`` when none)."""
     prompts, task_ids = prompts or [], task_ids or []
     if prompts and task_ids and len(prompts) != len(task_ids):
@@ -151,120 +148,92 @@ def _guidance_label(guidance: Dict) -> str:
     return " ".join(parts)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = tool_parser(PROG, __doc__.split("\n\n")[0])
-    parser.add_argument("--input", nargs="+", required=True, metavar="IMG",
-                        help="JPEG/PNG images (one output PNG each)")
-    parser.add_argument("--output", required=True, metavar="DIR")
-    parser.add_argument("--score-thresh", type=float, default=0.5,
-                        help="minimum score of the drawn detections")
-    parser.add_argument("--keep-ratio", type=float, default=None, metavar="R",
-                        help="force a top-k keep ratio in (0, 1] in every pruned block")
-    parser.add_argument("--prompt", nargs="+", default=None, metavar="TEXT",
-                        help="input 'prompt' (task-guided models); several: one row each")
-    parser.add_argument("--task-id", nargs="+", type=int, default=None, metavar="ID",
-                        help="input 'task_id'; several: one row each")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return parser
-
-
-def main(args: argparse.Namespace) -> List[str]:
-    if not 0.0 <= args.score_thresh <= 1.0:
-        raise InputError(f"--score-thresh must lie in [0, 1], got {args.score_thresh:g}")
-    if args.keep_ratio is not None and not 0.0 < args.keep_ratio <= 1.0:
-        raise InputError(f"keep ratio {args.keep_ratio:g} is outside (0, 1]")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {args.device}: CUDA is not available on this machine")
-    guidances = _guidances(args.prompt, args.task_id)
-
-    import detectron2.data.transforms as T
-    from detectron2.config import instantiate
-    from detectron2.data import MetadataCatalog
-    from detectron2.data.detection_utils import convert_image_to_rgb
-    from detectron2.utils.visualizer import Visualizer
-
-    from .modeling import find_pruned_vit
-
-    for path in args.input:  # every input readable before any work
-        _read_image(path)
-    cfg = load_tool_config(args, splits=("test",))  # its metadata names the classes
-    mapper = cfg.dataloader.get("test", {}).get("mapper")
-    if mapper is None:
-        raise ConfigError(f"{args.config_file}: no dataloader.test.mapper to preprocess with")
-    fmt = mapper.get("image_format", "BGR")
-    augs = T.AugmentationList(list(instantiate(mapper.get("augmentations", []) or [])))
-    test_names = _as_list(cfg.dataloader.test.get("dataset", {}).get("names"))
-    metadata = MetadataCatalog.get(test_names[0]) if test_names else None
-
-    images = [(p, _read_image(p, fmt)) for p in args.input]
-    out_dir = make_output_dir(args.output)
-    model = build_eval_model(cfg, args.device)
-    vit = find_pruned_vit(model)
-    if args.keep_ratio is not None and vit is not None:
-        vit.fixed_keep_ratio = {i: float(args.keep_ratio) for i in vit.pruned_blocks}
-    patch = vit.patch_embed.proj.stride[0] if vit is not None else 16
-
-    pending: List[Tuple[str, str]] = []  # (temporary file, final path)
-    try:
-        for (path, image), name in zip(images, _output_names(args.input)):
-            h0, w0 = image.shape[:2]
-            aug_input = T.AugInput(image)
-            augs(aug_input)
-            seen = aug_input.image
-            seen_rgb = convert_image_to_rgb(seen, fmt)
-            orig_rgb = convert_image_to_rgb(image, fmt)
-            chw = torch.as_tensor(np.ascontiguousarray(seen.transpose(2, 0, 1)))
-            padded = model.preprocess_image([{"image": chw}]).tensor.shape[-2:]
-            grid = (padded[0] // patch, padded[1] // patch)
-            rows = []
-            for guidance in guidances:
-                inp: Dict = {"image": chw, "height": h0, "width": w0, "file_name": path,
-                             **guidance}
-                with torch.no_grad():
-                    instances = model([inp])[0]["instances"].to("cpu")
-                instances = instances[instances.scores >= args.score_thresh]
-                det = Visualizer(orig_rgb, metadata=metadata).draw_instance_predictions(
-                    instances).get_image()
-                label = _guidance_label(guidance)
-                det_title = (f"{label}\n" if label else "") + \
-                    f"{len(instances)} detections (score >= {args.score_thresh:g})"
-                row, kept = [], []
-                if vit is not None:
-                    for i in sorted(vit.last_keep_masks):
-                        keep = vit.last_keep_masks[i][0].reshape(grid).cpu().numpy()
-                        frac = float(vit.last_keep_ratios[i][0])
-                        row.append((keep_overlay(seen_rgb, keep, patch),
-                                    f"block {i}: kept {frac:.0%} ({int(keep.sum())}/{keep.size})"))
-                        kept.append(f"block {i} {frac:.0%}")
-                if not row:
-                    det_title += "\n(no pruned blocks: dense backbone)"
-                rows.append([(det, det_title), *row])
-                print(f"{path}{' ' + label if label else ''}: {len(instances)} detections"
-                      + (f"; kept: {', '.join(kept)}" if kept else ""), flush=True)
-            png = _figure(os.path.basename(path), rows)
-            fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".tmp-", suffix=".png")
-            pending.append((tmp, os.path.join(out_dir, name)))
-            with os.fdopen(fd, "wb") as f:
-                f.write(png)
-        umask = os.umask(0)
-        os.umask(umask)
-        for tmp, final in pending:
-            os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, final)
-    finally:
-        for tmp, _ in pending:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    written = [final for _, final in pending]
-    print(f"{PROG}: wrote {len(written)} image(s) to {out_dir}", flush=True)
-    return written
-
-
 def _as_list(value) -> List[str]:
     if value is None:
         return []
     return [value] if isinstance(value, str) else list(value)
 
 
-if __name__ == "__main__":
-    run_tool(PROG, main, build_parser())
+def _preprocessing(cfg, config_file: str):
+    """(image format, test augmentations, metadata of the first test dataset)."""
+    import detectron2.data.transforms as T
+    from detectron2.config import instantiate
+    from detectron2.data import MetadataCatalog
+
+    mapper = cfg.dataloader.get("test", {}).get("mapper")
+    if mapper is None:
+        raise ConfigError(f"{config_file}: no dataloader.test.mapper to preprocess with")
+    fmt = mapper.get("image_format", "BGR")
+    augs = T.AugmentationList(list(instantiate(mapper.get("augmentations", []) or [])))
+    test_names = _as_list(cfg.dataloader.test.get("dataset", {}).get("names"))
+    metadata = MetadataCatalog.get(test_names[0]) if test_names else None
+    return fmt, augs, metadata
+
+
+def _guidance_row(model, vit, inp: Dict, orig_rgb, seen_rgb, grid, patch: int,
+                  score_thresh: float, metadata) -> Tuple[List[_Panel], str]:
+    """The detections panel and one panel per pruned block for one (image, guidance)."""
+    from detectron2.utils.visualizer import Visualizer
+
+    with torch.no_grad():
+        instances = model([inp])[0]["instances"].to("cpu")
+    instances = instances[instances.scores >= score_thresh]
+    det = Visualizer(orig_rgb, metadata=metadata).draw_instance_predictions(instances).get_image()
+    label = _guidance_label(inp)
+    det_title = (f"{label}\n" if label else "") + \
+        f"{len(instances)} detections (score >= {score_thresh:g})"
+    row, kept = [], []
+    if vit is not None:
+        for i in sorted(vit.last_keep_masks):
+            keep = vit.last_keep_masks[i][0].reshape(grid).cpu().numpy()
+            frac = float(vit.last_keep_ratios[i][0])
+            row.append((keep_overlay(seen_rgb, keep, patch),
+                        f"block {i}: kept {frac:.0%} ({int(keep.sum())}/{keep.size})"))
+            kept.append(f"block {i} {frac:.0%}")
+    if not row:
+        det_title += "\n(no pruned blocks: dense backbone)"
+    line = f"{inp['file_name']}{' ' + label if label else ''}: {len(instances)} detections" \
+        + (f"; kept: {', '.join(kept)}" if kept else "")
+    return [(det, det_title), *row], line
+
+
+def read_images(cfg, config_file: str, paths: List[str]) -> List[Tuple[str, np.ndarray]]:
+    """(path, image in the test mapper's format) of every path."""
+    fmt = _preprocessing(cfg, config_file)[0]
+    return [(p, read_image(p, fmt)) for p in paths]
+
+
+def visualize(model, cfg, args, images: List[Tuple[str, np.ndarray]], out_dir: str) -> List[str]:
+    """One PNG per image in ``out_dir`` (see the module docstring); returns their paths.
+
+    ``args``: ``config_file``, ``score_thresh``, ``keep_ratio``, ``prompt``, ``task_id``.
+    """
+    import detectron2.data.transforms as T
+    from detectron2.data.detection_utils import convert_image_to_rgb
+
+    fmt, augs, metadata = _preprocessing(cfg, args.config_file)
+    vit = find_pruned_vit(model)
+    patch = vit.patch_embed.proj.stride[0] if vit is not None else 16
+    forced = args.keep_ratio is not None and vit is not None
+    pngs: Dict[str, bytes] = {}
+    with vit.pruning(keep_ratio=args.keep_ratio) if forced else nullcontext():
+        for (path, image), name in zip(images, _output_names([p for p, _ in images])):
+            aug_input = T.AugInput(image)
+            augs(aug_input)
+            seen = aug_input.image
+            chw = torch.as_tensor(np.ascontiguousarray(seen.transpose(2, 0, 1)))
+            padded = model.preprocess_image([{"image": chw}]).tensor.shape[-2:]
+            rows = []
+            for guidance in guidances(args.prompt, args.task_id):
+                inp = {"image": chw, "height": image.shape[0], "width": image.shape[1],
+                       "file_name": path, **guidance}
+                row, line = _guidance_row(
+                    model, vit, inp, convert_image_to_rgb(image, fmt),
+                    convert_image_to_rgb(seen, fmt), (padded[0] // patch, padded[1] // patch),
+                    patch, args.score_thresh, metadata)
+                rows.append(row)
+                print(line, flush=True)
+            pngs[os.path.join(out_dir, name)] = _figure(os.path.basename(path), rows)
+    for final, png in pngs.items():  # every image done: now the files appear
+        atomic_write_bytes(final, png)
+    return list(pngs)

@@ -1,0 +1,40 @@
+"""Latency: the one interleaved median timer of the benchmark and the ablation."""
+from __future__ import annotations
+
+import time
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+
+__all__ = ["interleaved_times"]
+
+
+def interleaved_times(calls: Sequence[Callable[[], object]], rounds: int, warmup: int = 1,
+                      cuda: bool = False, after_call: Optional[Callable[[int], None]] = None
+                      ) -> Tuple[List[List[float]], List[List[float]]]:
+    """Wall-clock and CPU seconds of every call of ``calls``, interleaved.
+
+    ``warmup`` untimed rounds, then ``rounds`` timed ones; each round runs every call once,
+    the order rotated by one every round, so that slow drift of the machine (thermal, other
+    processes) spreads over all calls. CPU time is the process's (``time.process_time``,
+    all threads). With ``cuda`` every call is bracketed by ``torch.cuda.synchronize()``.
+    ``after_call(i)`` runs after each call of ``calls[i]``, untimed (progress, statistics).
+    Returns (wall, cpu): per call, the list of its timed seconds; take their medians.
+    """
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    wall: List[List[float]] = [[] for _ in calls]
+    cpu: List[List[float]] = [[] for _ in calls]
+    n = len(calls)
+    for r in range(warmup + rounds):
+        for i in [(r + k) % n for k in range(n)]:
+            sync()
+            c0, t0 = time.process_time(), time.perf_counter()
+            calls[i]()
+            sync()
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            if r >= warmup:
+                wall[i].append(dt)
+                cpu[i].append(dc)
+            if after_call is not None:
+                after_call(i)
+    return wall, cpu

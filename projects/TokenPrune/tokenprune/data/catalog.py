@@ -1,0 +1,36 @@
+"""What a config reads: the dataset names of its loaders and the first inputs of its test set."""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+from omegaconf import DictConfig
+
+from ..errors import InputError
+
+__all__ = ["dataset_names", "first_test_inputs"]
+
+
+def dataset_names(cfg: DictConfig, splits: Sequence[str] = ("train", "test")) -> List[str]:
+    """Every dataset name the config's loaders of ``splits`` read."""
+    names: List[str] = []
+    for split in splits:
+        node = cfg.get("dataloader", {}).get(split)
+        value = node.dataset.names if node is not None and "dataset" in node else None
+        if value is None:
+            continue
+        names.extend([value] if isinstance(value, str) else list(value))
+    return names
+
+
+def first_test_inputs(cfg: DictConfig, num: int) -> List[dict]:
+    """The first ``num`` mapped inputs of the config's test loader (Detectron2 input dicts)."""
+    from detectron2.config import instantiate
+
+    inputs: List[dict] = []
+    for batch in instantiate(cfg.dataloader.test):
+        inputs.extend(batch)
+        if len(inputs) >= num:
+            break
+    if not inputs:
+        raise InputError(f"the test dataset {cfg.dataloader.test.dataset.names} has no images")
+    return inputs[:num]

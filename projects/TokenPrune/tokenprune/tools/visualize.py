@@ -1,0 +1,69 @@
+"""Which tokens a pruned ViTDet keeps, block by block, and what it detects.
+
+    python -m tokenprune.tools.visualize --config-file configs/Synthetic/mask_rcnn_vitdet_t_svit.py \\
+        --input img1.png img2.jpg --output out/vis [--score-thresh 0.5] [--keep-ratio 0.5] \\
+        [--prompt "red shapes" "the largest object" | --task-id 0 2] [-- key=value ...]
+
+One PNG per input image (:mod:`tokenprune.analysis.visualize`): the detections and, per
+pruned block, the image with the pruned token cells darkened.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, List, Optional, Sequence
+
+import torch
+
+from ..analysis.visualize import guidances, read_image, read_images, visualize
+from ..checkpoint import load_model
+from ..errors import InputError
+from ..fileio import make_output_dir
+from .common import load_tool_config, run_tool, tool_parser
+
+__all__ = ["build_parser", "main", "cli"]
+
+PROG = "tokenprune.tools.visualize"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = tool_parser(PROG, __doc__.split("\n\n")[0])
+    parser.add_argument("--input", nargs="+", required=True, metavar="IMG",
+                        help="JPEG/PNG images (one output PNG each)")
+    parser.add_argument("--output", required=True, metavar="DIR")
+    parser.add_argument("--score-thresh", type=float, default=0.5,
+                        help="minimum score of the drawn detections")
+    parser.add_argument("--keep-ratio", type=float, default=None, metavar="R",
+                        help="force a top-k keep ratio in (0, 1] in every pruned block")
+    parser.add_argument("--prompt", nargs="+", default=None, metavar="TEXT",
+                        help="input 'prompt' (task-guided models); several: one row each")
+    parser.add_argument("--task-id", nargs="+", type=int, default=None, metavar="ID",
+                        help="input 'task_id'; several: one row each")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser
+
+
+def main(args: argparse.Namespace) -> List[str]:
+    if not 0.0 <= args.score_thresh <= 1.0:
+        raise InputError(f"--score-thresh must lie in [0, 1], got {args.score_thresh:g}")
+    if args.keep_ratio is not None and not 0.0 < args.keep_ratio <= 1.0:
+        raise InputError(f"keep ratio {args.keep_ratio:g} is outside (0, 1]")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {args.device}: CUDA is not available on this machine")
+    guidances(args.prompt, args.task_id)  # consistent before any work
+    for path in args.input:  # every input readable before any work
+        read_image(path)
+    cfg = load_tool_config(args, splits=("test",))  # its metadata names the classes
+    images = read_images(cfg, args.config_file, args.input)
+    out_dir = make_output_dir(args.output)
+    written = visualize(load_model(cfg, args.device), cfg, args, images, out_dir)
+    print(f"{PROG}: wrote {len(written)} image(s) to {out_dir}", flush=True)
+    return written
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> Any:
+    return run_tool(PROG, main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])
