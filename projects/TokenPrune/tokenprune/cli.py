@@ -66,7 +66,8 @@ def quiet_third_party_warnings() -> None:
 
     for message in (".*pkg_resources is deprecated.*",
                     ".*Importing from timm.models.layers is deprecated.*",
-                    ".*torch.meshgrid: in an upcoming release.*"):
+                    ".*torch.meshgrid: in an upcoming release.*",
+                    ".*`torch.jit.script` is deprecated.*"):
         warnings.filterwarnings("ignore", message=message)
 
 
