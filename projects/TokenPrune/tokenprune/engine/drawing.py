@@ -32,15 +32,18 @@ def keep_overlay(image_rgb: np.ndarray, keep: np.ndarray, patch: int,
 def keep_mask_grid(image_rgb: np.ndarray, keep_masks: Dict[int, np.ndarray],
                    keep_ratios: Dict[int, float], patch: int, columns: int = 5,
                    gap: int = 4) -> np.ndarray:
-    """One :func:`keep_overlay` panel per pruned block, labelled "block i: kept x%",
+    """One :func:`keep_overlay` panel per pruned block, labelled "block i: kept x% (n/N)",
     ``columns`` per row -> (rows * (h + gap + label), columns * (w + gap), 3) uint8.
-    No masks (dense backbone): the image with a "dense backbone" label."""
+    No masks: the image labelled "dense backbone" (or "no keep masks" when the blocks
+    reduce tokens without one, as token merging does)."""
     import cv2
 
     h, w = image_rgb.shape[:2]
     label_h = 18
-    panels = [(keep_overlay(image_rgb, m, patch), f"block {i}: kept {keep_ratios[i]:.0%}")
-              for i, m in sorted(keep_masks.items())] or [(image_rgb, "dense backbone")]
+    panels = [(keep_overlay(image_rgb, m, patch),
+               f"block {i}: kept {keep_ratios[i]:.1%} ({int(m.sum())}/{m.size})")
+              for i, m in sorted(keep_masks.items())] \
+        or [(image_rgb, "no keep masks" if keep_ratios else "dense backbone")]
     cols = min(columns, len(panels))
     rows = -(-len(panels) // cols)
     canvas = np.full((rows * (h + label_h + gap) - gap, cols * (w + gap) - gap, 3), 255,
