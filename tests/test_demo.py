@@ -82,13 +82,14 @@ def test_demo_folder_with_a_broken_file(tmp_path, gated_checkpoint):
 
 
 def _load_with_pycocotools(results, rows, tmp_path):
-    """The results load against a ground truth of the same images (contiguous ids: the
-    synthetic metadata has no dataset id mapping until its json is loaded)."""
+    """The results load against a ground truth of the same images; category ids are the
+    synthetic json's (1..4), not the model's class indices (0..3)."""
     from pycocotools.coco import COCO
 
+    assert {r["category_id"] for r in results} <= {1, 2, 3, 4}
     gt = {"images": [{"id": int(r["image_id"]), "file_name": r["file_name"],
                       "height": int(r["height"]), "width": int(r["width"])} for r in rows],
-          "annotations": [], "categories": [{"id": i, "name": str(i)} for i in range(4)]}
+          "annotations": [], "categories": [{"id": i, "name": str(i)} for i in (1, 2, 3, 4)]}
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     coco_dt = COCO(str(tmp_path / "gt.json")).loadRes(results)
     assert len(coco_dt.getAnnIds()) == len(results)
