@@ -15,5 +15,9 @@ dataloader.train.mapper.instance_mask_format = "bitmask"  # masks are polygons o
 dataloader.train.total_batch_size = 4
 dataloader.train.num_workers = 1
 dataloader.test.dataset.names = "synthetic_shapes_val"
-dataloader.test.mapper.augmentations = []
+# the generated images are image_size square already (a no-op on them); other images, e.g.
+# photographs given to tokenprune.tools.demo, are fitted into image_size like ViTDet's test resize
+dataloader.test.mapper.augmentations = [
+    L(T.ResizeShortestEdge)(short_edge_length=image_size, max_size=image_size)
+]
 dataloader.test.num_workers = 1

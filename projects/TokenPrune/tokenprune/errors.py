@@ -19,3 +19,8 @@ class CheckpointError(TokenPruneError):
 
 class InputError(TokenPruneError):
     """A bad model or tool input (image file, guidance vector, task id, prompt, ...)."""
+
+
+class BadImageError(InputError):
+    """An image file that cannot be read, or an image the model cannot take (empty, too
+    thin to resize); a tool running over many images reports it and goes on."""

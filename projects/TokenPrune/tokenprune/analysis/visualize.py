@@ -37,6 +37,7 @@ import torch
 from ..errors import ConfigError, InputError
 from ..fileio import atomic_write_bytes, figure_png
 from ..modeling import find_pruned_vit
+from .drawing import keep_overlay
 
 __all__ = ["keep_overlay", "read_image", "read_images", "guidances", "visualize"]
 
@@ -65,27 +66,6 @@ def read_image(path: str, fmt: Optional[str] = None) -> Optional[np.ndarray]:
     except (OSError, ValueError, SyntaxError) as e:  # unreadable, truncated, bad header
         reason = (e.strerror if isinstance(e, OSError) else None) or e
         raise InputError(f"cannot read image {path}: {reason}") from e
-
-
-def keep_overlay(image_rgb: np.ndarray, keep: np.ndarray, patch: int,
-                 dim: float = 0.25) -> np.ndarray:
-    """Darken the pruned token cells of ``image_rgb`` (h, w, 3 uint8).
-
-    Args:
-        keep: (gh, gw) bool token grid of the padded input (the image is its top-left part).
-        patch: token cell size in pixels.
-        dim: brightness of pruned cells.
-    """
-    h, w = image_rgb.shape[:2]
-    cells = np.kron(keep.astype(np.uint8), np.ones((patch, patch), np.uint8)).astype(bool)
-    cells = cells[:h, :w]
-    if cells.shape != (h, w):  # grid smaller than the image (should not happen): pad kept
-        full = np.ones((h, w), bool)
-        full[:cells.shape[0], :cells.shape[1]] = cells
-        cells = full
-    out = image_rgb.astype(np.float32)
-    out[~cells] *= dim
-    return out.clip(0, 255).astype(np.uint8)
 
 
 def _output_names(paths: List[str]) -> List[str]:

@@ -379,8 +379,9 @@ def register_synthetic_shapes(root: Optional[str] = None) -> None:
     :func:`default_data_root`). Nothing is generated here: the files are made on the first
     ``DatasetCatalog.get`` or ``prepare_dataset``. Names that are already registered are left
     as they are. Dataset dicts carry each annotation's "shape" and "color".
-    Metadata: thing_classes, thing_colors, json_file, image_root, evaluator_type="coco",
-    generated_on_load=True and synthetic_params (the generator's arguments).
+    Metadata: thing_classes, thing_dataset_id_to_contiguous_id (json ids 1..K), thing_colors,
+    json_file, image_root, evaluator_type="coco", generated_on_load=True and
+    synthetic_params (the generator's arguments).
     """
     root = root or default_data_root()
     for folder, splits, class_colors in (("synthetic_shapes", SYNTHETIC_SPLITS, True),
@@ -392,6 +393,8 @@ def register_synthetic_shapes(root: Optional[str] = None) -> None:
             DatasetCatalog.register(name, lambda name=name: _load_synthetic(name))
             MetadataCatalog.get(name).set(
                 thing_classes=list(SHAPE_CLASSES),
+                # the json's ids (generator default 1..K), known before it is loaded
+                thing_dataset_id_to_contiguous_id={k + 1: k for k in range(len(SHAPE_CLASSES))},
                 thing_colors=[list(s.rgb) for s in _SHAPES],
                 json_file=os.path.join(base, "annotations", f"{split}.json"),
                 image_root=os.path.join(base, split),

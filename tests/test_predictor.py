@@ -1,0 +1,207 @@
+"""``tokenprune.engine.predictor.Predictor`` on the tiny SViT model (random weights, gates
+that prune): same output as the model, batches as single calls, every kind of image file,
+COCO results that pycocotools loads."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import SVIT_CFG, TINY_SVIT, TINY_VLTP, VLTP_CFG
+
+from tokenprune.engine.predictor import Predictor, read_image
+from tokenprune.engine.results import coco_results
+from tokenprune.errors import BadImageError, InputError
+
+LIGHT = ["model.roi_heads.box_predictor.test_topk_per_image=5",
+         "model.proposal_generator.post_nms_topk=[100,50]"]
+
+
+def prune_some(model, seed=3):
+    """Gate weights that make the gates prune some tokens on their own."""
+    from tokenprune.modeling import find_pruned_vit
+
+    torch.manual_seed(seed)
+    for gate in find_pruned_vit(model).gates.values():
+        torch.nn.init.normal_(gate.fc2.weight, std=2.0)
+        torch.nn.init.zeros_(gate.fc2.bias)
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    torch.manual_seed(0)
+    p = Predictor(SVIT_CFG, overrides=TINY_SVIT + LIGHT, device="cpu")
+    prune_some(p.model)
+    return p
+
+
+def _rgb(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def _same_instances(a, b, atol=0.0):
+    assert a.image_size == b.image_size and len(a) == len(b) > 0
+    torch.testing.assert_close(a.pred_boxes.tensor, b.pred_boxes.tensor, atol=atol, rtol=0)
+    torch.testing.assert_close(a.scores, b.scores, atol=atol, rtol=0)
+    assert torch.equal(a.pred_classes, b.pred_classes)
+    if atol == 0:
+        assert torch.equal(a.pred_masks, b.pred_masks)
+    else:  # a float difference may flip a few border pixels
+        assert (a.pred_masks != b.pred_masks).float().mean() < 1e-3
+
+
+def test_equals_model_inference(predictor):
+    """The test resize (ResizeShortestEdge 256) by hand, then the meta-arch's own inference."""
+    import detectron2.data.transforms as T
+
+    from tokenprune.modeling import find_pruned_vit
+
+    image = _rgb(150, 200)
+    pred = predictor(image)
+    resized = T.ResizeShortestEdge(256, max_size=256).get_transform(image).apply_image(image)
+    assert resized.shape == (192, 256, 3) and pred.image.shape == resized.shape
+    inp = {"image": torch.as_tensor(resized.transpose(2, 0, 1).copy()), "height": 150,
+           "width": 200}
+    with torch.no_grad():
+        ref = predictor.model.inference([inp])[0]["instances"]
+    vit = find_pruned_vit(predictor.model)
+    _same_instances(pred.instances, ref)
+    assert pred.keep_ratios == {i: float(r[0]) for i, r in vit.last_keep_ratios.items()}
+    assert sorted(pred.keep_ratios) == [1, 2, 3]
+    assert min(pred.keep_ratios.values()) < 1.0, "the gates should prune some tokens"
+    for i, m in pred.keep_masks.items():
+        assert m.shape == (16, 16) and m.mean() == pytest.approx(pred.keep_ratios[i])
+
+
+def test_batch_equals_single_calls(predictor):
+    images = [_rgb(150, 200, 1), _rgb(300, 120, 2), _rgb(256, 256, 3)]
+    batch = predictor.predict_batch(images)
+    for image, b in zip(images, batch):
+        single = predictor(image)
+        _same_instances(b.instances, single.instances, atol=1e-3)
+        assert b.instances.image_size == image.shape[:2]
+        assert b.keep_ratios == pytest.approx(single.keep_ratios)
+
+
+def test_score_threshold():
+    torch.manual_seed(0)
+    p = Predictor(SVIT_CFG, overrides=TINY_SVIT + LIGHT, device="cpu", score_threshold=0.3)
+    scores = p(_rgb(100, 100)).instances.scores
+    assert bool((scores >= 0.3).all())
+    with pytest.raises(InputError, match="score threshold"):
+        Predictor(SVIT_CFG, overrides=TINY_SVIT, device="cpu", score_threshold=2.0)
+
+
+def _image_files(folder):
+    """(path, expected (H, W) after EXIF orientation) of every kind of image."""
+    files = {}
+    ramp = (np.arange(64 * 48, dtype=np.uint32).reshape(48, 64) * 21).astype(np.uint16)
+    Image.fromarray(ramp).save(folder / "sixteen_bit.png")  # mode I;16
+    files["sixteen_bit"] = (folder / "sixteen_bit.png", (48, 64))
+    Image.fromarray(_rgb(40, 60)[..., 0]).save(folder / "gray.png")
+    files["gray"] = (folder / "gray.png", (40, 60))
+    rgba = np.dstack([_rgb(50, 30), np.full((50, 30), 128, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")
+    files["rgba"] = (folder / "rgba.png", (50, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(_rgb(30, 80)).save(folder / "rotated.jpg", exif=exif)
+    files["rotated"] = (folder / "rotated.jpg", (80, 30))
+    Image.fromarray(_rgb(8, 8)).save(folder / "tiny.png")
+    files["tiny"] = (folder / "tiny.png", (8, 8))
+    Image.fromarray(_rgb(3000, 4000)).save(folder / "large.jpg", quality=70)
+    files["large"] = (folder / "large.jpg", (3000, 4000))
+    return files
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory):
+    return _image_files(tmp_path_factory.mktemp("kinds"))
+
+
+@pytest.mark.parametrize("kind", ["sixteen_bit", "gray", "rgba", "rotated", "tiny", "large"])
+def test_image_kinds(predictor, image_files, kind):
+    path, (h, w) = image_files[kind]
+    pred = predictor(str(path))
+    assert pred.instances.image_size == (h, w)
+    if len(pred.instances):
+        assert pred.instances.pred_masks.shape[1:] == (h, w)
+        boxes = pred.instances.pred_boxes.tensor
+        assert float(boxes[:, 2].max()) <= w and float(boxes[:, 3].max()) <= h
+    assert max(pred.image.shape[:2]) == 256 and pred.image.shape[2] == 3  # test resize
+    assert len(pred.keep_ratios) == 3
+
+
+def test_read_image_conversions(image_files):
+    sixteen = read_image(str(image_files["sixteen_bit"][0]), "RGB")
+    assert sixteen.dtype == np.uint8 and sixteen.shape == (48, 64, 3)
+    raw = np.asarray(Image.open(image_files["sixteen_bit"][0])).astype(np.float64)
+    np.testing.assert_allclose(sixteen[..., 0], np.round(raw * 255 / 65535), atol=1)
+    assert 0 < sixteen.mean() < 255 and len(np.unique(sixteen)) > 10  # scaled, not clipped
+    gray = read_image(str(image_files["gray"][0]), "BGR")
+    assert gray.shape == (40, 60, 3) and (gray[..., 0] == gray[..., 2]).all()
+    assert read_image(str(image_files["rgba"][0]), "RGB").shape == (50, 30, 3)
+    rotated = read_image(str(image_files["rotated"][0]), "RGB")
+    plain = np.asarray(Image.open(image_files["rotated"][0]).convert("RGB"))
+    np.testing.assert_array_equal(rotated, np.rot90(plain, k=-1))  # EXIF 6: 90 deg clockwise
+
+
+def test_bad_images_one_clear_error(predictor, tmp_path):
+    (tmp_path / "text.png").write_text("not an image")
+    Image.fromarray(_rgb(64, 64)).save(tmp_path / "cut.png")
+    data = (tmp_path / "cut.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    Image.fromarray(_rgb(1, 5000)).save(tmp_path / "thin.png")
+    cases = {"text.png": "not an image file", "cut.png": "cannot read image",
+             "thin.png": "cannot resize a 5000x1 image", "missing.png": "image not found"}
+    for name, message in cases.items():
+        with pytest.raises(BadImageError, match=message) as e:
+            predictor(str(tmp_path / name))
+        assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match=r"\(H, W, 3\) uint8"):
+        predictor(np.zeros((10, 10), np.uint8))
+
+
+def test_task_guided_model_takes_task_id():
+    torch.manual_seed(0)
+    p = Predictor(VLTP_CFG, overrides=TINY_VLTP + LIGHT, device="cpu")
+    image = _rgb(120, 160)
+    a, b = p(image, task_id=0), p(image, task_id=3)
+    assert a.instances.image_size == (120, 160) and sorted(a.keep_ratios) == [1, 2, 3]
+    assert not torch.equal(a.instances.scores, b.instances.scores)  # the task steers it
+    with pytest.raises(InputError, match="task_id"):
+        p(image)
+
+
+def test_coco_results_load_with_pycocotools(predictor, tmp_path):
+    """Category ids go back to the dataset's ids; pycocotools loads and evaluates them."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from detectron2.data.catalog import Metadata
+
+    images = [_rgb(150, 200, 5), _rgb(90, 120, 6)]
+    dataset_ids = [11, 22, 33, 44]
+    meta = Metadata(name="t", thing_dataset_id_to_contiguous_id={d: k for k, d in
+                                                               enumerate(dataset_ids)})
+    results = []
+    for k, pred in enumerate(predictor.predict_batch(images)):
+        results += coco_results(pred, k + 1, f"img{k}.png", meta)
+    assert results and {r["category_id"] for r in results} <= set(dataset_ids)
+    assert all(isinstance(r["segmentation"]["counts"], str) for r in results)
+    gt = {"images": [{"id": k + 1, "file_name": f"img{k}.png", "height": im.shape[0],
+                      "width": im.shape[1]} for k, im in enumerate(images)],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 22, "bbox": [10, 10, 50, 40],
+                           "area": 2000, "iscrowd": 0,
+                           "segmentation": [[10, 10, 60, 10, 60, 50, 10, 50]]}],
+          "categories": [{"id": d, "name": f"c{d}"} for d in dataset_ids]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "res.json").write_text(json.dumps(results))
+    coco_gt = COCO(str(tmp_path / "gt.json"))
+    coco_dt = coco_gt.loadRes(str(tmp_path / "res.json"))
+    assert len(coco_dt.getAnnIds()) == len(results)
+    for iou_type in ("bbox", "segm"):
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        ev.evaluate()
+        ev.accumulate()
