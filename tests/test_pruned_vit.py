@@ -198,3 +198,11 @@ def test_noiseless_training_decisions_are_the_dynamic_inference_ones():
     assert all(0.1 < r.mean() < 0.9 for r in inference.values()), inference
     for i, r in inference.items():
         assert torch.equal(pruned.last_keep_ratios[i], r), i
+
+
+def test_nan_gate_score_raises_instead_of_keeping_one_token():
+    _, pruned = _pair(**CONFIGS["window_relpos"])
+    x = torch.randn(1, 3, 64, 64)
+    x[..., :16, :16] = float("nan")
+    with pytest.raises(FloatingPointError, match="NaN keep scores"):
+        pruned.eval()(x)

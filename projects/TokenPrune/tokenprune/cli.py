@@ -66,7 +66,8 @@ def quiet_third_party_warnings() -> None:
 
     for message in (".*pkg_resources is deprecated.*",
                     ".*Importing from timm.models.layers is deprecated.*",
-                    ".*torch.meshgrid: in an upcoming release.*"):
+                    ".*torch.meshgrid: in an upcoming release.*",
+                    ".*`torch.jit.script` is deprecated.*"):
         warnings.filterwarnings("ignore", message=message)
 
 
@@ -94,17 +95,12 @@ def build_eval_model(cfg: DictConfig, device: Optional[str] = None) -> torch.nn.
 
     Without a checkpoint the weights are random (fine for FLOPs and latency).
     """
-
-    from .checkpoint import TokenPruneCheckpointer
     from .engine.train_loop import build_model, verify_checkpoint
 
     if device:
         cfg.train.device = device
     model = build_model(cfg)
-    ckpt = cfg.train.init_checkpoint
-    if ckpt:
-        verify_checkpoint(model, ckpt, strict=False)
-        TokenPruneCheckpointer(model).load(ckpt)
+    verify_checkpoint(model, cfg.train.init_checkpoint, strict=False)  # loads it, if set
     return model.eval()
 
 

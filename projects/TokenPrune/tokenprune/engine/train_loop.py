@@ -1,10 +1,12 @@
 """Training and evaluation with Detectron2's trainers, hooks, checkpointer and evaluators."""
 from __future__ import annotations
 
+import io
 import logging
 import os
 from urllib.parse import urlparse
-from typing import Any, Dict, List, Sequence
+from contextlib import contextmanager, redirect_stderr
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig
@@ -14,14 +16,16 @@ from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
-from ..checkpoint import TokenPruneCheckpointer, is_resizable_rel_pos
+from ..checkpoint import LoadReport, TokenPruneCheckpointer, check_backbone_loaded
 from ..data import prepare_dataset
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..modeling.meta_arch import find_pruned_vit
 from .hooks import KeepRatioHook, build_flops_hook, build_gate_noise_hook
 
 __all__ = ["do_train", "do_test", "build_model", "verify_checkpoint", "prepare_datasets",
-           "checkpoint_to_load"]
+           "checkpoint_to_load", "local_checkpoint_file", "check_train_config", "AMP_PRECISIONS"]
+
+AMP_PRECISIONS = ("float16", "bfloat16")
 
 logger = logging.getLogger("detectron2")
 
@@ -45,8 +49,26 @@ def prepare_datasets(cfg: DictConfig) -> None:
 
 
 def build_model(cfg: DictConfig) -> torch.nn.Module:
-    model = instantiate(cfg.model)
+    """Instantiate ``cfg.model`` on ``train.device``; a model argument out of its range
+    (a ValueError of a constructor, e.g. ``keep_ratios=[1.5, ...]``) is a ConfigError."""
+    try:
+        model = instantiate(cfg.model)
+    except ValueError as e:
+        raise ConfigError(f"bad model argument: {' '.join(str(e).split())}") from e
     return model.to(cfg.train.device)
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Raise ConfigError for training options out of their range (before anything runs)."""
+    anneal = cfg.train.get("gate_noise_anneal", 0.0)
+    if not isinstance(anneal, (int, float)) or isinstance(anneal, bool) \
+            or not 0.0 <= anneal <= 1.0:
+        raise ConfigError(f"train.gate_noise_anneal must lie in [0, 1] (0 = off), got {anneal!r}")
+    amp = cfg.train.get("amp", {})
+    precision = amp.get("precision", "float16")
+    if precision not in AMP_PRECISIONS:
+        raise ConfigError(f"train.amp.precision must be one of {', '.join(AMP_PRECISIONS)}, "
+                          f"got {precision!r}")
 
 
 def checkpoint_to_load(cfg: DictConfig, resume: bool) -> str:
@@ -58,49 +80,80 @@ def checkpoint_to_load(cfg: DictConfig, resume: bool) -> str:
     return cfg.train.init_checkpoint or ""
 
 
-def verify_checkpoint(model: torch.nn.Module, path: str, *, strict: bool) -> List[str]:
-    """Check that ``path`` exists and fits ``model``; return the model keys it does not set.
+def _one_line(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())
 
-    Raises CheckpointError for a missing or unreadable file, a file none of whose tensors
-    fits the model, or (``strict``, e.g. for evaluation) any model tensor that the file lacks
-    or holds in another shape. Without ``strict`` (initialising a fine-tune), tensors of
-    another shape are skipped like Detectron2 does (e.g. heads for another class count) and
-    returned with the missing ones. Relative-position tables of another length are resized
-    on loading (:class:`TokenPruneCheckpointer`). Remote checkpoints (``scheme://``) are left
-    to Detectron2's checkpointer.
+
+def local_checkpoint_file(path: str) -> str:
+    """The local file of checkpoint ``path``: its query (``?matching_heuristics=True``)
+    stripped, a remote file (``detectron2://``, ``https://``) fetched into the cache.
+
+    Raises CheckpointError if the file does not exist or cannot be fetched.
     """
-    if not path or "://" in path:
-        return []
-    if not os.path.isfile(path):
+    from detectron2.utils.file_io import PathManager
+
+    file = urlparse(path)._replace(query="").geturl()
+    if "://" in file:
+        try:  # iopath's progress bar and error log would make a failure several lines
+            with _quiet_logging(), redirect_stderr(io.StringIO()):
+                file = PathManager.get_local_path(file)
+        except Exception as e:
+            raise CheckpointError(f"cannot fetch checkpoint {path}: {_one_line(e)}") from e
+    if not os.path.isfile(file):
         raise CheckpointError(f"checkpoint not found: {path}")
-    checkpointer = TokenPruneCheckpointer(model)
-    checkpointer._parsed_url_during_load = urlparse(path)  # _load_file expects load()'s state
+    return file
+
+
+@contextmanager
+def _quiet_logging():
+    """No log records: before ``default_setup`` they would reach stderr unformatted."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
     try:
-        loaded = checkpointer._load_file(path)
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def verify_checkpoint(model: torch.nn.Module, path: str, *,
+                      strict: bool) -> Optional[LoadReport]:
+    """Load checkpoint ``path`` into ``model`` (weights only) and check that it fits.
+
+    Returns the :class:`~tokenprune.checkpoint.LoadReport` (None when ``path`` is empty).
+    Raises CheckpointError for a missing, unfetchable or unreadable file, a file none of
+    whose tensors fits the model, or (``strict``, e.g. for evaluation) any model tensor the
+    file lacks or holds in another shape. Without ``strict`` (initialising a fine-tune from
+    a dense model or a pretrain) tensors of another shape are skipped like Detectron2 does
+    (e.g. heads for another class count), but no ViT backbone tensor other than the gates
+    may be left at its initialisation (:func:`~tokenprune.checkpoint.check_backbone_loaded`).
+    Position tables of another size are resized on loading.
+    """
+    if not path:
+        return None
+    local_checkpoint_file(path)
+    checkpointer = TokenPruneCheckpointer(model)
+    try:
+        with _quiet_logging():
+            checkpointer.load(path, checkpointables=[])
     except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
-    state = loaded.get("model", loaded)
-    if not isinstance(state, dict):
+        raise CheckpointError(f"cannot read checkpoint {path}: {_one_line(e)}") from e
+    report = checkpointer.last_report
+    if report is None:
         raise CheckpointError(f"checkpoint {path} holds no model state dict")
-    own = model.state_dict()
-
-    def fits(k: str) -> bool:
-        saved = getattr(state[k], "shape", None)
-        return saved is None or tuple(saved) == tuple(own[k].shape) or \
-            is_resizable_rel_pos(k, saved, own[k].shape)
-
-    shared = [k for k in state if k in own]
-    wrong = [k for k in shared if not fits(k)]
-    if len(wrong) == len(shared):
+    if not report.loaded:
         raise CheckpointError(f"checkpoint {path} does not match the model: none of its "
-                              f"{len(state)} tensors fits {type(model).__name__}")
-    missing = [k for k in own if k not in state]
-    if strict and (wrong or missing):
-        example = (f"{wrong[0]} {tuple(state[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)}"
-                   if wrong else f"{missing[0]} is missing")
-        raise CheckpointError(f"checkpoint {path} does not match the model: {len(wrong)} tensors "
-                              f"differ in shape and {len(missing)} are missing, e.g. {example}")
-    return wrong + missing
+                              f"{len(report.unused)} tensors fits {type(model).__name__}")
+    if strict and report.new:
+        bad = report.mismatched[0] if report.mismatched else None
+        example = (f"{bad[0]} {tuple(bad[1])} vs {tuple(bad[2])}" if bad
+                   else f"{report.new[0]} is missing")
+        raise CheckpointError(f"checkpoint {path} does not match the model: "
+                              f"{len(report.mismatched)} tensors differ in shape and "
+                              f"{len(report.new) - len(report.mismatched)} are missing, "
+                              f"e.g. {example}")
+    if not strict:
+        check_backbone_loaded(model, report)
+    return report
 
 
 def do_test(cfg: DictConfig, model: torch.nn.Module) -> Dict[str, Any]:
@@ -149,8 +202,8 @@ def do_train(cfg: DictConfig, model: torch.nn.Module, resume: bool = False) -> D
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
         if comm.is_main_process() else None,
+        KeepRatioHook() if pruned else None,  # before EvalHook: it logs the training step
         hooks.EvalHook(cfg.train.eval_period, evaluate),
-        KeepRatioHook() if pruned else None,
         build_gate_noise_hook(cfg) if pruned else None,
         build_flops_hook(cfg) if pruned and comm.is_main_process() else None,
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
