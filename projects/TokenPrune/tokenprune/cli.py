@@ -35,11 +35,18 @@ class _OneLineErrorParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
-def tool_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """An argument parser with ``--config-file`` and trailing ``key=value`` overrides."""
+def tool_parser(prog: str, description: str, precision: bool = False) -> argparse.ArgumentParser:
+    """An argument parser with ``--config-file`` and trailing ``key=value`` overrides, and
+    (``precision=True``, for tools that pass ``args.precision`` to :func:`build_eval_model`)
+    ``--precision``."""
     parser = _OneLineErrorParser(prog=prog, description=description,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE", help="LazyConfig file")
+    if precision:
+        parser.add_argument("--precision", choices=["float32", "bfloat16", "float16"],
+                            default="float32",
+                            help="inference precision: autocast to bfloat16 (CPU or GPU) or "
+                                 "float16 (GPU only); default float32")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides: key=value ... (LazyConfig syntax)")
     return parser
@@ -90,18 +97,23 @@ def load_tool_config(args: argparse.Namespace, need_data: bool = True,
     return cfg
 
 
-def build_eval_model(cfg: DictConfig, device: Optional[str] = None) -> torch.nn.Module:
+def build_eval_model(cfg: DictConfig, device: Optional[str] = None,
+                     precision: Optional[str] = None) -> torch.nn.Module:
     """Instantiate the model in eval mode and load ``train.init_checkpoint`` if it is set.
 
     Without a checkpoint the weights are random (fine for FLOPs and latency).
+    ``precision`` ("bfloat16", "float16"; None or "float32": off) runs the forward pass
+    under autocast (:class:`tokenprune.engine.AutocastModel`, which forwards attribute
+    look-ups to the model).
     """
+    from .engine import autocast_model
     from .engine.train_loop import build_model, verify_checkpoint
 
     if device:
         cfg.train.device = device
     model = build_model(cfg)
     verify_checkpoint(model, cfg.train.init_checkpoint, strict=False)  # loads it, if set
-    return model.eval()
+    return autocast_model(model.eval(), precision, cfg.train.device).eval()
 
 
 def make_output_dir(path: str) -> str:

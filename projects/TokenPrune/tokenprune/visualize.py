@@ -152,7 +152,7 @@ def _guidance_label(guidance: Dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = tool_parser(PROG, __doc__.split("\n\n")[0])
+    parser = tool_parser(PROG, __doc__.split("\n\n")[0], precision=True)
     parser.add_argument("--input", nargs="+", required=True, metavar="IMG",
                         help="JPEG/PNG images (one output PNG each)")
     parser.add_argument("--output", required=True, metavar="DIR")
@@ -198,7 +198,7 @@ def main(args: argparse.Namespace) -> List[str]:
 
     images = [(p, _read_image(p, fmt)) for p in args.input]
     out_dir = make_output_dir(args.output)
-    model = build_eval_model(cfg, args.device)
+    model = build_eval_model(cfg, args.device, args.precision)
     vit = find_pruned_vit(model)
     if args.keep_ratio is not None and vit is not None:
         vit.fixed_keep_ratio = {i: float(args.keep_ratio) for i in vit.pruned_blocks}

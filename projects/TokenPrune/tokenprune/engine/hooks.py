@@ -109,7 +109,9 @@ class FlopsHook(HookBase):
         from ..flops import count_model_flops  # fvcore analysis is only needed here
 
         start = time.perf_counter()
-        model = getattr(self.trainer.model, "module", self.trainer.model)
+        model = self.trainer.model
+        while hasattr(model, "module"):  # DDP, AutocastModel
+            model = model.module
         was_training = model.training
         model.eval()
         try:

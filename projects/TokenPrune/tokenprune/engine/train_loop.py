@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from detectron2.config import instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
+from detectron2.engine import default_writers, hooks
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
@@ -20,12 +20,11 @@ from ..checkpoint import LoadReport, TokenPruneCheckpointer, check_backbone_load
 from ..data import prepare_dataset
 from ..errors import CheckpointError, ConfigError
 from ..modeling.meta_arch import find_pruned_vit
+from .amp import AMP_PRECISIONS, amp_dtype, build_trainer
 from .hooks import KeepRatioHook, build_flops_hook, build_gate_noise_hook
 
 __all__ = ["do_train", "do_test", "build_model", "verify_checkpoint", "prepare_datasets",
-           "checkpoint_to_load", "local_checkpoint_file", "check_train_config", "AMP_PRECISIONS"]
-
-AMP_PRECISIONS = ("float16", "bfloat16")
+           "checkpoint_to_load", "local_checkpoint_file", "check_train_config"]
 
 logger = logging.getLogger("detectron2")
 
@@ -69,6 +68,11 @@ def check_train_config(cfg: DictConfig) -> None:
     if precision not in AMP_PRECISIONS:
         raise ConfigError(f"train.amp.precision must be one of {', '.join(AMP_PRECISIONS)}, "
                           f"got {precision!r}")
+    if amp.get("enabled", False):
+        try:
+            amp_dtype(precision, cfg.train.device)
+        except ConfigError as e:
+            raise ConfigError(f"train.amp.precision={precision}: {e}") from e
 
 
 def checkpoint_to_load(cfg: DictConfig, resume: bool) -> str:
@@ -169,25 +173,12 @@ def do_test(cfg: DictConfig, model: torch.nn.Module) -> Dict[str, Any]:
     return results
 
 
-def _ddp(model: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
-    if comm.get_world_size() == 1:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    kwargs = dict(cfg.train.ddp)
-    kwargs.pop("fp16_compression", None)
-    device_ids = [comm.get_local_rank()] if cfg.train.device.startswith("cuda") else None
-    return DistributedDataParallel(model, device_ids=device_ids, **kwargs)
-
-
 def do_train(cfg: DictConfig, model: torch.nn.Module, resume: bool = False) -> Dict[str, Any]:
     """Train ``model`` as configured (Detectron2 trainer + hooks); return the last eval."""
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
-    ddp_model = _ddp(model, cfg)
-    use_amp = cfg.train.amp.enabled and cfg.train.device.startswith("cuda")
-    trainer = (AMPTrainer if use_amp else SimpleTrainer)(ddp_model, train_loader, optimizer)
+    trainer = build_trainer(cfg, model, train_loader, optimizer)
     checkpointer = TokenPruneCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     results: Dict[str, Any] = {}
 
