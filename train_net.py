@@ -21,12 +21,12 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from torch.multiprocessing import ProcessExitedException
 
-from tokenprune.checkpoint import TokenPruneCheckpointer
 from tokenprune.config import load_config
 from tokenprune.engine import (
-    build_model, checkpoint_to_load, do_test, do_train, prepare_datasets, verify_checkpoint,
+    build_model, check_train_config, checkpoint_to_load, do_test, do_train, prepare_datasets,
+    verify_checkpoint,
 )
-from tokenprune.errors import TokenPruneError
+from tokenprune.errors import CheckpointError, TokenPruneError
 
 logger = logging.getLogger("detectron2")
 
@@ -38,19 +38,20 @@ def _fail(message: str) -> None:
 def main(args) -> None:
     try:
         cfg = load_config(args.config_file, args.opts)
+        check_train_config(cfg)
         prepare_datasets(cfg)
         model = build_model(cfg)
         ckpt = checkpoint_to_load(cfg, args.resume)
-        missing = verify_checkpoint(model, ckpt, strict=args.eval_only)
+        if args.eval_only and not ckpt:
+            raise CheckpointError("--eval-only needs a checkpoint: set train.init_checkpoint=PATH "
+                                  "(or --resume with a last_checkpoint in train.output_dir)")
+        report = verify_checkpoint(model, ckpt, strict=args.eval_only)  # loads the weights
     except TokenPruneError as e:
         _fail(str(e))
     default_setup(cfg, args)  # logging, seeds, saves config.yaml: input is valid from here on
-    if missing:
-        logger.info(f"{ckpt}: {len(missing)} model tensors are new or reshaped: "
-                    f"{sorted({k.rsplit('.', 1)[0] for k in missing})[:10]}")
+    if report is not None:
+        logger.info(report.summary())
     if args.eval_only:
-
-        TokenPruneCheckpointer(model).load(ckpt)
         do_test(cfg, model)
         return
     do_train(cfg, model, resume=args.resume)
@@ -64,7 +65,7 @@ def main(args) -> None:
 def invoke_main() -> None:
     args = default_argument_parser().parse_args()
     try:
-        load_config(args.config_file, args.opts)  # fail fast, before any process starts
+        check_train_config(load_config(args.config_file, args.opts))  # before any process starts
     except TokenPruneError as e:
         _fail(str(e))
     try:

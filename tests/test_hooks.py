@@ -86,3 +86,29 @@ def test_svit_training_logs_keep_ratios_flops_loss_and_gate_noise(tmp_path):
         acc.Reload()
         tags |= set(acc.Tags()["scalars"])
     assert wanted <= tags, wanted - tags
+
+
+def test_keep_ratio_logged_at_an_eval_step_is_the_training_steps(tmp_path, monkeypatch):
+    """EvalHook runs the model on the test set after the step; the logged keep ratio must
+    still be the training batch's, not the last evaluated image's."""
+    from tokenprune.config import load_config
+    from tokenprune.engine import build_model, do_train, prepare_datasets, train_loop
+    from tokenprune.modeling.meta_arch import find_pruned_vit
+
+    cfg = load_config(SVIT_CFG, TINY_SVIT + ["train.max_iter=2", "train.eval_period=1",
+                                             "train.flops_period=0",
+                                             f"train.output_dir={tmp_path}"])
+    prepare_datasets(cfg)
+    model = build_model(cfg)
+
+    def fake_eval(cfg, model):  # what an evaluation leaves behind: its last image's ratios
+        vit = find_pruned_vit(model)
+        vit.last_keep_ratios = {i: torch.tensor([0.123]) for i in vit.pruned_blocks}
+        return {}
+
+    monkeypatch.setattr(train_loop, "do_test", fake_eval)
+    do_train(cfg, model)
+    with open(tmp_path / "metrics.json") as f:
+        rows = [json.loads(line) for line in f if "keep_ratio/mean" in line]
+    assert len(rows) == 2
+    assert all(row["keep_ratio/mean"] != pytest.approx(0.123) for row in rows)

@@ -198,3 +198,41 @@ def test_noiseless_training_decisions_are_the_dynamic_inference_ones():
     assert all(0.1 < r.mean() < 0.9 for r in inference.values()), inference
     for i, r in inference.items():
         assert torch.equal(pruned.last_keep_ratios[i], r), i
+
+
+def test_nan_gate_score_raises_instead_of_keeping_one_token():
+    _, pruned = _pair(**CONFIGS["window_relpos"])
+    x = torch.randn(1, 3, 64, 64)
+    x[..., :16, :16] = float("nan")
+    with pytest.raises(FloatingPointError, match="NaN keep scores"):
+        pruned.eval()(x)
+
+
+def _policy_attention_reference(logits, v, w):
+    """DynamicViT's softmax with policy, step by step (every (L, L) tensor materialised)."""
+    L = logits.shape[-1]
+    eye = torch.eye(L, dtype=logits.dtype)
+    weight = w[:, None, None, :] * (1 - eye) + eye
+    e = (logits - logits.amax(dim=-1, keepdim=True)).exp() * weight
+    return (e / e.sum(dim=-1, keepdim=True)) @ v
+
+
+@pytest.mark.parametrize("weights", ["hard", "soft"])
+def test_fused_policy_attention_matches_the_reference_and_its_gradients(weights):
+    from tokenprune.modeling.sparse_block import PolicyAttention
+
+    torch.manual_seed(0)
+    G, nh, L, hd = 2, 3, 7, 4
+    logits = torch.randn(G, nh, L, L, dtype=torch.double, requires_grad=True)
+    v = torch.randn(G, nh, L, hd, dtype=torch.double, requires_grad=True)
+    w = torch.rand(G, L, dtype=torch.double)
+    w = (w > 0.5).double() if weights == "hard" else w
+    w.requires_grad_(True)
+    torch.autograd.gradcheck(PolicyAttention.apply, (logits, v, w))
+    g = torch.randn(G, nh, L, hd, dtype=torch.double)
+    got = torch.autograd.grad((PolicyAttention.apply(logits, v, w) * g).sum(), (logits, v, w))
+    want = torch.autograd.grad((_policy_attention_reference(logits, v, w) * g).sum(),
+                               (logits, v, w))
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-10)
+    assert got[2].abs().sum() > 0  # pruned keys (w = 0) get a gradient too

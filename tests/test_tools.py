@@ -206,7 +206,8 @@ def test_visualize_outputs(tmp_path, images):
     out = tmp_path / "vis"
     proc = run(VIS + ["--config-file", SVIT_CFG, "--input", *images, "--output", str(out),
                       "--score-thresh", "0.2", "--keep-ratio", "0.5", "--prompt", "shapes",
-                      "--task-id", "1", "--device", "cpu", "--", *TINY_SVIT], timeout=300)
+                      "--task-id", "1", "--device", "cpu", "--precision", "bfloat16", "--",
+                      *TINY_SVIT], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = sorted(os.listdir(out))
     assert names == sorted([os.path.splitext(os.path.basename(p))[0] + ".png" for p in images])

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from helpers import DENSE_CFG, ROOT, TINY, train_net
+from helpers import DENSE_CFG, ROOT, SVIT_CFG, TINY, TINY_SVIT, train_net
 
 
 def _metrics(out_dir):
@@ -79,16 +79,6 @@ def test_resume_after_kill_continues_from_last_checkpoint(tmp_path):
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
 
 
-def test_two_process_ddp_training_on_cpu(tmp_path):
-    out = str(tmp_path / "ddp")
-    proc = train_net(DENSE_CFG, TINY + ["train.max_iter=2", f"train.output_dir={out}",
-                                        "train.eval_period=0"], "--num-gpus", "2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "world_size=2" in proc.stdout + proc.stderr or "Rank of current process: 0" in (
-        proc.stdout + proc.stderr)
-    assert os.path.isfile(os.path.join(out, "model_final.pth"))
-
-
 def _bad_checkpoint(path):
     torch.save({"model": {"backbone.net.pos_embed": torch.zeros(1, 3, 3)}}, path)
     return path
@@ -97,7 +87,7 @@ def _bad_checkpoint(path):
 @pytest.mark.parametrize("case", [
     "missing_config", "malformed_config", "unknown_key", "wrong_type", "missing_dataset",
     "missing_checkpoint", "mismatched_checkpoint", "unrelated_checkpoint",
-    "eval_with_mismatched_heads",
+    "eval_with_mismatched_heads", "unfetchable_checkpoint",
 ])
 def test_bad_input_one_line_error_and_outputs_untouched(case, tmp_path):
     out = tmp_path / "out"
@@ -131,6 +121,10 @@ def test_bad_input_one_line_error_and_outputs_untouched(case, tmp_path):
     elif case == "unrelated_checkpoint":
         torch.save({"model": {"something.else": torch.zeros(2)}}, tmp_path / "other.pth")
         opts.append(f"train.init_checkpoint={tmp_path}/other.pth")
+    elif case == "unfetchable_checkpoint":
+        opts.append("train.init_checkpoint=detectron2://no/such/model_final.pkl")
+        env["FVCORE_CACHE"] = str(tmp_path / "empty_cache")
+        env["HTTPS_PROXY"] = "http://127.0.0.1:9"  # fails fast, network or not
     proc = train_net(cfg, opts, *flags, env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -138,6 +132,43 @@ def test_bad_input_one_line_error_and_outputs_untouched(case, tmp_path):
     assert "Traceback" not in proc.stderr
     assert sorted(os.listdir(out)) == ["config.yaml"]
     assert (out / "config.yaml").read_text() == "old\n"
+    print(f"{case}: {lines[0]}")
+
+
+_MODEL_ARGUMENT_CASES = {
+    "bad_keep_ratios": (SVIT_CFG, ["model.backbone.net.keep_ratios=[1.5,0.5,0.5]"], []),
+    "zero_fixed_keep_ratio": (SVIT_CFG, ["model.backbone.net.fixed_keep_ratio=0"], []),
+    "bad_pruned_blocks": (SVIT_CFG, ["model.backbone.net.pruned_blocks=[1,2,9]"], []),
+    "bad_gate_noise_anneal": (SVIT_CFG, ["train.gate_noise_anneal=2.0"], []),
+    "bad_amp_precision": (DENSE_CFG, ["train.amp.precision=float8"], []),
+    "eval_only_without_checkpoint": (DENSE_CFG, ["train.init_checkpoint="], ["--eval-only"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_MODEL_ARGUMENT_CASES))
+def test_bad_model_and_train_arguments_one_line_before_writing(case, tmp_path, capsys):
+    """In-process (train_net.main, as launch() runs it with one process): fast."""
+    import importlib.util
+
+    from detectron2.engine import default_argument_parser
+
+    spec = importlib.util.spec_from_file_location("train_net", os.path.join(ROOT, "train_net.py"))
+    train_net_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net_module)
+    cfg, extra, flags = _MODEL_ARGUMENT_CASES[case]
+    out = tmp_path / "out"
+    opts = (TINY_SVIT if cfg == SVIT_CFG else TINY) + [f"train.output_dir={out}"] + extra
+    args = default_argument_parser().parse_args(["--config-file", cfg, *flags, *opts])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train_net_module.main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("train_net.py: error: "), err
+    assert not out.exists()
+    with capsys.disabled():
+        print(f"\n{case}: {lines[0]}")
 
 
 def test_dense_checkpoint_initialises_svit_with_only_gates_new(trained, tmp_path):
@@ -150,7 +181,8 @@ def test_dense_checkpoint_initialises_svit_with_only_gates_new(trained, tmp_path
     proc = train_net(SVIT_CFG, opts)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(ln for ln in (proc.stdout + proc.stderr).splitlines()
-                if "model tensors are new or reshaped" in ln)
-    new = line.split("are new or reshaped: ")[1]
-    assert "backbone.net.gates.1" in new and "backbone.net.gates.3" in new
-    assert all(name.strip(" '[]").startswith("backbone.net.gates.") for name in new.split(","))
+                if "model_final.pth: loaded" in ln)
+    new = line.split("; new ")[1]
+    assert new.startswith("18 (") and "backbone.net.gates.1" in new and "gates.3" in new
+    assert all(name.strip(" ()").startswith("backbone.net.gates.")
+               for name in new.split(" (", 1)[1].split(","))

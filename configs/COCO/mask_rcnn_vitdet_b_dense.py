@@ -36,6 +36,7 @@ dataloader.test.mapper.augmentations = [
 
 train = model_zoo.get_config("common/train.py").train
 train.amp.enabled = True
+train.amp.precision = "float16"  # or "bfloat16" (GPUs from Ampere on, or a CPU)
 train.ddp.fp16_compression = True
 train.init_checkpoint = (
     "detectron2://ImageNetPretrained/MAE/mae_pretrain_vit_base.pth?matching_heuristics=True"

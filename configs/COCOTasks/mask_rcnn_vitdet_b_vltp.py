@@ -35,7 +35,9 @@ dataloader.train.dataset.names = "coco_tasks_train"
 dataloader.train.mapper.instance_mask_format = "bitmask"
 dataloader.test.dataset.names = "coco_tasks_test"
 dataloader.evaluator = [
-    L(COCOEvaluator)(dataset_name="${...test.dataset.names}"),
+    # COCO-Tasks pairs are not a COCO json: the evaluator writes one to output_dir
+    L(COCOEvaluator)(dataset_name="${...test.dataset.names}",
+                     output_dir="${....train.output_dir}/inference"),
     L(TaskMaskIoUEvaluator)(dataset_name="${...test.dataset.names}"),
 ]
 train.output_dir = "output/cocotasks_vitdet_b_vltp"

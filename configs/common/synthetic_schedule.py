@@ -14,6 +14,7 @@ train.log_period = 20
 train.checkpointer = dict(period=100, max_to_keep=3)
 train.seed = 0
 train.flops_period = 0
+train.amp.precision = "bfloat16"  # with train.amp.enabled=True: autocast (also on a CPU)
 train.gate_noise_anneal = 0.0  # SViT: Gumbel noise 1 throughout (GateNoiseHook)
 
 optimizer = model_zoo.get_config("common/optim.py").AdamW

@@ -1,10 +1,14 @@
 """Training loop, evaluation and trainer hooks (Detectron2 engine based)."""
+from .amp import AMP_PRECISIONS, AutocastModel, autocast_model, build_trainer
 from .hooks import FlopsHook, GateNoiseHook, KeepRatioHook, keep_ratio_scalars
 from .train_loop import (
-    build_model, checkpoint_to_load, do_test, do_train, prepare_datasets, verify_checkpoint,
+    build_model, check_train_config, checkpoint_to_load, do_test, do_train,
+    local_checkpoint_file, prepare_datasets, verify_checkpoint,
 )
 
 __all__ = [
-    "FlopsHook", "GateNoiseHook", "KeepRatioHook", "keep_ratio_scalars", "build_model",
-    "checkpoint_to_load", "do_test", "do_train", "prepare_datasets", "verify_checkpoint",
+    "FlopsHook", "GateNoiseHook", "KeepRatioHook", "keep_ratio_scalars", "AMP_PRECISIONS",
+    "build_model", "check_train_config", "checkpoint_to_load", "do_test", "do_train",
+    "local_checkpoint_file", "prepare_datasets", "verify_checkpoint", "AutocastModel",
+    "autocast_model", "build_trainer",
 ]

@@ -112,7 +112,9 @@ class FlopsHook(HookBase):
 
     def _measure(self) -> None:
         start = time.perf_counter()
-        model = getattr(self.trainer.model, "module", self.trainer.model)
+        model = self.trainer.model
+        while hasattr(model, "module"):  # DDP, AutocastModel
+            model = model.module
         was_training = model.training
         model.eval()
         try:

@@ -9,18 +9,22 @@ import torch
 from omegaconf import DictConfig
 
 from detectron2.config import instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
+from detectron2.engine import default_writers, hooks
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from ..analysis import count_model_flops
-from ..checkpoint import TokenPruneCheckpointer, build_model, verify_checkpoint
+from ..checkpoint import (
+    TokenPruneCheckpointer, build_model, local_checkpoint_file, verify_checkpoint,
+)
 from ..data import dataset_names, prepare_dataset
+from ..errors import ConfigError
 from ..modeling.meta_arch import find_pruned_vit
+from .amp import AMP_PRECISIONS, amp_dtype, build_trainer
 from .hooks import KeepRatioHook, build_flops_hook, build_gate_noise_hook
 
 __all__ = ["do_train", "do_test", "build_model", "verify_checkpoint", "prepare_datasets",
-           "checkpoint_to_load"]
+           "checkpoint_to_load", "local_checkpoint_file", "check_train_config"]
 
 logger = logging.getLogger("detectron2")
 
@@ -29,6 +33,24 @@ def prepare_datasets(cfg: DictConfig) -> None:
     """Generate (synthetic) or check (real) every dataset the config needs."""
     for name in dataset_names(cfg):
         prepare_dataset(name)
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Raise ConfigError for training options out of their range (before anything runs)."""
+    anneal = cfg.train.get("gate_noise_anneal", 0.0)
+    if not isinstance(anneal, (int, float)) or isinstance(anneal, bool) \
+            or not 0.0 <= anneal <= 1.0:
+        raise ConfigError(f"train.gate_noise_anneal must lie in [0, 1] (0 = off), got {anneal!r}")
+    amp = cfg.train.get("amp", {})
+    precision = amp.get("precision", "float16")
+    if precision not in AMP_PRECISIONS:
+        raise ConfigError(f"train.amp.precision must be one of {', '.join(AMP_PRECISIONS)}, "
+                          f"got {precision!r}")
+    if amp.get("enabled", False):
+        try:
+            amp_dtype(precision, cfg.train.device)
+        except ConfigError as e:
+            raise ConfigError(f"train.amp.precision={precision}: {e}") from e
 
 
 def checkpoint_to_load(cfg: DictConfig, resume: bool) -> str:
@@ -53,25 +75,12 @@ def do_test(cfg: DictConfig, model: torch.nn.Module) -> Dict[str, Any]:
     return results
 
 
-def _ddp(model: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
-    if comm.get_world_size() == 1:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    kwargs = dict(cfg.train.ddp)
-    kwargs.pop("fp16_compression", None)
-    device_ids = [comm.get_local_rank()] if cfg.train.device.startswith("cuda") else None
-    return DistributedDataParallel(model, device_ids=device_ids, **kwargs)
-
-
 def do_train(cfg: DictConfig, model: torch.nn.Module, resume: bool = False) -> Dict[str, Any]:
     """Train ``model`` as configured (Detectron2 trainer + hooks); return the last eval."""
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
-    ddp_model = _ddp(model, cfg)
-    use_amp = cfg.train.amp.enabled and cfg.train.device.startswith("cuda")
-    trainer = (AMPTrainer if use_amp else SimpleTrainer)(ddp_model, train_loader, optimizer)
+    trainer = build_trainer(cfg, model, train_loader, optimizer)
     checkpointer = TokenPruneCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     results: Dict[str, Any] = {}
 
@@ -86,8 +95,8 @@ def do_train(cfg: DictConfig, model: torch.nn.Module, resume: bool = False) -> D
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
         if comm.is_main_process() else None,
+        KeepRatioHook() if pruned else None,  # before EvalHook: it logs the training step
         hooks.EvalHook(cfg.train.eval_period, evaluate),
-        KeepRatioHook() if pruned else None,
         build_gate_noise_hook(cfg) if pruned else None,
         build_flops_hook(cfg, count_model_flops) if pruned and comm.is_main_process() else None,
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),

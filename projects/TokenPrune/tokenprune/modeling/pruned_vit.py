@@ -306,8 +306,17 @@ class PrunedViT(ViT):
         return x
 
     def _inference_decision(self, i: int, log_probs: Tensor, active: Tensor) -> Tensor:
-        """(B, N, 2) gate log-probs -> (B, N) bool keep mask, at least one token per image."""
+        """(B, N, 2) gate log-probs -> (B, N) bool keep mask, at least one token per image.
+
+        Raises FloatingPointError for a NaN score (NaN input or weights), which would
+        otherwise drop every token but one.
+        """
         score = log_probs[..., 0] - log_probs[..., 1]
+        nan = torch.isnan(score)
+        if bool(nan.any()):
+            raise FloatingPointError(f"the gate of block {i} gave NaN keep scores for "
+                                     f"{int(nan.sum())} of {nan.numel()} tokens (NaN in the "
+                                     f"input image or the weights?)")
         if not self.reactivate:
             score = score.masked_fill(~active, float("-inf"))
         ratio = None

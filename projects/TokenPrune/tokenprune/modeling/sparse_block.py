@@ -29,7 +29,8 @@ from detectron2.modeling.backbone.utils import window_partition, window_unpartit
 
 __all__ = ["TokenGroups", "group_kept_tokens", "attention_logits", "attention_on_groups",
            "add_rel_pos_bias_", "run_block_gathered",
-           "run_block_masked", "rel_pos_table", "resize_rel_pos", "profiler_range"]
+           "run_block_masked", "rel_pos_table", "resize_rel_pos", "profiler_range",
+           "PolicyAttention"]
 
 
 def profiler_range(name: str) -> ContextManager:
@@ -208,15 +209,55 @@ def attention_on_groups(
     q, k, v = qkv.unbind(0)  # (G, nh, L, hd)
     attn = attention_logits(attn_module, q, k, coords, frame, key_valid, key_bias)
     if key_weight is None:
-        attn = attn.softmax(dim=-1)
+        out = attn.softmax(dim=-1) @ v
     else:
-        eye = torch.eye(L, device=x.device, dtype=x.dtype)
-        weight = key_weight[:, None, None, :] * (1 - eye) + eye
-        attn = attn - attn.amax(dim=-1, keepdim=True)
-        attn = attn.exp() * weight
-        attn = attn / attn.sum(dim=-1, keepdim=True)
-    out = (attn @ v).transpose(1, 2).reshape(G, L, C)
+        out = PolicyAttention.apply(attn, v, key_weight.to(v.dtype))
+        del attn
+    out = out.transpose(1, 2).reshape(G, L, C)
     return attn_module.proj(out)
+
+
+class PolicyAttention(torch.autograd.Function):
+    """DynamicViT's softmax with policy, fused with the product by the values.
+
+    ``out_i = sum_j a_ij v_j`` with ``a_ij = exp(l_ij) w'_ij / sum_k exp(l_ik) w'_ik``, where
+    ``w'_ij = w_j`` for j != i and 1 on the diagonal (a query always sees itself), and
+    gradients flow to the logits, the values and the key weights ``w`` (also to pruned keys,
+    w_j = 0, so a gate can learn to keep them).
+
+    Memory: only ``r = exp(l) / S`` (one (G, nh, L, L) tensor, like the softmax output a
+    dense attention keeps for its backward pass) is saved, with ``v``, ``w`` and the output;
+    the (query, key) weights are never materialised (``a = r * w'`` is applied as
+    ``r @ (w * v)`` plus a diagonal term).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, v: Tensor, w: Tensor) -> Tensor:
+        """logits: (G, nh, L, L); v: (G, nh, L, hd); w: (G, L) key weights in [0, 1]."""
+        wk = w[:, None, :, None]  # (G, 1, L, 1)
+        r = (logits - logits.amax(dim=-1, keepdim=True)).exp_()
+        diag = r.diagonal(dim1=-2, dim2=-1)  # (G, nh, L), a view of r
+        total = (r @ wk).squeeze(-1) + diag * (1 - w[:, None, :])  # S_i
+        r.div_(total[..., None])
+        out = r @ (wk * v) + (diag * (1 - w[:, None, :]))[..., None] * v
+        ctx.save_for_backward(r, v, w, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        r, v, w, out = ctx.saved_tensors
+        wk = w[:, None, :, None]
+        diag = r.diagonal(dim1=-2, dim2=-1)
+        off = (1 - w[:, None, :]) * diag  # a_ii - r_ii w_i
+        grad_v = wk * (r.transpose(-2, -1) @ grad_out) + off[..., None] * grad_out
+        # t_ij = r_ij (g_i . v_j - g_i . out_i): the gradient before the key weights
+        t = grad_out @ v.transpose(-2, -1)
+        t.sub_((grad_out * out).sum(dim=-1, keepdim=True)).mul_(r)
+        t_diag = t.diagonal(dim1=-2, dim2=-1).clone()
+        grad_w = (t.sum(dim=-2) - t_diag).sum(dim=1)  # (G, L): over queries i != j, heads
+        t.mul_(w[:, None, None, :])
+        t.diagonal(dim1=-2, dim2=-1).copy_(t_diag)  # grad_logits_ij = a_ij (...)
+        return t, grad_v, grad_w
 
 
 @profiled("tp::rel_pos_bias")

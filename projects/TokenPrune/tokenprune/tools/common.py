@@ -36,10 +36,18 @@ class OneLineErrorParser(argparse.ArgumentParser):
         fail(self.prog, message)
 
 
-def tool_parser(prog: str, description: str, config: bool = True) -> argparse.ArgumentParser:
-    """An argument parser; with ``config``, ``--config-file`` and trailing overrides."""
+def tool_parser(prog: str, description: str, config: bool = True,
+                precision: bool = False) -> argparse.ArgumentParser:
+    """An argument parser; with ``config``, ``--config-file`` and trailing overrides; with
+    ``precision`` (tools that pass ``args.precision`` to
+    :func:`~tokenprune.checkpoint.load_model`), ``--precision``."""
     parser = OneLineErrorParser(prog=prog, description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    if precision:
+        parser.add_argument("--precision", choices=["float32", "bfloat16", "float16"],
+                            default="float32",
+                            help="inference precision: autocast to bfloat16 (CPU or GPU) or "
+                                 "float16 (GPU only); default float32")
     if config:
         parser.add_argument("--config-file", required=True, metavar="FILE",
                             help="LazyConfig file")

@@ -27,7 +27,7 @@ PROG = "tokenprune.tools.visualize"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = tool_parser(PROG, __doc__.split("\n\n")[0])
+    parser = tool_parser(PROG, __doc__.split("\n\n")[0], precision=True)
     parser.add_argument("--input", nargs="+", required=True, metavar="IMG",
                         help="JPEG/PNG images (one output PNG each)")
     parser.add_argument("--output", required=True, metavar="DIR")
@@ -56,7 +56,7 @@ def main(args: argparse.Namespace) -> List[str]:
     cfg = load_tool_config(args, splits=("test",))  # its metadata names the classes
     images = read_images(cfg, args.config_file, args.input)
     out_dir = make_output_dir(args.output)
-    written = visualize(load_model(cfg, args.device), cfg, args, images, out_dir)
+    written = visualize(load_model(cfg, args.device, args.precision), cfg, args, images, out_dir)
     print(f"{PROG}: wrote {len(written)} image(s) to {out_dir}", flush=True)
     return written
 
