@@ -37,10 +37,9 @@ import torch
 
 from .cli import (build_eval_model, figure_png, load_tool_config, make_output_dir, run_tool,
                   tool_parser)
-from .engine.drawing import keep_overlay
 from .errors import ConfigError, InputError
 
-__all__ = ["main", "keep_overlay"]
+__all__ = ["main"]
 
 PROG = "tokenprune.visualize"
 
@@ -163,6 +162,7 @@ def main(args: argparse.Namespace) -> List[str]:
     from detectron2.data.detection_utils import convert_image_to_rgb
     from detectron2.utils.visualizer import Visualizer
 
+    from .engine.drawing import keep_overlay
     from .modeling import find_pruned_vit
 
     for path in args.input:  # every input readable before any work
