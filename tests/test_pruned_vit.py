@@ -219,7 +219,7 @@ def _policy_attention_reference(logits, v, w):
 
 @pytest.mark.parametrize("weights", ["hard", "soft"])
 def test_fused_policy_attention_matches_the_reference_and_its_gradients(weights):
-    from tokenprune.modeling.sparse_block import PolicyAttention
+    from tokenprune.modeling.attention import PolicyAttention
 
     torch.manual_seed(0)
     G, nh, L, hd = 2, 3, 7, 4

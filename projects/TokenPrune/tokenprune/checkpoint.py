@@ -40,8 +40,8 @@ from detectron2.config import instantiate
 from detectron2.modeling.backbone.vit import ViT
 
 from .errors import CheckpointError, ConfigError
+from .modeling.attention import resize_rel_pos
 from .modeling.autocast import autocast_model
-from .modeling.sparse_block import resize_rel_pos
 
 __all__ = ["TokenPruneCheckpointer", "LoadReport", "check_backbone_loaded", "is_resizable",
            "resize_to", "build_model", "local_checkpoint_file", "verify_checkpoint",

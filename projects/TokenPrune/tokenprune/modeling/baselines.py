@@ -42,8 +42,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .attention import attention_logits
 from .gates import GATE_REGISTRY
-from .sparse_block import attention_logits, group_kept_tokens
+from .sparse_block import group_kept_tokens
 
 __all__ = ["AttentionGate", "RandomGate", "AttentionNetGate", "mean_received_attention",
            "scores_to_log_probs"]

@@ -17,10 +17,13 @@ The four SViT findings are switches (see DESIGN.md):
 
 Training runs every token with the keep decision as a soft key mask (differentiable,
 straight-through Gumbel). Inference gathers the kept tokens, runs the block on them only
-and scatters them back (:func:`run_block_gathered`).
+and scatters them back (:func:`run_block_gathered`). ``attention`` picks the kernel of the
+dense and gathered blocks (:mod:`.attention`: ``sdpa`` by default, ``eager`` = Detectron2's
+arithmetic and its own dense ``Block.forward``, ``flex`` for the gathered blocks).
 
 Callers switch inference without touching attributes: :meth:`PrunedViT.pruning` forces a
-top-k rate or turns the gates off (the dense ViT), :meth:`PrunedViT.observed` hands the
+top-k rate (per image if asked), switches the attention kernel or turns the gates off (the
+dense ViT), :meth:`PrunedViT.observed` hands the
 decisions and the gathered blocks to a :class:`PruningObserver` (FLOP counting).
 """
 from __future__ import annotations
@@ -37,7 +40,8 @@ from detectron2.modeling.backbone.utils import get_abs_pos
 from detectron2.modeling.backbone.vit import ViT
 
 from .gates import GATE_REGISTRY, gumbel_keep_decision
-from .sparse_block import profiler_range, run_block_gathered, run_block_masked
+from .attention import check_kernel, profiler_range
+from .sparse_block import DEFAULT_QUANTUM, run_block_dense, run_block_gathered, run_block_masked
 from .tome import REDUCER_REGISTRY
 
 __all__ = ["PrunedViT", "PruningObserver", "keep_count", "svit_schedule"]
@@ -72,6 +76,8 @@ class PrunedViT(ViT):
         gumbel_tau: float = 1.0,
         gumbel_noise: float = 1.0,
         execution: str = "gather",
+        attention: str = "sdpa",
+        bucket_quantum: int = DEFAULT_QUANTUM,
         reducer: Optional[str] = None,
         reducer_kwargs: Optional[dict] = None,
         **vit_kwargs,
@@ -96,6 +102,12 @@ class PrunedViT(ViT):
                 anneals it.
             execution: "gather" (compute kept tokens only) or "masked" (compute all tokens,
                 mask keys; a reference that saves no time).
+            attention: the inference kernel of dense and gathered blocks, "sdpa" (fused
+                scaled-dot-product attention), "eager" (Detectron2's arithmetic; dense blocks
+                run Detectron2's ``Block.forward``) or "flex" (FlexAttention, gathered blocks).
+            bucket_quantum: gathered groups of different sizes attend in buckets of one
+                length, their size rounded up to a multiple of this (0: one bucket, every
+                group padded to the longest).
             reducer: a name in REDUCER_REGISTRY ("tome") to use instead of gates;
                 reducer_kwargs go to it. Each pruned block keeps ``ceil(r * N)`` tokens at
                 its ratio r (``fixed_keep_ratio`` if set, else ``keep_ratios``).
@@ -118,6 +130,11 @@ class PrunedViT(ViT):
         self.gumbel_tau = gumbel_tau
         self.gumbel_noise = gumbel_noise
         self.execution = execution
+        self.attention = check_kernel(attention)
+        if bucket_quantum < 0:
+            raise ValueError(f"bucket_quantum must be >= 0, got {bucket_quantum}")
+        self.bucket_quantum = int(bucket_quantum)
+        self._image_scales: Optional[Tensor] = None
         embed_dim = self._out_feature_channels[self._out_features[0]]
         self.reducer = None
         if reducer:
@@ -170,7 +187,8 @@ class PrunedViT(ViT):
 
     @contextmanager
     def pruning(self, *, keep_ratio: Union[None, float, Sequence[float], Dict[int, float]] = None,
-                gates: bool = True) -> Iterator[None]:
+                gates: bool = True, attention: Optional[str] = None,
+                image_scales: Optional[Sequence[float]] = None) -> Iterator[None]:
         """Within the context, inference prunes as asked instead of as configured.
 
         Args:
@@ -180,17 +198,29 @@ class PrunedViT(ViT):
                 say.
             gates: False runs every block densely without its gate or reducer: exactly
                 the dense ViT (``keep_ratio`` is then ignored).
+            attention: the kernel (see ``__init__``); None keeps the configured one.
+            image_scales: one factor per image of the batch: image b keeps the top
+                ``min(1, keep_ratio * image_scales[b])`` of its tokens (unequal counts per
+                image at a known mean); only with a forced ``keep_ratio``.
         """
         if isinstance(keep_ratio, dict):
             keep_ratio = [keep_ratio[i] for i in self.pruned_blocks]
-        saved = (self.fixed_keep_ratio, self.dynamic, self._gates_on)
+        if image_scales is not None and (keep_ratio is None or not len(image_scales)
+                                         or min(image_scales) <= 0):
+            raise ValueError("image_scales needs a forced keep_ratio and positive factors")
+        saved = (self.fixed_keep_ratio, self.dynamic, self._gates_on, self.attention,
+                 self._image_scales)
         self.fixed_keep_ratio = (None if keep_ratio is None
                                  else self._per_block(keep_ratio, "keep_ratio"))
         self.dynamic, self._gates_on = True, gates
+        self.attention = self.attention if attention is None else check_kernel(attention)
+        self._image_scales = (None if image_scales is None
+                              else torch.tensor([float(s) for s in image_scales]))
         try:
             yield
         finally:
-            self.fixed_keep_ratio, self.dynamic, self._gates_on = saved
+            (self.fixed_keep_ratio, self.dynamic, self._gates_on, self.attention,
+             self._image_scales) = saved
 
     @contextmanager
     def observed(self, observer: "PruningObserver") -> Iterator[None]:
@@ -218,7 +248,7 @@ class PrunedViT(ViT):
             if pruning and self.reducer is not None and i in self.keep_ratios:
                 x = self._reduced_block(i, blk, x)
             elif not pruning or str(i) not in self.gates:
-                x = _dense_block(blk, x)
+                x = self._dense_block(blk, x)
             else:
                 x, active = self._gated_block(i, blk, x, active, losses)
         if not self.preserve and self.gates and pruning:
@@ -281,10 +311,10 @@ class PrunedViT(ViT):
         if not self.reactivate:
             active = keep
         if bool(keep.all()):
-            x = _dense_block(blk, observer.before_dense_block(i, x))
+            x = self._dense_block(blk, observer.before_dense_block(i, x))
         elif self.execution == "gather":
             with observer.block_scope(i), profiler_range("tp::gathered_block"):
-                x = run_block_gathered(blk, x, keep)
+                x = run_block_gathered(blk, x, keep, self.attention, self.bucket_quantum)
         else:
             with observer.block_scope(i):
                 x = run_block_masked(blk, x, keep.float())
@@ -298,12 +328,20 @@ class PrunedViT(ViT):
         N = H * W
         n = keep_count((self.fixed_keep_ratio or self.keep_ratios)[i], N)
         if n == N:
-            x = _dense_block(blk, x)
+            x = self._dense_block(blk, x)
         else:
             tokens, state = self.reducer.reduce(x, n)
             x = self.reducer.restore(self.reducer.run_block(blk, tokens, state), state)
         self.last_keep_ratios[i] = x.new_full((B,), n / N)
         return x
+
+    def _dense_block(self, blk: nn.Module, x: Tensor) -> Tensor:
+        """Every token through ``blk`` (Detectron2's ``forward`` in training, and at inference
+        with the "eager" kernel; else the fused kernel)."""
+        with profiler_range("tp::dense_block"):
+            if self.training:
+                return blk(x)
+            return run_block_dense(blk, x, self.attention)
 
     def _inference_decision(self, i: int, log_probs: Tensor, active: Tensor) -> Tensor:
         """(B, N, 2) gate log-probs -> (B, N) bool keep mask, at least one token per image.
@@ -325,6 +363,8 @@ class PrunedViT(ViT):
         elif not self.dynamic:
             ratio = self.keep_ratios[i]
         N = score.shape[1]
+        if ratio is not None and self._image_scales is not None:
+            return self._per_image_top_k(score, ratio, active)
         if ratio is not None:
             k = keep_count(ratio, N)
             if not self.reactivate:
@@ -338,6 +378,20 @@ class PrunedViT(ViT):
         if bool(empty.any()):
             keep[empty, score[empty].argmax(dim=1)] = True
         return keep
+
+    def _per_image_top_k(self, score: Tensor, ratio: float, active: Tensor) -> Tensor:
+        """(B, N) scores -> (B, N) bool: image b keeps its top keep_count(ratio * scale_b)."""
+        B, N = score.shape
+        scales = self._image_scales
+        if scales.numel() != B:
+            raise ValueError(f"image_scales has {scales.numel()} factors for a batch of {B}")
+        k = torch.tensor([keep_count(min(1.0, ratio * float(s)), N) for s in scales],
+                         device=score.device)
+        if not self.reactivate:
+            k = torch.minimum(k, active.sum(dim=1))
+        order = score.argsort(dim=1, descending=True)
+        ranked = torch.arange(N, device=score.device)[None] < k[:, None]
+        return torch.zeros_like(active).scatter_(1, order, ranked)
 
     def _keep_ratio_loss(self, keep: Tensor, target: float) -> Tensor:
         if self.keep_ratio_loss_per_image:
@@ -367,12 +421,6 @@ class PruningObserver:
     def block_scope(self, block: int) -> ContextManager:
         """A context around the gathered (or masked) execution of ``block``."""
         return nullcontext()
-
-
-def _dense_block(blk: nn.Module, x: Tensor) -> Tensor:
-    """Detectron2's own ``Block.forward`` on every token."""
-    with profiler_range("tp::dense_block"):
-        return blk(x)
 
 
 def _gate_class_name(kind: str) -> str:

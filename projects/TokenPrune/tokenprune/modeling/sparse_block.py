@@ -1,70 +1,42 @@
-"""Running a Detectron2 ViTDet ``Block`` on a subset of its tokens.
+"""Running a Detectron2 ViTDet ``Block`` on a subset of its tokens, or densely.
 
-Two executions share one attention core (:func:`attention_on_groups`):
+Three executions share one attention core (:mod:`.attention`):
 
-* **gather** (inference): the kept tokens are gathered into groups (one per image for a
-  global block, one per image-window for a windowed block), padded to the longest group
-  with a key mask, attended, and scattered back. Only kept tokens are computed.
-* **masked** (training, and a reference): every token is computed; a soft key weight
-  (the straight-through keep decision) removes pruned tokens as attention keys.
+* **gather** (inference, :func:`run_block_gathered`): the kept tokens are gathered into
+  groups (one per image for a global block, one per image-window for a windowed block),
+  attended, and scattered back. Only kept tokens are computed. Groups of different sizes
+  are not padded to the longest one: they are bucketed by their length rounded up to a
+  multiple of ``quantum`` tokens, and each bucket is one batched attention call (with
+  ``flex``, every group lies in one packed sequence with a block-diagonal mask instead).
+* **masked** (training, and a reference, :func:`run_block_masked`): every token is
+  computed; a soft key weight (the straight-through keep decision) removes pruned tokens
+  as attention keys.
+* **dense** (:func:`run_block_dense`): every token, Detectron2's arithmetic (``eager``:
+  Detectron2's own ``Block.forward``) or the fused kernel (``sdpa``), windowed blocks over
+  ViTDet's zero-padded windows exactly as Detectron2 computes them.
 
 Relative position terms are computed from each token's grid (or in-window) coordinates,
 never from its position in the packed sequence, so they are exact on any subset.
-Padding positions that ViTDet adds to fill the last window are not keys here; with every
-token kept, :class:`PrunedViT` runs the block densely, exactly like ViTDet.
+Padding positions that ViTDet adds to fill the last window are not keys in the gathered
+and masked executions; with every token kept, :class:`PrunedViT` runs the block densely.
 """
 from __future__ import annotations
 
-import functools
-from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torch.profiler import record_function
 
 from detectron2.modeling.backbone.utils import window_partition, window_unpartition
 
-__all__ = ["TokenGroups", "group_kept_tokens", "attention_logits", "attention_on_groups",
-           "add_rel_pos_bias_", "run_block_gathered",
-           "run_block_masked", "rel_pos_table", "resize_rel_pos", "profiler_range",
-           "PolicyAttention"]
+from .attention import attention_core, attention_on_groups, check_kernel, profiled
+from .flex import flex_attention_packed
 
+__all__ = ["TokenGroups", "group_kept_tokens", "attend_kept_tokens", "run_block_gathered",
+           "run_block_masked", "run_block_dense", "DEFAULT_QUANTUM"]
 
-def profiler_range(name: str) -> ContextManager:
-    """A ``torch.profiler`` range named ``name`` while a profiler runs, else nothing (so the
-    pieces are labelled in profiles and cost nothing, nor appear in traces, otherwise)."""
-    if torch.autograd.profiler._is_profiler_enabled:
-        return record_function(name)
-    return nullcontext()
-
-
-def profiled(name: str) -> Callable[[Callable], Callable]:
-    """Decorator: every call of the function is a :func:`profiler_range` ``name``."""
-
-    def decorate(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def labelled(*args, **kwargs):
-            with profiler_range(name):
-                return fn(*args, **kwargs)
-
-        return labelled
-
-    return decorate
-
-
-def resize_rel_pos(table: Tensor, length: int) -> Tensor:
-    """(L, C) -> (length, C) by linear interpolation along L (``table`` itself if L fits)."""
-    if table.shape[0] == length:
-        return table
-    return F.interpolate(table.t()[None], size=length, mode="linear")[0].t()
-
-
-def rel_pos_table(rel_pos: Tensor, size: int) -> Tensor:
-    """(L, C) learned relative embeddings -> (2 * size - 1, C), linearly resized if needed."""
-    return resize_rel_pos(rel_pos, 2 * size - 1)
+DEFAULT_QUANTUM = 8
 
 
 @dataclass
@@ -80,6 +52,7 @@ class TokenGroups:
             (the image grid for global blocks, the window for windowed blocks).
         key_valid: (G, L) bool, False on padding slots; None when no group is padded.
         frame: (h, w) size of the attention frame (for relative positions).
+        counts: the G group sizes (host ints).
     """
 
     flat_index: Tensor
@@ -90,6 +63,7 @@ class TokenGroups:
     coords: Tensor
     key_valid: Optional[Tensor]
     frame: Tuple[int, int]
+    counts: List[int]
 
     @profiled("tp::pack")
     def pack(self, tokens: Tensor) -> Tensor:
@@ -107,6 +81,54 @@ class TokenGroups:
             return packed.reshape(-1, packed.shape[-1])
         return packed[self.group, self.slot]
 
+    def bucket_lengths(self, quantum: int) -> List[int]:
+        """Per group, the length of its bucket: its size rounded up to a multiple of
+        ``quantum`` (at most the frame's size); ``quantum`` 0: the longest group (one bucket).
+        The lengths come from a fixed set, so shapes repeat (``torch.compile``)."""
+        if quantum <= 0:
+            return [self.length] * self.num_groups
+        cap = self.frame[0] * self.frame[1]
+        return [min(-(-c // quantum) * quantum, cap) for c in self.counts]
+
+    def padding_fraction(self, quantum: int) -> float:
+        """Padding slots over kept tokens when attended in buckets of ``quantum``."""
+        return sum(self.bucket_lengths(quantum)) / max(1, sum(self.counts)) - 1.0
+
+    @profiled("tp::buckets")
+    def buckets(self, quantum: int) -> List[Tuple[Optional[Tensor], "TokenGroups"]]:
+        """The groups split into buckets of one length (see :meth:`bucket_lengths`).
+
+        Returns [(rows, bucket)]: ``rows`` (M_b,) the bucket's tokens among the M kept ones
+        (None: all of them, in order), ``bucket`` their TokenGroups of G_b groups.
+        """
+        lengths = self.bucket_lengths(quantum)
+        if len(set(lengths)) == 1 and lengths[0] == self.length:
+            return [(None, self)]
+        device = self.group.device
+        by_length = torch.tensor(lengths, device=device)[self.group]  # (M,)
+        out = []
+        for length in sorted(set(lengths), reverse=True):
+            members = [g for g, n in enumerate(lengths) if n == length]
+            renumber = torch.full((self.num_groups,), -1, dtype=torch.long, device=device)
+            renumber[torch.tensor(members, device=device)] = torch.arange(len(members),
+                                                                           device=device)
+            rows = (by_length == length).nonzero().squeeze(1)
+            group, slot = renumber[self.group[rows]], self.slot[rows]
+            coords = self.coords.new_zeros(len(members), length, 2)
+            coords[group, slot] = self.coords[self.group[rows], slot]
+            counts = [self.counts[g] for g in members]
+            key_valid = None
+            if any(c != length for c in counts):
+                key_valid = torch.zeros(len(members), length, dtype=torch.bool, device=device)
+                key_valid[group, slot] = True
+            out.append((rows, TokenGroups(self.flat_index[rows], group, slot, len(members),
+                                          length, coords, key_valid, self.frame, counts)))
+        return out
+
+    def token_coords(self) -> Tensor:
+        """(M, 2) long: each kept token's (row, col) in its attention frame."""
+        return self.coords[self.group, self.slot]
+
 
 @profiled("tp::group_kept_tokens")
 def group_kept_tokens(keep: Tensor, hw: Tuple[int, int], window_size: int = 0) -> TokenGroups:
@@ -116,6 +138,7 @@ def group_kept_tokens(keep: Tensor, hw: Tuple[int, int], window_size: int = 0) -
         keep: (B, H * W) bool, at least one True per image.
         hw: grid size (H, W).
         window_size: 0 for global attention, else the attention window size.
+    One host synchronisation (the group sizes).
     """
     B, N = keep.shape
     H, W = hw
@@ -145,151 +168,54 @@ def group_kept_tokens(keep: Tensor, hw: Tuple[int, int], window_size: int = 0) -
     counts_all = torch.bincount(raw_group)
     nonempty = counts_all > 0
     group = (torch.cumsum(nonempty.long(), 0) - 1)[raw_group]
-    counts = counts_all[nonempty]
-    G = counts.numel()
-    L = int(counts.max())
-    starts = torch.cumsum(counts, 0) - counts
+    counts_t = counts_all[nonempty]
+    counts = counts_t.tolist()
+    G, L = len(counts), max(counts)
+    starts = torch.cumsum(counts_t, 0) - counts_t
     slot = torch.arange(flat_index.numel(), device=device) - starts[group]
-    pos = flat_index % N
     coords = torch.zeros(G, L, 2, dtype=torch.long, device=device)
-    coords[group, slot] = local[pos]
+    coords[group, slot] = local[flat_index % N]
     key_valid = None
-    if bool((counts != L).any()):
+    if min(counts) != L:
         key_valid = torch.zeros(G, L, dtype=torch.bool, device=device)
         key_valid[group, slot] = True
-    return TokenGroups(flat_index, group, slot, G, L, coords, key_valid, frame)
+    return TokenGroups(flat_index, group, slot, G, L, coords, key_valid, frame, counts)
 
 
-def attention_logits(attn_module: torch.nn.Module, q: Tensor, k: Tensor, coords: Tensor,
-                     frame: Tuple[int, int], key_valid: Optional[Tensor] = None,
-                     key_bias: Optional[Tensor] = None) -> Tensor:
-    """Pre-softmax attention (G, nh, L, L) of ViTDet's ``Attention`` on token groups.
+def attend_kept_tokens(attn_module: torch.nn.Module, tokens: Tensor, groups: TokenGroups,
+                       kernel: str = "sdpa", quantum: int = DEFAULT_QUANTUM) -> Tensor:
+    """ViTDet ``Attention`` of the kept tokens within their groups.
 
-    Args:
-        q, k: (G, nh, L, hd) queries and keys.
-        coords: (G, L, 2) or (L, 2) long (row, col) of each token in its attention frame.
-        frame: (h, w) of the attention frame (relative positions are exact on any subset).
-        key_valid: (G, L) bool; False keys (padding) get -inf.
-        key_bias: (G, L) float added to every query's logit of that key (e.g. ToMe's
-            log token size for proportional attention).
+    tokens: (M, C) normalised kept tokens in ``groups.flat_index`` order -> (M, C). The
+    q/k/v and output projections run on the M tokens only; the attention runs per bucket
+    (``kernel`` "eager" / "sdpa") or on one packed sequence ("flex").
     """
-    logits = (q * attn_module.scale) @ k.transpose(-2, -1)
-    if attn_module.use_rel_pos:
-        add_rel_pos_bias_(logits, q, attn_module.rel_pos_h, attn_module.rel_pos_w, coords, frame)
-    if key_bias is not None:
-        logits = logits + key_bias[:, None, None, :]
-    if key_valid is not None:
-        logits = logits.masked_fill(~key_valid[:, None, None, :], float("-inf"))
-    return logits
-
-
-def attention_on_groups(
-    attn_module: torch.nn.Module,
-    x: Tensor,
-    coords: Tensor,
-    frame: Tuple[int, int],
-    key_valid: Optional[Tensor] = None,
-    key_weight: Optional[Tensor] = None,
-    key_bias: Optional[Tensor] = None,
-) -> Tensor:
-    """Detectron2 ViTDet ``Attention`` over token groups with exact relative positions.
-
-    Args:
-        attn_module: a ``detectron2.modeling.backbone.vit.Attention`` (its weights are used).
-        x: (G, L, C) normalised tokens.
-        coords, frame, key_valid, key_bias: see :func:`attention_logits`.
-        key_weight: (G, L) float in [0, 1]; keys are weighted inside the softmax
-            (DynamicViT's softmax with policy); a query always sees itself.
-    Returns:
-        (G, L, C) attention output (after the output projection).
-    """
-    G, L, C = x.shape
-    nh = attn_module.num_heads
-    qkv = attn_module.qkv(x).reshape(G, L, 3, nh, -1).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)  # (G, nh, L, hd)
-    attn = attention_logits(attn_module, q, k, coords, frame, key_valid, key_bias)
-    if key_weight is None:
-        out = attn.softmax(dim=-1) @ v
-    else:
-        out = PolicyAttention.apply(attn, v, key_weight.to(v.dtype))
-        del attn
-    out = out.transpose(1, 2).reshape(G, L, C)
+    qkv = attn_module.qkv(tokens)  # (M, 3C)
+    if check_kernel(kernel) == "flex":
+        return attn_module.proj(flex_attention_packed(attn_module, qkv, groups))
+    out = None
+    for rows, bucket in groups.buckets(quantum):
+        part = bucket.unpack(attention_core(
+            attn_module, bucket.pack(qkv if rows is None else qkv[rows]), bucket.coords,
+            bucket.frame, key_valid=bucket.key_valid, kernel=kernel))
+        if rows is None:
+            out = part
+        else:
+            if out is None:
+                out = part.new_empty(tokens.shape[0], part.shape[-1])
+            out[rows] = part
     return attn_module.proj(out)
 
 
-class PolicyAttention(torch.autograd.Function):
-    """DynamicViT's softmax with policy, fused with the product by the values.
-
-    ``out_i = sum_j a_ij v_j`` with ``a_ij = exp(l_ij) w'_ij / sum_k exp(l_ik) w'_ik``, where
-    ``w'_ij = w_j`` for j != i and 1 on the diagonal (a query always sees itself), and
-    gradients flow to the logits, the values and the key weights ``w`` (also to pruned keys,
-    w_j = 0, so a gate can learn to keep them).
-
-    Memory: only ``r = exp(l) / S`` (one (G, nh, L, L) tensor, like the softmax output a
-    dense attention keeps for its backward pass) is saved, with ``v``, ``w`` and the output;
-    the (query, key) weights are never materialised (``a = r * w'`` is applied as
-    ``r @ (w * v)`` plus a diagonal term).
-    """
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, v: Tensor, w: Tensor) -> Tensor:
-        """logits: (G, nh, L, L); v: (G, nh, L, hd); w: (G, L) key weights in [0, 1]."""
-        wk = w[:, None, :, None]  # (G, 1, L, 1)
-        r = (logits - logits.amax(dim=-1, keepdim=True)).exp_()
-        diag = r.diagonal(dim1=-2, dim2=-1)  # (G, nh, L), a view of r
-        total = (r @ wk).squeeze(-1) + diag * (1 - w[:, None, :])  # S_i
-        r.div_(total[..., None])
-        out = r @ (wk * v) + (diag * (1 - w[:, None, :]))[..., None] * v
-        ctx.save_for_backward(r, v, w, out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        r, v, w, out = ctx.saved_tensors
-        wk = w[:, None, :, None]
-        diag = r.diagonal(dim1=-2, dim2=-1)
-        off = (1 - w[:, None, :]) * diag  # a_ii - r_ii w_i
-        grad_v = wk * (r.transpose(-2, -1) @ grad_out) + off[..., None] * grad_out
-        # t_ij = r_ij (g_i . v_j - g_i . out_i): the gradient before the key weights
-        t = grad_out @ v.transpose(-2, -1)
-        t.sub_((grad_out * out).sum(dim=-1, keepdim=True)).mul_(r)
-        t_diag = t.diagonal(dim1=-2, dim2=-1).clone()
-        grad_w = (t.sum(dim=-2) - t_diag).sum(dim=1)  # (G, L): over queries i != j, heads
-        t.mul_(w[:, None, None, :])
-        t.diagonal(dim1=-2, dim2=-1).copy_(t_diag)  # grad_logits_ij = a_ij (...)
-        return t, grad_v, grad_w
-
-
-@profiled("tp::rel_pos_bias")
-def add_rel_pos_bias_(attn: Tensor, q: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor,
-                       coords: Tensor, frame: Tuple[int, int]) -> Tensor:
-    """Add the decomposed relative position bias to ``attn`` (G, nh, L, L) in place.
-
-    bias[i, j] = q_i . Rh[row_i - row_j] + q_i . Rw[col_i - col_j]. Each query is projected
-    on all 2h-1 (2w-1) offsets once, narrowed to the h (w) rows (columns) of the frame, and
-    the (query, key) term is then picked by the key's row (column): no L x L index tensor.
-    """
-    fh, fw = frame
-    if coords.dim() == 2:
-        coords = coords[None]
-    G, nh, L, _ = attn.shape
-    for axis, (table, size) in enumerate(((rel_pos_h, fh), (rel_pos_w, fw))):
-        proj = q @ rel_pos_table(table, size).t()  # (G, nh, L, 2 * size - 1)
-        pos = coords[..., axis]  # (G', L)
-        offsets = pos[:, :, None] - torch.arange(size, device=pos.device) + size - 1
-        per_line = proj.gather(-1, offsets[:, None].expand(G, nh, L, size))  # (G, nh, L, size)
-        # gather with a broadcast (stride-0) index: far faster on CPUs than index_select
-        attn.add_(per_line.gather(-1, pos[:, None, None, :].expand(G, nh, L, L)))
-    return attn
-
-
-def run_block_gathered(block: torch.nn.Module, x: Tensor, keep: Tensor) -> Tensor:
+def run_block_gathered(block: torch.nn.Module, x: Tensor, keep: Tensor, kernel: str = "sdpa",
+                       quantum: int = DEFAULT_QUANTUM) -> Tensor:
     """Run ``block`` on the kept tokens only; pruned tokens keep their input features.
 
     Args:
         block: a Detectron2 ViTDet ``Block`` (eval mode; no residual conv block).
         x: (B, H, W, C) token map.
         keep: (B, H * W) bool, at least one True per image.
+        kernel, quantum: see :func:`attend_kept_tokens`.
     Returns:
         (B, H, W, C): updated kept tokens, unchanged pruned tokens.
     """
@@ -297,13 +223,43 @@ def run_block_gathered(block: torch.nn.Module, x: Tensor, keep: Tensor) -> Tenso
     groups = group_kept_tokens(keep, (H, W), block.window_size)
     flat = x.reshape(B * H * W, C)
     tokens = flat.index_select(0, groups.flat_index)  # (M, C)
-    attended = attention_on_groups(
-        block.attn, groups.pack(block.norm1(tokens)), groups.coords, groups.frame,
-        key_valid=groups.key_valid,
-    )
-    tokens = tokens + block.drop_path(groups.unpack(attended))
-    tokens = tokens + block.drop_path(block.mlp(block.norm2(tokens)))
+    attended = attend_kept_tokens(block.attn, block.norm1(tokens), groups, kernel, quantum)
+    tokens = tokens + block.drop_path(attended.to(tokens.dtype))
+    tokens = tokens + block.drop_path(block.mlp(block.norm2(tokens)).to(tokens.dtype))
     return flat.index_copy(0, groups.flat_index, tokens).view(B, H, W, C)
+
+
+def _run_block_all_tokens(block: torch.nn.Module, x: Tensor, weight: Optional[Tensor],
+                          kernel: str) -> Tensor:
+    """``block`` on every token; ``weight`` (B, H, W, 1) key weights or None (dense)."""
+    B, H, W, C = x.shape
+    h = block.norm1(x)
+    ws = block.window_size
+    weight_w = weight
+    if ws > 0:
+        h, pad_hw = window_partition(h, ws)
+        if weight is not None:
+            weight_w, _ = window_partition(weight, ws)  # padding gets weight 0: not a key
+        frame = (ws, ws)
+    else:
+        frame = (H, W)
+    n_groups = h.shape[0]
+    fh, fw = frame
+    coords = torch.stack(
+        torch.meshgrid(torch.arange(fh, device=x.device), torch.arange(fw, device=x.device),
+                       indexing="ij"), dim=-1).view(-1, 2)
+    attended = attention_on_groups(
+        block.attn, h.reshape(n_groups, fh * fw, C), coords, frame,
+        key_weight=None if weight_w is None else weight_w.reshape(n_groups, fh * fw),
+        kernel=kernel,
+    ).view(n_groups, fh, fw, C)
+    if ws > 0:
+        attended = window_unpartition(attended, ws, pad_hw, (H, W))
+    out = x + block.drop_path(attended)
+    out = out + block.drop_path(block.mlp(block.norm2(out)))
+    if getattr(block, "use_residual_block", False):
+        out = block.residual(out.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    return out
 
 
 def run_block_masked(block: torch.nn.Module, x: Tensor, keep: Tensor) -> Tensor:
@@ -318,25 +274,14 @@ def run_block_masked(block: torch.nn.Module, x: Tensor, keep: Tensor) -> Tensor:
     """
     B, H, W, C = x.shape
     weight = keep.view(B, H, W, 1).to(x.dtype)
-    h = block.norm1(x)
-    ws = block.window_size
-    if ws > 0:
-        h, pad_hw = window_partition(h, ws)
-        weight_w, _ = window_partition(weight, ws)  # padding gets weight 0: not a key
-        frame = (ws, ws)
-    else:
-        weight_w, frame = weight, (H, W)
-    n_groups = h.shape[0]
-    fh, fw = frame
-    coords = torch.stack(
-        torch.meshgrid(torch.arange(fh, device=x.device), torch.arange(fw, device=x.device),
-                       indexing="ij"), dim=-1).view(-1, 2)
-    attended = attention_on_groups(
-        block.attn, h.reshape(n_groups, fh * fw, C), coords, frame,
-        key_weight=weight_w.reshape(n_groups, fh * fw),
-    ).view(n_groups, fh, fw, C)
-    if ws > 0:
-        attended = window_unpartition(attended, ws, pad_hw, (H, W))
-    out = x + block.drop_path(attended)
-    out = out + block.drop_path(block.mlp(block.norm2(out)))
+    out = _run_block_all_tokens(block, x, weight, "eager")
     return weight * out + (1 - weight) * x
+
+
+def run_block_dense(block: torch.nn.Module, x: Tensor, kernel: str = "sdpa") -> Tensor:
+    """(B, H, W, C) -> (B, H, W, C): the dense block, Detectron2's own ``forward``
+    (``kernel`` "eager") or the same computation through the fused kernel ("sdpa"; also
+    for "flex", whose packing saves nothing on equal groups)."""
+    if check_kernel(kernel) == "eager":
+        return block(x)
+    return _run_block_all_tokens(block, x, None, "sdpa")

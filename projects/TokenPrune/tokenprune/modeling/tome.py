@@ -44,7 +44,8 @@ from torch import Tensor
 
 from detectron2.utils.registry import Registry
 
-from .sparse_block import attention_on_groups, group_kept_tokens
+from .attention import attention_on_groups
+from .sparse_block import group_kept_tokens
 
 __all__ = ["REDUCER_REGISTRY", "MergeState", "bipartite_merge", "unmerge", "ToMeReducer",
            "run_block_on_merged"]

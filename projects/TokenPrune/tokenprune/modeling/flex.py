@@ -1,0 +1,67 @@
+"""FlexAttention for the gathered blocks: every kept token in one packed sequence.
+
+The M kept tokens of a block (all images, all windows) form one sequence; a token attends
+to the tokens of its own group only (a block-diagonal ``mask_mod``, so FlexAttention skips
+every (query block, key block) tile outside the groups: no padding at all), and the
+decomposed relative positions are a ``score_mod`` that adds each query's precomputed
+per-row and per-column terms (:func:`.attention.rel_pos_lines`) for the key's row and
+column. On CUDA the kernel is compiled (``torch.compile(flex_attention)``, once per
+process); elsewhere FlexAttention runs its unfused reference, which materialises the
+(M, M) scores: correct, for tests, not fast.
+"""
+from __future__ import annotations
+
+import warnings
+from functools import lru_cache
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import Tensor
+
+from .attention import rel_pos_lines
+
+if TYPE_CHECKING:
+    from .sparse_block import TokenGroups
+
+__all__ = ["flex_attention_packed"]
+
+
+@lru_cache(maxsize=None)
+def _kernel(device_type: str) -> Callable:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device_type == "cuda":
+        return torch.compile(flex_attention, dynamic=False)
+    return flex_attention
+
+
+def flex_attention_packed(attn_module: torch.nn.Module, qkv: Tensor,
+                          groups: "TokenGroups") -> Tensor:
+    """(M, 3C) q/k/v of the kept tokens in ``groups.flat_index`` order -> (M, C) attention
+    output before the projection, each token attending within its group."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    M, C3 = qkv.shape
+    nh = attn_module.num_heads
+    q, k, v = qkv.reshape(1, M, 3, nh, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (1, nh, M, hd)
+    doc = groups.group
+
+    def same_group(b, h, q_idx, kv_idx):
+        return doc[q_idx] == doc[kv_idx]
+
+    block_mask = create_block_mask(same_group, None, None, M, M, device=qkv.device)
+    score_mod = None
+    if attn_module.use_rel_pos:
+        coords = groups.token_coords()  # (M, 2)
+        (lh, ph), (lw, pw) = rel_pos_lines(q, attn_module.rel_pos_h, attn_module.rel_pos_w,
+                                           coords, groups.frame)
+        lh, lw, ph, pw = lh[0], lw[0], ph[0], pw[0]  # (nh, M, h), (nh, M, w), (M,), (M,)
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + lh[h, q_idx, ph[kv_idx]] + lw[h, q_idx, pw[kv_idx]]
+
+    with warnings.catch_warnings():  # the unfused reference off CUDA warns once
+        warnings.filterwarnings("ignore", message="flex_attention called without")
+        out = _kernel(qkv.device.type)(q, k, v, score_mod=score_mod, block_mask=block_mask,
+                                       scale=attn_module.scale)
+    return out.transpose(1, 2).reshape(M, C3 // 3)
