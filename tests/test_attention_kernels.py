@@ -10,7 +10,7 @@ import torch
 from detectron2.modeling import ViT
 
 from tokenprune.modeling import PrunedViT
-from tokenprune.modeling.pruned_vit import keep_count
+from tokenprune.modeling.schedule import keep_count
 from tokenprune.modeling.sparse_block import (group_kept_tokens, run_block_dense,
                                              run_block_gathered, run_block_masked)
 

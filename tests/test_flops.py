@@ -116,8 +116,9 @@ def test_block_cost_by_hand():
                            window_sizes=[2], use_rel_pos=[False])
     assert block_cost(windows, 0)["attn_qk"] == 2 * 16 * 4
     keep = torch.tensor([1, 1, 0, 0, 1, 0, 0, 1], dtype=torch.bool)  # 2x4 grid: 3 + 1 kept
-    padded = block_cost(windows, 0, keep, padded=True)  # groups [3, 1] padded to [3, 3]
-    assert padded["qkv"] == 6 * 4 * 12 and padded["attn_qk"] == 2 * 9 * 4
+    padded = block_cost(windows, 0, keep, quantum=0)  # groups [3, 1] padded to [3, 3]
+    assert padded["qkv"] == 4 * 4 * 12 and padded["attn_qk"] == 2 * 9 * 4  # qkv: kept only
+    assert block_cost(windows, 0, keep, quantum=2)["attn_qk"] == (16 + 4) * 4  # [4, 2]
     assert padded["mlp"] == 2 * 4 * 4 * 4  # the MLP runs on the kept tokens only
     assert block_cost(windows, 0, keep)["attn_qk"] == (9 + 1) * 4
 
@@ -133,9 +134,10 @@ def test_pruned_block_count_matches_block_cost(ratios):
     spec = BackboneSpec.from_vit(vit, (8, 8))
     for i in vit.pruned_blocks:
         keep = vit.last_keep_masks[i][0]
-        expected = block_cost(spec, i, keep, padded=True)
+        expected = block_cost(spec, i, keep, quantum=vit.bucket_quantum)
         flops, _, _ = split_operators(per_module[f"model.blocks.{i}"])
-        counted = flops["linear"] + flops["matmul"]  # qkv, proj, fc1, fc2; q@k, attn@v
+        # qkv, proj, fc1, fc2; q@k, attn@v (the fused kernel's products, in buckets)
+        counted = flops["linear"] + flops["matmul"] + flops["scaled_dot_product_attention"]
         assert abs(counted - expected["total"]) <= 0.01 * expected["total"], (i, counted, expected)
         mlp, _, _ = split_operators(per_module[f"model.blocks.{i}.mlp"])
         assert sum(mlp.values()) == expected["mlp"]

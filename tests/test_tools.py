@@ -14,7 +14,8 @@ from PIL import Image
 
 from helpers import DENSE_CFG, SVIT_CFG, TINY, TINY_SVIT, TINY_VLTP, VLTP_CFG, run
 
-from tokenprune.analysis import BackboneSpec, attention_groups, backbone_macs, block_macs
+from tokenprune.analysis import (EXTRA_HANDLES, BackboneSpec, attention_groups, backbone_macs,
+                                 block_macs, split_operators)
 
 BENCH = ["-m", "tokenprune.tools.benchmark"]
 VIS = ["-m", "tokenprune.tools.visualize"]
@@ -95,12 +96,15 @@ def test_dense_macs_match_fvcore_and_spec_from_vit():
     assert spec.window_sizes == [4, 0, 4] and spec.mlp_hidden == 192
     assert spec.gate_macs == {1: 48 * 16 + 16 * 2, 2: 48 * 16 + 16 * 2}
     vit.gates = torch.nn.ModuleDict()  # fvcore counts the dense ViTDet computation
-    flops = FlopCountAnalysis(vit, torch.randn(1, 3, 96, 96))
-    flops.unsupported_ops_warnings(False)
-    flops.uncalled_modules_warnings(False)
-    by_op = flops.by_operator()
-    counted = sum(v for k, v in by_op.items() if k != "layer_norm")
-    assert abs(backbone_macs(spec, gates=False) - counted) <= 1e-4 * counted
+    for kernel in ("eager", "sdpa"):  # the SDPA handle counts the matmuls it replaces
+        with vit.pruning(attention=kernel):
+            flops = FlopCountAnalysis(vit, torch.randn(1, 3, 96, 96))
+            flops.set_op_handle(**EXTRA_HANDLES)
+            flops.unsupported_ops_warnings(False)
+            flops.uncalled_modules_warnings(False)
+            by_op, _, _ = split_operators(flops.by_operator())
+        counted = sum(v for k, v in by_op.items() if k != "layer_norm")
+        assert abs(backbone_macs(spec, gates=False) - counted) <= 1e-4 * counted, kernel
 
 
 # --------------------------------------------------------------------------- benchmark
@@ -126,28 +130,41 @@ def test_benchmark_outputs(tmp_path, gated_checkpoint):
     out = tmp_path / "bench"
     proc = run(BENCH + ["--config-file", SVIT_CFG, "--keep-ratios", "1.0", "0.5",
                         "--schedule", "svit", "--weights", "checkpoint", "--device", "cpu",
-                        "--output", str(out), *FAST, "--",
+                        "--batch-size", "1", "2", "--output", str(out), *FAST, "--",
                         *TINY_SVIT, *LIGHT_HEADS, f"train.init_checkpoint={gated_checkpoint}"],
                timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(os.listdir(out)) == ["results.json", "results.md", "speedup.png"]
     res = json.loads((out / "results.json").read_text())
-    assert res["input_size"] == 64 and res["token_grid"] == [4, 4] and res["batch_size"] == 1
+    assert res["input_size"] == 64 and res["token_grid"] == [4, 4]
+    assert res["batch_sizes"] == [1, 2] and [r["batch_size"] for r in res["runs"]] == [1, 2]
     assert res["pruned_blocks"] == [1, 2, 3] and not res["converted_from_dense"]
-    assert res["weights"] == gated_checkpoint
-    v = {x["key"]: x for x in res["variants"]}
-    assert list(v) == ["dense", "keep1", "keep0.5", "svit", "gates"]
+    assert res["weights"] == gated_checkpoint and res["attention"] == "sdpa"
+    run1, run2 = res["runs"]
+    v = {x["key"]: x for x in run1["variants"]}
+    assert list(v) == ["dense", "dense_sdpa", "keep1", "keep0.5", "svit", "gates"]
+    assert [x["key"] for x in run2["variants"]] == list(v)[:5] + ["svit_unequal", "gates"]
     for x in v.values():
         for scope in ("backbone", "model"):
             assert x[scope]["median_ms"] > 0 and len(x[scope]["times_ms"]) == 1
             assert x[scope]["speedup"] > 0 and x[scope]["throughput_img_s"] > 0
             assert x[scope]["cpu_time_median_ms"] > 0 and x[scope]["cpu_time_speedup"] > 0
             assert x["peak_memory_mib"][scope] >= 0
+            # the faster dense reference is the baseline: it has speedup 1, the other <= 1
+            base = run1["baselines"][scope]
+            assert x[scope]["baseline"] == base and base in ("dense", "dense_sdpa")
+            assert v[base][scope]["speedup"] == 1.0
+            assert max(v[k][scope]["speedup"] for k in ("dense", "dense_sdpa")) == 1.0
         b = x["backbone"]
         assert b["measured_over_predicted"] == pytest.approx(b["speedup"] / b["predicted_speedup"])
-    assert v["dense"]["backbone"]["speedup"] == 1.0 and v["dense"]["model"]["speedup"] == 1.0
+    assert v["dense"]["attention"] == "eager" and v["dense_sdpa"]["attention"] == "sdpa"
     assert v["dense"]["backbone"]["predicted_speedup"] == 1.0
     assert v["dense"]["keep_ratios"] == {} and v["dense"]["forced_keep_ratios"] is None
+    # batch 2: image 0 keeps 0.6x the schedule, image 1 1.4x (capped at all 16 tokens)
+    unequal = next(x for x in run2["variants"] if x["key"] == "svit_unequal")
+    assert unequal["image_scales"] == pytest.approx([0.6, 1.4])
+    assert unequal["kept_per_image"][0] < unequal["kept_per_image"][1]
+    assert 0 <= unequal["padding"]["buckets"] <= unequal["padding"]["one_bucket"]
     # keep 1.0: dense blocks plus the gates' cost; keep 0.5 of 16 tokens: exactly 8
     assert v["keep1"]["backbone"]["predicted_speedup"] < 1.0
     assert v["keep0.5"]["keep_ratios"] == {"1": 0.5, "2": 0.5, "3": 0.5}
@@ -158,11 +175,13 @@ def test_benchmark_outputs(tmp_path, gated_checkpoint):
     assert v["svit"]["mean_keep_ratio"] == pytest.approx(1.625 / 3)
     assert v["gates"]["forced_keep_ratios"] is None
     assert all(0 < r <= 1 for r in v["gates"]["keep_ratios"].values())
-    rows = _table_rows((out / "results.md").read_text())
-    assert [r[0] for r in rows] == ["dense", "keep 1", "keep 0.5", "svit schedule",
-                                    "learned gates"]
-    assert all(len(r) == 11 and r[4].endswith("x") and r[8].endswith("x") for r in rows)
-    assert rows[3][1] == "1: 0.75, 2: 0.5, 3: 0.375"
+    md = (out / "results.md").read_text()
+    rows = _table_rows(md.split("## Batch 2")[0])
+    assert [r[0] for r in rows] == ["dense (Detectron2)", "dense (SDPA)", "keep 1", "keep 0.5",
+                                    "svit schedule", "learned gates"]
+    assert all(len(r) == 12 and r[4].endswith("x") and r[8].endswith("x") for r in rows)
+    assert rows[4][1] == "1: 0.75, 2: 0.5, 3: 0.375"
+    assert "## Batch sizes" in md and "svit schedule, unequal" in md
     _png_ok(out / "speedup.png")
 
 
@@ -176,12 +195,14 @@ def test_benchmark_dense_config_backbone_only_rss(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["converted_from_dense"] and res["pruned_blocks"] == [1, 2, 3]
     assert "fresh process" in res["memory_method"] and "VmHWM" in res["memory_method"]
-    assert [x["key"] for x in res["variants"]] == ["dense", "keep0.5"]
-    for x in res["variants"]:
+    (run1,) = res["runs"]
+    assert [x["key"] for x in run1["variants"]] == ["dense", "dense_sdpa", "keep0.5"]
+    for x in run1["variants"]:
         assert x["model"] is None and set(x["peak_memory_mib"]) == {"backbone"}
         assert x["peak_memory_mib"]["backbone"] >= 0
     rows = _table_rows((out / "results.md").read_text())
-    assert [r[0] for r in rows] == ["dense", "keep 0.5"] and rows[1][7] == "n/a"
+    assert [r[0] for r in rows] == ["dense (Detectron2)", "dense (SDPA)", "keep 0.5"]
+    assert rows[2][7] == "n/a"
     _png_ok(out / "speedup.png")
 
 

@@ -18,15 +18,28 @@ What is measured, in one process, on the same weights and the same inputs:
 
 Variants (all share the model object; only :meth:`PrunedViT.pruning` changes):
 
-* ``dense``: the reference. ``pruning(gates=False)``: every block runs Detectron2's own
-  dense ``Block.forward``: exactly the dense ViTDet, no gate cost.
+* two dense references, both ``pruning(gates=False)`` (no gate cost): ``dense
+  (Detectron2)``, every block Detectron2's own ``Block.forward``, exactly the dense ViTDet;
+  and ``dense (SDPA)``, the same computation through
+  ``torch.nn.functional.scaled_dot_product_attention`` with the relative positions as an
+  additive bias (:mod:`tokenprune.modeling.attention`). Every speedup is taken against the
+  **faster** of the two in that scope (and batch size), named in the results.
 * ``keep R`` (``--keep-ratios``): every pruned block keeps its top ``R`` of the tokens by
   gate score (``fixed_keep_ratio=R``). ``keep 1.0`` is the dense computation plus the
   gates' cost.
 * ``svit schedule`` (``--schedule svit``): the config's per-block targets ``keep_ratios``
-  (0.7 / 0.49 / 0.343 for SViT) forced as top-k rates.
+  (0.7 / 0.49 / 0.343 for SViT) forced as top-k rates; with a batch of B > 1 images also
+  ``svit schedule, unequal``: image b keeps ``min(1, r * s_b)`` with ``s`` evenly spaced
+  in [0.6, 1.4] (unequal counts per image at the schedule's mean).
 * ``learned gates``: ``fixed_keep_ratio=None``, the gates decide per image (only with
   ``--weights checkpoint`` and a config that has gates: untrained gates decide nothing).
+
+The pruned variants run ``--attention`` (default ``sdpa``; ``eager``, ``flex``) in their
+dense and gathered blocks, windows bucketed by kept count (the model's ``bucket_quantum``);
+each row reports the padding the gathered attention computes over the kept tokens, with
+one bucket (every group padded to the fullest, as before bucketing) and with the buckets.
+``--batch-size 1 2 4 8`` measures every batch size in one run (the same image repeated);
+``--precision bfloat16|float16`` runs every call under ``torch.autocast``.
 
 A dense config (a plain ViT backbone) is converted in memory into a PrunedViT with SViT's
 schedule (``tokenprune.modeling.svit_schedule``); the parameter names are the same, so
@@ -83,15 +96,12 @@ Outputs (``--output``, default ``<train.output_dir>/benchmark``), each written a
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import statistics
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -99,39 +109,49 @@ import torch
 from ..checkpoint import load_model
 from ..errors import CheckpointError, ConfigError, InputError
 from ..modeling import PrunedViT, find_pruned_vit, svit_schedule
+from ..modeling.autocast import amp_dtype
+from ..modeling.sparse_block import group_kept_tokens
 from .cost import BackboneSpec
-from .memory import resident_peaks, tensor_peak
 from .timing import interleaved_times
 
-__all__ = ["Variant", "Bench", "check_args", "prepare_config", "setup", "variants",
-           "time_variants", "peak_memory", "memory_probe", "profile_report", "results",
-           "PROBE_TAG"]
+__all__ = ["Variant", "Bench", "DENSE_KEYS", "check_args", "prepare_config", "setup",
+           "for_batch", "variants", "applied", "time_variants", "padding_fractions",
+           "profile_report"]
 
-PROBE_TAG = "TOKENPRUNE_MEMORY_PROBE "
+DENSE_KEYS = ("dense", "dense_sdpa")
 
 
 @dataclass
 class Variant:
     """One row: a forced rate per pruned block (``fixed``), the gates (None) or no pruning."""
 
-    key: str  # "dense", "keep0.7", "svit", "gates"
+    key: str  # "dense", "dense_sdpa", "keep0.7", "svit", "svit_unequal", "gates"
     name: str
     fixed: Optional[Dict[int, float]]  # forced rate per pruned block; None: the gates decide
     gates_off: bool = False
+    attention: str = "sdpa"
+    image_scales: Optional[List[float]] = None
 
 
-def variants(args, vit, has_trained_gates: bool) -> List[Variant]:
-    """dense, then one variant per ``--keep-ratios``, the schedule, the learned gates."""
-    out = [Variant("dense", "dense", None, gates_off=True)]
-    blocks = vit.pruned_blocks
+def variants(args, vit, has_trained_gates: bool, batch: int) -> List[Variant]:
+    """The two dense references, one variant per ``--keep-ratios``, the schedule (and its
+    unequal form for a batch), the learned gates."""
+    out = [Variant("dense", "dense (Detectron2)", None, gates_off=True, attention="eager"),
+           Variant("dense_sdpa", "dense (SDPA)", None, gates_off=True, attention="sdpa")]
+    blocks, kernel = vit.pruned_blocks, args.attention
     for r in args.keep_ratios or []:
         key = f"keep{r:g}"
         if all(v.key != key for v in out):
-            out.append(Variant(key, f"keep {r:g}", {i: float(r) for i in blocks}))
+            out.append(Variant(key, f"keep {r:g}", {i: float(r) for i in blocks},
+                               attention=kernel))
     if args.schedule == "svit":
-        out.append(Variant("svit", "svit schedule", dict(vit.keep_ratios)))
+        out.append(Variant("svit", "svit schedule", dict(vit.keep_ratios), attention=kernel))
+        if batch > 1:
+            scales = [0.6 + 0.8 * b / (batch - 1) for b in range(batch)]
+            out.append(Variant("svit_unequal", "svit schedule, unequal", dict(vit.keep_ratios),
+                               attention=kernel, image_scales=scales))
     if has_trained_gates:
-        out.append(Variant("gates", "learned gates", None))
+        out.append(Variant("gates", "learned gates", None, attention=kernel))
     return out
 
 
@@ -141,7 +161,7 @@ def check_args(args) -> None:
         if not (0.0 < r <= 1.0) or math.isnan(r):
             raise InputError(f"keep ratio {r:g} is outside (0, 1]")
     for name, value, low in (("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0),
-                             ("--batch-size", args.batch_size, 1)):
+                             ("--batch-size", min(args.batch_size), 1)):
         if value < low:
             raise InputError(f"{name} must be at least {low}, got {value}")
     if args.threads is not None and args.threads < 1:
@@ -154,6 +174,11 @@ def check_args(args) -> None:
         raise InputError(f"--device must be cpu or cuda[:N], got {args.device}")
     if args.memory == "rss" and args.device != "cpu":
         raise InputError("--memory rss measures a CPU process; use --memory tensors on CUDA")
+    if args.precision != "float32":
+        try:
+            amp_dtype(args.precision, args.device)
+        except ConfigError as e:
+            raise InputError(f"--precision {args.precision}: {e}") from None
 
 
 def prepare_config(cfg, args):
@@ -225,46 +250,69 @@ def _inputs(model, size: int, batch: int, prompt, task_id):
     return batched, x, guidance
 
 
-def _runners(model, vit, x, batched, guidance) -> Dict[str, Callable[[], object]]:
+def _runners(model, vit, x, batched, guidance, args) -> Dict[str, Callable[[], object]]:
+    """{scope: call}, each under ``--precision``'s autocast."""
+    def autocast():
+        if args.precision == "float32":
+            return nullcontext()
+        return torch.autocast(torch.device(args.device).type,
+                              dtype=amp_dtype(args.precision, args.device))
+
     def backbone():
-        with vit.guided(guidance) if guidance is not None else nullcontext():
+        with autocast(), vit.guided(guidance) if guidance is not None else nullcontext():
             return vit(x)
 
-    return {"backbone": backbone, "model": lambda: model(batched)}
+    def whole():
+        with autocast():
+            return model(batched)
+
+    return {"backbone": backbone, "model": whole}
 
 
 @dataclass
 class Bench:
-    """What every measurement shares: the model, its PrunedViT, the variants and inputs."""
+    """What every measurement shares: the model, its PrunedViT, and (after
+    :func:`for_batch`) the variants and inputs of one batch size."""
 
     model: torch.nn.Module
     vit: PrunedViT
-    variants: List[Variant]
-    runners: Dict[str, Callable[[], object]]
     scopes: List[str]
-    x: torch.Tensor
     spec: BackboneSpec
     converted: bool
+    has_trained_gates: bool
+    batch: int = 0
+    variants: Optional[List[Variant]] = None
+    runners: Optional[Dict[str, Callable[[], object]]] = None
+    x: Optional[torch.Tensor] = None
 
 
 def setup(cfg, args) -> Bench:
-    """Build the model and the inputs of ``prepare_config``'s config (``args.input_size``)."""
+    """Build the model of ``prepare_config``'s config (``args.input_size`` is set)."""
     cfg, converted, size = prepare_config(cfg, args)
     args.input_size = size
     model, vit = _build(cfg, args.device)
-    batched, x, guidance = _inputs(model, size, args.batch_size, args.prompt, args.task_id)
+    _, x, guidance = _inputs(model, size, 1, args.prompt, args.task_id)
     grid = (x.shape[-2] // vit.patch_embed.proj.stride[0],
             x.shape[-1] // vit.patch_embed.proj.stride[1])
     return Bench(model=model, vit=vit,
-                 variants=variants(args, vit, args.weights == "checkpoint" and not converted),
-                 runners=_runners(model, vit, x, batched, guidance),
                  scopes=["backbone"] if args.backbone_only else ["backbone", "model"],
-                 x=x, spec=BackboneSpec.from_vit(vit, grid, guidance), converted=converted)
+                 spec=BackboneSpec.from_vit(vit, grid, guidance), converted=converted,
+                 has_trained_gates=args.weights == "checkpoint" and not converted)
 
 
-def _applied(bench: Bench, variant: Variant):
+def for_batch(bench: Bench, args, batch: int) -> Bench:
+    """``bench`` with the variants, inputs and calls of a batch of ``batch`` images."""
+    batched, x, guidance = _inputs(bench.model, args.input_size, batch, args.prompt,
+                                   args.task_id)
+    return replace(bench, batch=batch, x=x,
+                   variants=variants(args, bench.vit, bench.has_trained_gates, batch),
+                   runners=_runners(bench.model, bench.vit, x, batched, guidance, args))
+
+
+def applied(bench: Bench, variant: Variant):
     """The variant's switches on the PrunedViT (a context)."""
-    return bench.vit.pruning(keep_ratio=variant.fixed, gates=not variant.gates_off)
+    return bench.vit.pruning(keep_ratio=variant.fixed, gates=not variant.gates_off,
+                             attention=variant.attention, image_scales=variant.image_scales)
 
 
 def time_variants(bench: Bench, args, progress: str) -> Tuple[dict, dict, dict, dict]:
@@ -277,7 +325,7 @@ def time_variants(bench: Bench, args, progress: str) -> Tuple[dict, dict, dict, 
 
     def call(v: Variant, s: str) -> Callable[[], object]:
         def run():
-            with _applied(bench, v):
+            with applied(bench, v):
                 return bench.runners[s]()
         return run
 
@@ -300,79 +348,22 @@ def time_variants(bench: Bench, args, progress: str) -> Tuple[dict, dict, dict, 
     return ms, cpu_ms, times, dict(masks=masks, ratios=ratios)
 
 
-def _tensor_peaks(bench: Bench, device: str) -> Dict[str, Dict[str, float]]:
-    out = {}
-    with torch.no_grad():
-        for v in bench.variants:
-            with _applied(bench, v):
-                out[v.key] = {s: tensor_peak(bench.runners[s], device) for s in bench.scopes}
-    return out
-
-
-def memory_probe(bench: Bench, args) -> None:
-    """Child process: one variant's resident peaks, printed as one tagged JSON line."""
-    (variant,) = [v for v in bench.variants if v.key == args.memory_probe]
-    with torch.no_grad(), _applied(bench, variant):
-        peaks, method = resident_peaks({s: bench.runners[s] for s in bench.scopes})
-    print(PROBE_TAG + json.dumps({"method": method, "peaks": peaks}), flush=True)
-
-
-def _probe_command(args, key: str, module: str) -> List[str]:
-    cmd = [sys.executable, "-m", module, "--config-file", args.config_file,
-           "--threads", str(torch.get_num_threads()),
-           "--device", args.device, "--batch-size", str(args.batch_size),
-           "--input-size", str(args.input_size), "--weights", args.weights,
-           "--memory", "rss", "--memory-probe", key]
-    if args.keep_ratios:
-        cmd += ["--keep-ratios", *[repr(r) for r in args.keep_ratios]]
-    if args.schedule:
-        cmd += ["--schedule", args.schedule]
-    if args.backbone_only:
-        cmd.append("--backbone-only")
-    if args.prompt is not None:
-        cmd += ["--prompt", args.prompt]
-    if args.task_id is not None:
-        cmd += ["--task-id", str(args.task_id)]
-    return cmd + ["--", *args.opts]
-
-
-def _resident_peaks_per_process(bench: Bench, args, module: str) -> Tuple[dict, str]:
-    """Each variant's resident peaks in a fresh ``python -m module`` (the tool's probe)."""
-    import tokenprune
-
-    out, method = {}, ""
-    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(tokenprune.__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
-    for v in bench.variants:
-        proc = subprocess.run(_probe_command(args, v.key, module), capture_output=True,
-                              text=True, env=env)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(PROBE_TAG)]
-        if proc.returncode != 0 or not lines:
-            raise RuntimeError(f"memory probe for {v.name} failed (exit {proc.returncode}):\n"
-                               + proc.stderr[-3000:])
-        res = json.loads(lines[-1][len(PROBE_TAG):])
-        out[v.key], method = res["peaks"], res["method"]
-    return out, method
-
-
-def peak_memory(bench: Bench, args, probe_module: str) -> Tuple[dict, str]:
-    """{variant key: {scope: MiB}} as ``args.memory`` asks, and how it was measured."""
-    if args.memory == "off":
-        return {}, "not measured (--memory off)"
-    if args.memory == "tensors" and args.device.startswith("cuda"):
-        return _tensor_peaks(bench, args.device), (
-            "CUDA tensors: torch.cuda.max_memory_allocated() during one forward minus "
-            "memory_allocated() before it")
-    if args.memory == "tensors":
-        return _tensor_peaks(bench, args.device), (
-            "CPU tensors: peak of live tensor memory during one forward (torch.profiler "
-            "allocation records) minus the live memory before it")
-    mem, how = _resident_peaks_per_process(bench, args, probe_module)
-    return mem, ("CPU: resident-set high-water mark during the first forward in a fresh "
-                 "process per variant, minus the resident set before it"
-                 + (" (VmHWM reset via /proc/self/clear_refs)" if how == "VmHWM"
-                    else " (ru_maxrss delta: a lower bound)"))
+def padding_fractions(bench: Bench, masks: Dict[int, torch.Tensor]) -> Dict[str, float]:
+    """Padding slots over kept tokens of the gathered attention, summed over the pruned
+    blocks that gathered (``masks``: {block: (B, N) bool}): with one bucket per block (every
+    group padded to the fullest) and with the model's buckets."""
+    quantum = bench.vit.bucket_quantum
+    kept = slots_one = slots_buckets = 0
+    for i, keep in masks.items():
+        if bool(keep.all()):
+            continue  # ran densely
+        groups = group_kept_tokens(keep, bench.spec.grid, bench.spec.window_sizes[i])
+        kept += sum(groups.counts)
+        slots_one += groups.num_groups * groups.length
+        slots_buckets += sum(groups.bucket_lengths(quantum))
+    if not kept:
+        return {"one_bucket": 0.0, "buckets": 0.0}
+    return {"one_bucket": slots_one / kept - 1, "buckets": slots_buckets / kept - 1}
 
 
 def profile_report(bench: Bench) -> str:
@@ -382,14 +373,14 @@ def profile_report(bench: Bench) -> str:
     activities = [ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(ProfilerActivity.CUDA)
-    labels = ["tp::gate", "tp::group_kept_tokens", "tp::pack", "tp::unpack",
+    labels = ["tp::gate", "tp::group_kept_tokens", "tp::buckets", "tp::pack", "tp::unpack",
               "tp::rel_pos_bias", "tp::gathered_block", "tp::dense_block"]
     parts = ["# Profile of one backbone forward per variant\n",
              "Inclusive CPU time inside the labelled pieces (ms), then the operators with "
              "the most self CPU time.\n"]
     with torch.no_grad():
         for v in bench.variants:
-            with _applied(bench, v):
+            with applied(bench, v):
                 bench.runners["backbone"]()  # warm
                 with profile(activities=activities) as prof:
                     t0 = time.perf_counter()

@@ -14,23 +14,33 @@ from typing import Any, Dict, List, Tuple
 import torch
 
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, figure_png
-from .benchmark import Bench, Variant, peak_memory, profile_report, setup, time_variants
+from .benchmark import (DENSE_KEYS, Bench, Variant, for_batch, padding_fractions,
+                        profile_report, setup, time_variants)
+from .benchmark_memory import peak_memory
 from .cost import backbone_macs, uniform_keep_speedups
 
 __all__ = ["run_benchmark", "markdown"]
 
 
-def _scope_figures(bench: Bench, args, timing, v: Variant, scope: str) -> Dict[str, Any]:
-    """Median, repeats, throughput and speedups of one variant in one scope."""
+def _baselines(timing, scopes: List[str]) -> Dict[str, str]:
+    """Per scope, the key of the faster dense reference (wall-clock median)."""
+    ms = timing[0]
+    return {s: min(DENSE_KEYS, key=lambda k: ms[(k, s)]) for s in scopes}
+
+
+def _scope_figures(bench: Bench, args, timing, v: Variant, scope: str,
+                   base: str) -> Dict[str, Any]:
+    """Median, repeats, throughput and speedups (against dense ``base``) in one scope."""
     ms, cpu_ms, times, _ = timing
     on_cpu = args.device == "cpu"
     med = ms[(v.key, scope)]
     return {
         "median_ms": med, "times_ms": [1e3 * t for t in times[(v.key, scope)]],
-        "throughput_img_s": args.batch_size / (med / 1e3),
-        "speedup": ms[("dense", scope)] / med,
+        "throughput_img_s": bench.batch / (med / 1e3),
+        "baseline": base, "speedup": ms[(base, scope)] / med,
+        "speedup_vs_detectron2": ms[("dense", scope)] / med,
         "cpu_time_median_ms": cpu_ms[(v.key, scope)] if on_cpu else None,
-        "cpu_time_speedup": (cpu_ms[("dense", scope)] / cpu_ms[(v.key, scope)]
+        "cpu_time_speedup": (cpu_ms[(base, scope)] / cpu_ms[(v.key, scope)]
                              if on_cpu else None),
     }
 
@@ -38,23 +48,29 @@ def _scope_figures(bench: Bench, args, timing, v: Variant, scope: str) -> Dict[s
 def _variant_row(bench: Bench, args, timing, mem, v: Variant) -> Dict[str, Any]:
     """One variant's figures, the FLOP-predicted speedup next to the measured one."""
     observed = timing[3]
+    bases = _baselines(timing, bench.scopes)
     dense_macs = backbone_macs(bench.spec, gates=False)
-    per_image = [backbone_macs(bench.spec, {i: m[b] for i, m in observed["masks"][v.key].items()},
-                               gates=not v.gates_off) for b in range(args.batch_size)]
-    predicted = dense_macs * args.batch_size / sum(per_image)
+    masks = observed["masks"][v.key]
+    per_image = [backbone_macs(bench.spec, {i: m[b] for i, m in masks.items()},
+                               gates=not v.gates_off) for b in range(bench.batch)]
+    predicted = dense_macs * bench.batch / sum(per_image)
     kr = observed["ratios"][v.key]
-    backbone = _scope_figures(bench, args, timing, v, "backbone")
+    backbone = _scope_figures(bench, args, timing, v, "backbone", bases["backbone"])
     backbone.update(predicted_gmacs_per_image=statistics.fmean(per_image) / 1e9,
                     predicted_speedup=predicted,
                     measured_over_predicted=backbone["speedup"] / predicted)
     return {
-        "key": v.key, "name": v.name,
+        "key": v.key, "name": v.name, "attention": v.attention,
+        "image_scales": v.image_scales,
+        "kept_per_image": [int(sum(int(m[b].sum()) for m in masks.values()))
+                           for b in range(bench.batch)] if masks else None,
+        "padding": padding_fractions(bench, masks),
         "forced_keep_ratios": None if v.fixed is None else {str(i): r for i, r in
                                                             v.fixed.items()},
         "keep_ratios": {str(i): r for i, r in kr.items()},
         "mean_keep_ratio": statistics.fmean(kr.values()) if kr else 1.0,
         "backbone": backbone,
-        "model": (_scope_figures(bench, args, timing, v, "model")
+        "model": (_scope_figures(bench, args, timing, v, "model", bases["model"])
                   if "model" in bench.scopes else None),
         "peak_memory_mib": mem.get(v.key),
     }
@@ -73,7 +89,7 @@ def _notes(bench: Bench, args) -> List[str]:
     return notes
 
 
-def _results(bench: Bench, args, cfg, prog: str, rows, method: str) -> Dict[str, Any]:
+def _results(bench: Bench, args, cfg, prog: str, runs, method: str) -> Dict[str, Any]:
     x, spec = bench.x, bench.spec
     return {
         "tool": prog, "config_file": args.config_file, "overrides": list(args.opts),
@@ -81,29 +97,43 @@ def _results(bench: Bench, args, cfg, prog: str, rows, method: str) -> Dict[str,
         "device_name": (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
                         else platform.processor() or platform.machine()),
         "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
+        "precision": args.precision, "attention": args.attention,
+        "bucket_quantum": bench.vit.bucket_quantum,
         "input_size": args.input_size, "backbone_input_hw": list(x.shape[-2:]),
         "token_grid": list(spec.grid),
-        "batch_size": args.batch_size, "repeats": args.repeats, "warmup": args.warmup,
+        "batch_sizes": list(args.batch_size), "repeats": args.repeats, "warmup": args.warmup,
         "weights": "random (seed 0)" if args.weights == "random" else cfg.train.init_checkpoint,
         "converted_from_dense": bench.converted,
         "pruned_blocks": list(bench.vit.pruned_blocks),
         "window_blocks": [i for i, ws in enumerate(spec.window_sizes) if ws],
         "dense_backbone_gmacs_per_image": backbone_macs(spec, gates=False) / 1e9,
-        "memory_method": method, "notes": _notes(bench, args), "variants": rows,
+        "memory_method": method, "notes": _notes(bench, args), "runs": runs,
     }
 
 
+def _measure_batch(base: Bench, args, prog: str, probe_module: str, batch: int):
+    """(bench, run dict, memory method) of one batch size."""
+    bench = for_batch(base, args, batch)
+    timing = time_variants(bench, args, f"{prog} [batch {batch}]")
+    mem, method = peak_memory(bench, args, probe_module)
+    run = {"batch_size": batch, "baselines": _baselines(timing, bench.scopes),
+           "variants": [_variant_row(bench, args, timing, mem, v) for v in bench.variants]}
+    return bench, run, method
+
+
 def run_benchmark(cfg, args, out_dir: str, prog: str, probe_module: str) -> Dict[str, Any]:
-    """Measure every variant, write the files into ``out_dir``; returns results.json's dict.
+    """Measure every variant at every batch size, write the files into ``out_dir``; returns
+    results.json's dict.
 
     ``cfg``: the loaded config; ``args``: the tool's arguments; ``probe_module``: the
     ``python -m`` module whose ``--memory-probe`` measures one variant (``--memory rss``).
     """
-    bench = setup(cfg, args)
-    timing = time_variants(bench, args, prog)
-    mem, method = peak_memory(bench, args, probe_module)
-    rows = [_variant_row(bench, args, timing, mem, v) for v in bench.variants]
-    res = _results(bench, args, cfg, prog, rows, method)
+    base = setup(cfg, args)
+    runs, method, bench = [], "", base
+    for batch in args.batch_size:
+        bench, run, method = _measure_batch(base, args, prog, probe_module, batch)
+        runs.append(run)
+    res = _results(bench, args, cfg, prog, runs, method)
     curve_x = [i / 20 for i in range(2, 21)]
     curve = (curve_x, uniform_keep_speedups(bench.spec, bench.vit.pruned_blocks, curve_x))
     png = _plot(res, curve)
@@ -139,43 +169,84 @@ def _fmt(x, spec: str = ".1f", suffix: str = "") -> str:
     return "n/a" if x is None else f"{x:{spec}}{suffix}"
 
 
+DENSE_NAMES = {"dense": "dense (Detectron2)", "dense_sdpa": "dense (SDPA)"}
+
+
 def markdown(res: dict) -> str:
     """results.md of a results.json dict."""
     lines = [
         "# TokenPrune benchmark\n",
         f"- config: `{res['config_file']}` {' '.join(res['overrides'])}",
-        f"- device: {res['device']} ({res['device_name']}), torch threads {res['torch_threads']}",
-        f"- input: {res['batch_size']} x {res['input_size']}x{res['input_size']} "
+        f"- device: {res['device']} ({res['device_name']}), torch {res['torch_version']}, "
+        f"threads {res['torch_threads']}, precision {res['precision']}",
+        f"- input: {res['input_size']}x{res['input_size']} "
         f"(backbone input {res['backbone_input_hw'][0]}x{res['backbone_input_hw'][1]}, "
-        f"token grid {res['token_grid'][0]}x{res['token_grid'][1]})",
+        f"token grid {res['token_grid'][0]}x{res['token_grid'][1]}), batch sizes "
+        f"{', '.join(map(str, res['batch_sizes']))}",
+        f"- pruned variants: attention `{res['attention']}`, windows bucketed by kept count "
+        f"(quantum {res['bucket_quantum']})",
         f"- weights: {res['weights']}; warm-up rounds {res['warmup']}, timed rounds "
         f"{res['repeats']} (medians, variants interleaved)",
         f"- peak memory: {res['memory_method']}",
-        "- speedups: medians of wall-clock time; on a CPU also of this process's CPU time "
-        "(all threads), which is less sensitive to other processes on a shared machine",
+        "- speedups: against the faster dense reference of each scope (named per table); "
+        "medians of wall-clock time; on a CPU also of this process's CPU time (all threads), "
+        "which is less sensitive to other processes on a shared machine",
+        "- padding: slots the gathered attention computes beyond the kept tokens, with one "
+        "bucket (every group padded to the fullest) -> with the buckets",
     ]
     lines += [f"- note: {n}" for n in res["notes"]]
-    lines += [
-        "",
+    for run in res["runs"]:
+        lines += _run_table(run)
+    if len(res["runs"]) > 1:
+        lines += _batch_table(res["runs"])
+    return "\n".join(lines) + "\n"
+
+
+def _run_table(run: dict) -> List[str]:
+    """The table of one batch size."""
+    bases = run["baselines"]
+    lines = [
+        "", f"## Batch {run['batch_size']}: speedups against "
+        + ", ".join(f"{DENSE_NAMES[k]} ({s})" for s, k in bases.items()), "",
         "| variant | keep ratios (block: kept fraction) | mean keep | backbone ms | "
         "backbone speedup | predicted speedup | measured / predicted | whole-model ms | "
         "whole-model speedup | peak memory MiB (backbone / whole) | "
-        "CPU-time speedup (backbone / whole) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "CPU-time speedup (backbone / whole) | padding |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for v in res["variants"]:
+    for v in run["variants"]:
         ratios = {int(k): r for k, r in v["keep_ratios"].items()}
         b, m, mem = v["backbone"], v.get("model"), v.get("peak_memory_mib")
         mem_s = "n/a" if not mem else " / ".join(_fmt(mem.get(s), ".0f")
                                                   for s in ("backbone", "model") if s in mem)
+        pad = v["padding"]
+        pad_s = (f"{100 * pad['one_bucket']:.0f}% -> {100 * pad['buckets']:.0f}%"
+                 if v["keep_ratios"] else "")
         lines.append(
             f"| {v['name']} | {_ratio_summary(ratios)} | {v['mean_keep_ratio']:.3f} "
             f"| {b['median_ms']:.1f} | {b['speedup']:.2f}x | {b['predicted_speedup']:.2f}x "
             f"| {b['measured_over_predicted']:.2f} "
             f"| {_fmt(m and m['median_ms'])} | {_fmt(m and m['speedup'], '.2f', 'x')} "
             f"| {mem_s} | {_fmt(b['cpu_time_speedup'], '.2f', 'x')} / "
-            f"{_fmt(m and m['cpu_time_speedup'], '.2f', 'x')} |")
-    return "\n".join(lines) + "\n"
+            f"{_fmt(m and m['cpu_time_speedup'], '.2f', 'x')} | {pad_s} |")
+    return lines
+
+
+def _batch_table(runs: List[dict]) -> List[str]:
+    """Latency per image and images/s of every variant at every batch size."""
+    lines = ["", "## Batch sizes: backbone ms per image, images/s, speedup", "",
+             "| variant | " + " | ".join(f"batch {r['batch_size']}" for r in runs) + " |",
+             "|---|" + "---:|" * len(runs)]
+    names = list(dict.fromkeys(v["name"] for r in runs for v in r["variants"]))
+    for name in names:
+        cells = []
+        for r in runs:
+            v = next((v for v in r["variants"] if v["name"] == name), None)
+            b = v and v["backbone"]
+            cells.append("" if not b else f"{b['median_ms'] / r['batch_size']:.1f} ms, "
+                         f"{b['throughput_img_s']:.2f}/s, {b['speedup']:.2f}x")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _plot(res: dict, curve: Tuple[List[float], List[float]]) -> bytes:
@@ -188,7 +259,8 @@ def _plot(res: dict, curve: Tuple[List[float], List[float]]) -> bytes:
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
     xs, ys = curve
     ax.plot(xs, ys, "-", color="0.6", label="FLOP-predicted, uniform keep ratio")
-    vs = res["variants"]
+    run = res["runs"][0]
+    vs = run["variants"]
     ax.plot([v["mean_keep_ratio"] for v in vs],
             [v["backbone"]["predicted_speedup"] for v in vs], "x", color="0.3", ms=8,
             label="FLOP-predicted, measured variants")
@@ -202,9 +274,9 @@ def _plot(res: dict, curve: Tuple[List[float], List[float]]) -> bytes:
                     textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.axhline(1.0, color="0.85", lw=0.8)
     ax.set_xlabel("mean keep ratio of the pruned blocks")
-    ax.set_ylabel("speedup over dense")
+    ax.set_ylabel("speedup over the faster dense reference")
     ax.set_title(f"{os.path.basename(res['config_file'])}: {res['device']}, "
-                 f"{res['batch_size']}x{res['input_size']}px", fontsize=9)
+                 f"{run['batch_size']}x{res['input_size']}px", fontsize=9)
     ax.set_xlim(0, 1.05)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

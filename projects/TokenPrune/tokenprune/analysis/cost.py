@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..modeling.pruned_vit import keep_count
+from ..modeling.schedule import keep_count
 from ..modeling.sparse_block import group_kept_tokens
 
 __all__ = ["BackboneSpec", "attention_groups", "block_cost", "block_macs", "backbone_macs",
@@ -106,13 +106,16 @@ def _gate_macs_per_token(gate: nn.Module, dim: int, grid: Tuple[int, int],
         return int(round(flops.total() / n))
 
 
-def attention_groups(spec: BackboneSpec, block: int,
-                     keep: Optional[torch.Tensor]) -> Tuple[List[int], int, int]:
+def attention_groups(spec: BackboneSpec, block: int, keep: Optional[torch.Tensor],
+                     quantum: Optional[int] = None) -> Tuple[List[int], int, int]:
     """Attention groups of ``block`` for one image.
 
     Returns (sizes of the groups, tokens through q/k/v and projection, tokens through the
     MLP). ``keep``: (H*W) bool, or None / all True for the dense block (windowed blocks
-    then attend over padded windows, as Detectron2 computes them).
+    then attend over padded windows, as Detectron2 computes them). ``quantum``: the group
+    sizes as the gathered execution pads them into buckets (see
+    :meth:`~tokenprune.modeling.sparse_block.TokenGroups.bucket_lengths`; 0: every group to
+    the longest); None: the kept counts themselves.
     """
     H, W = spec.grid
     N = H * W
@@ -124,25 +127,22 @@ def attention_groups(spec: BackboneSpec, block: int,
         return [ws * ws] * (hp * wp // (ws * ws)), hp * wp, N
     keep = keep.reshape(1, -1).bool().cpu()
     kept = int(keep.sum())
-    if not ws:
-        return [kept], kept, kept
     groups = group_kept_tokens(keep, (H, W), ws)
-    return [int(c) for c in torch.bincount(groups.group)], kept, kept
+    sizes = groups.counts if quantum is None else groups.bucket_lengths(quantum)
+    return sizes, kept, kept
 
 
 def block_cost(spec: BackboneSpec, block: int, keep: Optional[torch.Tensor] = None,
-               padded: bool = False) -> Dict[str, int]:
+               quantum: Optional[int] = None) -> Dict[str, int]:
     """Multiply-accumulates of one block for one image, by part (dense if ``keep`` is None).
 
-    ``padded``: attention (q/k/v, products, projection) on every group padded to the
-    longest one, as the gathered execution's padded batch of groups computes it.
+    ``quantum``: the attention products over the groups padded into buckets as the
+    gathered execution computes them (q/k/v and the projection run on the kept tokens
+    only); None: over the kept tokens exactly.
     Returns {"qkv", "attn_qk", "attn_v", "proj", "rel_pos", "mlp", "residual", "total"}.
     """
     C, H, W = spec.embed_dim, *spec.grid
-    groups, attn_tokens, mlp_tokens = attention_groups(spec, block, keep)
-    if padded and groups:
-        groups = [max(groups)] * len(groups)
-        attn_tokens = sum(groups)
+    groups, attn_tokens, mlp_tokens = attention_groups(spec, block, keep, quantum)
     ws = spec.window_sizes[block]
     fh, fw = (ws, ws) if ws else (H, W)
     pairs = sum(g * g for g in groups)

@@ -11,6 +11,11 @@ can take them apart again:
   pow, reciprocal 1 per output element; mean and sum 1 per input element; linear
   interpolation (``upsample_linear1d``, used to resize relative-position tables) 2 per
   output element.
+* ``scaled_dot_product_attention`` (headline, fvcore has no handle for it): its two
+  products, ``q @ k^T`` and ``weights @ v``, counted as the matmuls they replace, so a
+  model run through the fused kernel counts what Detectron2's eager attention counts; its
+  softmax (3 per score) and mask addition (1 per score, when a mask is given) go to
+  ``extra:``.
 * ``moves:`` data movement is not arithmetic and counts as 0 flops; the elements moved by
   gather, scatter, index_select, index_copy, index_put and advanced indexing are reported
   as "element moves" (the cost of SViT's gather / scatter of kept tokens).
@@ -97,8 +102,21 @@ def _index_put(inputs, outputs) -> Counter:
     return Counter({MOVES_PREFIX + "index_put": moved})
 
 
+def _sdpa(inputs, outputs) -> Counter:
+    """q (..., L, E), k (..., S, E), v (..., S, Ev): L*S*(E + Ev) per leading index."""
+    q, k, v = (_shape(x) for x in inputs[:3])
+    if q is None or k is None or v is None:
+        return Counter()
+    lead = math.prod(q[:-2])
+    scores = lead * q[-2] * k[-2]
+    masked = len(inputs) > 3 and _shape(inputs[3]) is not None
+    return Counter({"scaled_dot_product_attention": scores * (q[-1] + v[-1]),
+                    EXTRA_PREFIX + "softmax": 3 * scores,
+                    **({EXTRA_PREFIX + "add": scores} if masked else {})})
+
+
 def _build_extra_handles() -> Dict[str, Callable]:
-    handles: Dict[str, Callable] = {}
+    handles: Dict[str, Callable] = {"aten::scaled_dot_product_attention": _sdpa}
     for op in ("softmax", "log_softmax", "_softmax", "_log_softmax"):
         handles[f"aten::{op}"] = _elementwise(op.lstrip("_"), 3, use_input=True)
     for op in ("gelu", "silu", "sigmoid", "sigmoid_", "tanh", "exp", "log", "sqrt", "rsqrt",

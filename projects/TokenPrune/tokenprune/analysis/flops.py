@@ -132,7 +132,7 @@ def _counting_mode(model: nn.Module, scope_prefix: str, idle_gates: bool = True)
              for n, m in model.named_modules()}
     with ExitStack() as stack:
         for vit in _pruned_vits(model):
-            blocks = {i: names[id(vit.blocks[i])] for i in vit.pruned_blocks}
+            blocks = {i: names[id(blk)] for i, blk in enumerate(vit.blocks)}
             stack.enter_context(vit.observed(_CountingObserver(blocks, idle_gates)))
         yield
 

@@ -75,29 +75,42 @@ def rel_pos_table(rel_pos: Tensor, size: int) -> Tensor:
     return resize_rel_pos(rel_pos, 2 * size - 1)
 
 
-def rel_pos_lines(q: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor, coords: Tensor,
+def rel_pos_lines(q: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor, coords: Optional[Tensor],
                   frame: Tuple[int, int]) -> List[Tuple[Tensor, Tensor]]:
     """Per axis (rows, then columns): ``(lines, pos)``, where ``lines[..., i, r]`` (G, nh, L,
     size) is query i's bias towards a key on row (column) r of the frame, and ``pos`` (G', L)
     long is each token's row (column). The (query, key) term is ``lines[..., i, pos[j]]``.
 
-    q: (G, nh, L, hd); coords: (G, L, 2) or (L, 2); frame: (h, w).
+    q: (G, nh, L, hd); coords: (G, L, 2) or (L, 2), or None for the whole frame in raster
+    order (then computed as Detectron2 does: one (size, size, hd) table of the offsets
+    between rows, contracted per row; same arithmetic and cost); frame: (h, w).
     """
-    if coords.dim() == 2:
-        coords = coords[None]
+    G, nh, L, hd = q.shape
+    fh, fw = frame
     out = []
-    G, nh, L, _ = q.shape
-    for axis, (table, size) in enumerate(((rel_pos_h, frame[0]), (rel_pos_w, frame[1]))):
-        proj = q @ rel_pos_table(table, size).to(q.dtype).t()  # (G, nh, L, 2 * size - 1)
-        pos = coords[..., axis]
-        offsets = pos[:, :, None] - torch.arange(size, device=pos.device) + size - 1
+    for axis, (table, size) in enumerate(((rel_pos_h, fh), (rel_pos_w, fw))):
+        table = rel_pos_table(table, size).to(q.dtype)
+        span = torch.arange(size, device=q.device)
+        if coords is None:
+            per_line = table[span[:, None] - span[None, :] + size - 1]  # (size, size, hd)
+            q4 = q.reshape(G, nh, fh, fw, hd)
+            eq = "gnyxc,ykc->gnyxk" if axis == 0 else "gnyxc,xkc->gnyxk"
+            lines = torch.einsum(eq, q4, per_line).reshape(G, nh, L, size)
+            grid = torch.stack(torch.meshgrid(torch.arange(fh, device=q.device),
+                                              torch.arange(fw, device=q.device),
+                                              indexing="ij"), dim=-1).view(1, L, 2)
+            out.append((lines, grid[..., axis]))
+            continue
+        pos = (coords[None] if coords.dim() == 2 else coords)[..., axis]
+        proj = q @ table.t()  # (G, nh, L, 2 * size - 1): one GEMM over every offset
+        offsets = pos[:, :, None] - span + size - 1
         out.append((proj.gather(-1, offsets[:, None].expand(G, nh, L, size)), pos))
     return out
 
 
 @profiled("tp::rel_pos_bias")
 def add_rel_pos_bias_(attn: Tensor, q: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor,
-                      coords: Tensor, frame: Tuple[int, int]) -> Tensor:
+                      coords: Optional[Tensor], frame: Tuple[int, int]) -> Tensor:
     """Add the decomposed relative position bias to ``attn`` (G, nh, L, L) in place; the
     key's term is picked with a broadcast (stride-0) index: no L x L index tensor."""
     G, nh, L, _ = attn.shape
@@ -107,7 +120,7 @@ def add_rel_pos_bias_(attn: Tensor, q: Tensor, rel_pos_h: Tensor, rel_pos_w: Ten
 
 
 @profiled("tp::rel_pos_bias")
-def rel_pos_bias(q: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor, coords: Tensor,
+def rel_pos_bias(q: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor, coords: Optional[Tensor],
                  frame: Tuple[int, int]) -> Tensor:
     """The decomposed relative position bias (G, nh, L, L) in ``q``'s dtype."""
     G, nh, L, _ = q.shape
@@ -123,7 +136,8 @@ def attention_logits(attn_module: torch.nn.Module, q: Tensor, k: Tensor, coords:
 
     Args:
         q, k: (G, nh, L, hd) queries and keys.
-        coords: (G, L, 2) or (L, 2) long (row, col) of each token in its attention frame.
+        coords: (G, L, 2) or (L, 2) long (row, col) of each token in its attention frame;
+            None: the whole frame in raster order.
         frame: (h, w) of the attention frame (relative positions are exact on any subset).
         key_valid: (G, L) bool; False keys (padding) get -inf.
         key_bias: (G, L) float added to every query's logit of that key (e.g. ToMe's

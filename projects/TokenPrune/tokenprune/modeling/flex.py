@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import warnings
 from functools import lru_cache
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Tuple
 
 import torch
 from torch import Tensor
 
 from .attention import rel_pos_lines
-
-if TYPE_CHECKING:
-    from .sparse_block import TokenGroups
 
 __all__ = ["flex_attention_packed"]
 
@@ -35,16 +32,17 @@ def _kernel(device_type: str) -> Callable:
     return flex_attention
 
 
-def flex_attention_packed(attn_module: torch.nn.Module, qkv: Tensor,
-                          groups: "TokenGroups") -> Tensor:
-    """(M, 3C) q/k/v of the kept tokens in ``groups.flat_index`` order -> (M, C) attention
-    output before the projection, each token attending within its group."""
+def flex_attention_packed(attn_module: torch.nn.Module, qkv: Tensor, group: Tensor,
+                          coords: Tensor, frame: Tuple[int, int]) -> Tensor:
+    """(M, 3C) q/k/v of M packed tokens -> (M, C) attention output before the projection,
+    each token attending to the tokens of its ``group`` (M,) only; ``coords`` (M, 2) long:
+    each token's (row, col) in its attention frame of size ``frame``."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     M, C3 = qkv.shape
     nh = attn_module.num_heads
     q, k, v = qkv.reshape(1, M, 3, nh, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (1, nh, M, hd)
-    doc = groups.group
+    doc = group
 
     def same_group(b, h, q_idx, kv_idx):
         return doc[q_idx] == doc[kv_idx]
@@ -52,9 +50,8 @@ def flex_attention_packed(attn_module: torch.nn.Module, qkv: Tensor,
     block_mask = create_block_mask(same_group, None, None, M, M, device=qkv.device)
     score_mod = None
     if attn_module.use_rel_pos:
-        coords = groups.token_coords()  # (M, 2)
         (lh, ph), (lw, pw) = rel_pos_lines(q, attn_module.rel_pos_h, attn_module.rel_pos_w,
-                                           coords, groups.frame)
+                                           coords, frame)
         lh, lw, ph, pw = lh[0], lw[0], ph[0], pw[0]  # (nh, M, h), (nh, M, w), (M,), (M,)
 
         def score_mod(score, b, h, q_idx, kv_idx):

@@ -28,7 +28,6 @@ decisions and the gathered blocks to a :class:`PruningObserver` (FLOP counting).
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager, nullcontext
 from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -40,11 +39,12 @@ from detectron2.modeling.backbone.utils import get_abs_pos
 from detectron2.modeling.backbone.vit import ViT
 
 from .gates import GATE_REGISTRY, gumbel_keep_decision
+from .schedule import keep_count
 from .attention import check_kernel, profiler_range
 from .sparse_block import DEFAULT_QUANTUM, run_block_dense, run_block_gathered, run_block_masked
 from .tome import REDUCER_REGISTRY
 
-__all__ = ["PrunedViT", "PruningObserver", "keep_count", "svit_schedule"]
+__all__ = ["PrunedViT", "PruningObserver"]
 
 
 class PrunedViT(ViT):
@@ -102,12 +102,9 @@ class PrunedViT(ViT):
                 anneals it.
             execution: "gather" (compute kept tokens only) or "masked" (compute all tokens,
                 mask keys; a reference that saves no time).
-            attention: the inference kernel of dense and gathered blocks, "sdpa" (fused
-                scaled-dot-product attention), "eager" (Detectron2's arithmetic; dense blocks
-                run Detectron2's ``Block.forward``) or "flex" (FlexAttention, gathered blocks).
-            bucket_quantum: gathered groups of different sizes attend in buckets of one
-                length, their size rounded up to a multiple of this (0: one bucket, every
-                group padded to the longest).
+            attention: inference kernel, "sdpa", "eager" or "flex" (see the module docstring).
+            bucket_quantum: gathered groups attend in buckets of their size rounded up to a
+                multiple of this (0: one bucket, every group padded to the longest).
             reducer: a name in REDUCER_REGISTRY ("tome") to use instead of gates;
                 reducer_kwargs go to it. Each pruned block keeps ``ceil(r * N)`` tokens at
                 its ratio r (``fixed_keep_ratio`` if set, else ``keep_ratios``).
@@ -120,8 +117,6 @@ class PrunedViT(ViT):
             None if fixed_keep_ratio is None
             else self._per_block(fixed_keep_ratio, "fixed_keep_ratio")
         )
-        if execution not in ("gather", "masked"):
-            raise ValueError(f"execution must be 'gather' or 'masked', got {execution!r}")
         self.preserve = preserve
         self.reactivate = reactivate and preserve  # discarded tokens cannot come back
         self.dynamic = dynamic
@@ -129,30 +124,31 @@ class PrunedViT(ViT):
         self.keep_ratio_loss_per_image = keep_ratio_loss_per_image
         self.gumbel_tau = gumbel_tau
         self.gumbel_noise = gumbel_noise
-        self.execution = execution
-        self.attention = check_kernel(attention)
-        if bucket_quantum < 0:
-            raise ValueError(f"bucket_quantum must be >= 0, got {bucket_quantum}")
-        self.bucket_quantum = int(bucket_quantum)
+        self.execution, self.attention, self.bucket_quantum = _checked_execution(
+            execution, attention, bucket_quantum)
         self._image_scales: Optional[Tensor] = None
-        embed_dim = self._out_feature_channels[self._out_features[0]]
         self.reducer = None
         if reducer:
             name = _registry_name(REDUCER_REGISTRY, reducer, "reducer")
             self.reducer = REDUCER_REGISTRY.get(name)(**(reducer_kwargs or {}))
-        self.gates = nn.ModuleDict(
-            {} if self.reducer is not None else
-            {str(i): GATE_REGISTRY.get(_gate_class_name(gate))(dim=embed_dim, **(gate_kwargs or {}))
-             for i in self.pruned_blocks}
-        )
+        self.gates = nn.ModuleDict({} if self.reducer is not None else self._new_gates(
+            gate, gate_kwargs or {}))
         self._guidance: Optional[Tensor] = None
         self._gates_on = True
         self._observer = PruningObserver()
+        self.last_keep_ratio_loss: Optional[Tensor] = None
+        self._clear_statistics((0, 0))
+
+    def _new_gates(self, gate: str, gate_kwargs: dict) -> Dict[str, nn.Module]:
+        embed_dim = self._out_feature_channels[self._out_features[0]]
+        cls = GATE_REGISTRY.get(_gate_class_name(gate))
+        return {str(i): cls(dim=embed_dim, **gate_kwargs) for i in self.pruned_blocks}
+
+    def _clear_statistics(self, grid: Tuple[int, int]) -> None:
         self.last_keep_ratios: Dict[int, Tensor] = {}
         self.last_keep_masks: Dict[int, Tensor] = {}
-        self.last_keep_ratio_loss: Optional[Tensor] = None
         self.last_gate_log_probs: Dict[int, Tensor] = {}
-        self.last_grid = (0, 0)
+        self.last_grid = grid
 
     def _checked_blocks(self, pruned_blocks: Sequence[int]) -> List[int]:
         """Sorted distinct block indices without a residual conv block (ValueError if not)."""
@@ -241,14 +237,13 @@ class PrunedViT(ViT):
         B, H, W, C = x.shape
         active = torch.ones(B, H * W, dtype=torch.bool, device=x.device)
         losses: List[Tensor] = []
-        self.last_keep_ratios, self.last_keep_masks, self.last_gate_log_probs = {}, {}, {}
-        self.last_grid = (H, W)
+        self._clear_statistics((H, W))
         pruning = self._gates_on
         for i, blk in enumerate(self.blocks):
             if pruning and self.reducer is not None and i in self.keep_ratios:
                 x = self._reduced_block(i, blk, x)
             elif not pruning or str(i) not in self.gates:
-                x = self._dense_block(blk, x)
+                x = self._dense_block(i, blk, x)
             else:
                 x, active = self._gated_block(i, blk, x, active, losses)
         if not self.preserve and self.gates and pruning:
@@ -311,7 +306,7 @@ class PrunedViT(ViT):
         if not self.reactivate:
             active = keep
         if bool(keep.all()):
-            x = self._dense_block(blk, observer.before_dense_block(i, x))
+            x = self._dense_block(i, blk, observer.before_dense_block(i, x))
         elif self.execution == "gather":
             with observer.block_scope(i), profiler_range("tp::gathered_block"):
                 x = run_block_gathered(blk, x, keep, self.attention, self.bucket_quantum)
@@ -328,20 +323,21 @@ class PrunedViT(ViT):
         N = H * W
         n = keep_count((self.fixed_keep_ratio or self.keep_ratios)[i], N)
         if n == N:
-            x = self._dense_block(blk, x)
+            x = self._dense_block(i, blk, x)
         else:
             tokens, state = self.reducer.reduce(x, n)
             x = self.reducer.restore(self.reducer.run_block(blk, tokens, state), state)
         self.last_keep_ratios[i] = x.new_full((B,), n / N)
         return x
 
-    def _dense_block(self, blk: nn.Module, x: Tensor) -> Tensor:
-        """Every token through ``blk`` (Detectron2's ``forward`` in training, and at inference
-        with the "eager" kernel; else the fused kernel)."""
+    def _dense_block(self, i: int, blk: nn.Module, x: Tensor) -> Tensor:
+        """Every token through block ``i`` (Detectron2's ``forward`` in training, and at
+        inference with the "eager" kernel; else the fused kernel, in the observer's scope)."""
         with profiler_range("tp::dense_block"):
-            if self.training:
+            if self.training or self.attention == "eager":
                 return blk(x)
-            return run_block_dense(blk, x, self.attention)
+            with self._observer.block_scope(i):
+                return run_block_dense(blk, x, self.attention)
 
     def _inference_decision(self, i: int, log_probs: Tensor, active: Tensor) -> Tensor:
         """(B, N, 2) gate log-probs -> (B, N) bool keep mask, at least one token per image.
@@ -399,11 +395,6 @@ class PrunedViT(ViT):
         return (keep.mean() - target) ** 2
 
 
-def keep_count(ratio: float, num_tokens: int) -> int:
-    """Tokens a top-k rate ``ratio`` keeps of ``num_tokens``: ceil(ratio * N), in [1, N]."""
-    return min(max(1, math.ceil(ratio * num_tokens - 1e-6)), num_tokens)
-
-
 class PruningObserver:
     """What :meth:`PrunedViT.observed` hands the inference path of the pruned blocks; this
     base class changes nothing. FLOP counting (:mod:`tokenprune.analysis.flops`) overrides
@@ -419,8 +410,17 @@ class PruningObserver:
         return x
 
     def block_scope(self, block: int) -> ContextManager:
-        """A context around the gathered (or masked) execution of ``block``."""
+        """A context around the functional execution of ``block`` (gathered, masked, or
+        dense through the fused kernel; not around Detectron2's own ``Block.forward``)."""
         return nullcontext()
+
+
+def _checked_execution(execution: str, attention: str, quantum: int) -> Tuple[str, str, int]:
+    if execution not in ("gather", "masked"):
+        raise ValueError(f"execution must be 'gather' or 'masked', got {execution!r}")
+    if quantum < 0:
+        raise ValueError(f"bucket_quantum must be >= 0, got {quantum}")
+    return execution, check_kernel(attention), int(quantum)
 
 
 def _gate_class_name(kind: str) -> str:
@@ -433,15 +433,3 @@ def _registry_name(registry, kind: str, suffix: str) -> str:
     """A short, case- and underscore-insensitive name -> the registered class name."""
     aliases = {name.lower().removesuffix(suffix): name for name in registry._obj_map}
     return aliases.get(kind.lower().replace("_", ""), kind)
-
-
-def svit_schedule(depth: int, dense_fraction: float = 0.25, base: float = 0.7) -> dict:
-    """SViT's schedule for a ViT of ``depth`` blocks: the first quarter dense, the rest in
-    three equal stages keeping ``base``, ``base**2``, ``base**3`` (0.7 / 0.49 / 0.343).
-
-    Returns ``dict(pruned_blocks=[...], keep_ratios=[...])`` for :class:`PrunedViT`.
-    """
-    first = int(round(depth * dense_fraction))
-    blocks = list(range(first, depth))
-    ratios = [round(base ** (1 + min(2, 3 * k // len(blocks))), 4) for k in range(len(blocks))]
-    return dict(pruned_blocks=blocks, keep_ratios=ratios)

@@ -192,7 +192,8 @@ def attend_kept_tokens(attn_module: torch.nn.Module, tokens: Tensor, groups: Tok
     """
     qkv = attn_module.qkv(tokens)  # (M, 3C)
     if check_kernel(kernel) == "flex":
-        return attn_module.proj(flex_attention_packed(attn_module, qkv, groups))
+        return attn_module.proj(flex_attention_packed(
+            attn_module, qkv, groups.group, groups.token_coords(), groups.frame))
     out = None
     for rows, bucket in groups.buckets(quantum):
         part = bucket.unpack(attention_core(
@@ -245,11 +246,8 @@ def _run_block_all_tokens(block: torch.nn.Module, x: Tensor, weight: Optional[Te
         frame = (H, W)
     n_groups = h.shape[0]
     fh, fw = frame
-    coords = torch.stack(
-        torch.meshgrid(torch.arange(fh, device=x.device), torch.arange(fw, device=x.device),
-                       indexing="ij"), dim=-1).view(-1, 2)
     attended = attention_on_groups(
-        block.attn, h.reshape(n_groups, fh * fw, C), coords, frame,
+        block.attn, h.reshape(n_groups, fh * fw, C), None, frame,
         key_weight=None if weight_w is None else weight_w.reshape(n_groups, fh * fw),
         kernel=kernel,
     ).view(n_groups, fh, fw, C)

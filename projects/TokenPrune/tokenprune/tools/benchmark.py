@@ -3,7 +3,7 @@
     python -m tokenprune.tools.benchmark --config-file configs/COCO/mask_rcnn_vitdet_b_svit.py \\
         --schedule svit --device cpu --input-size 1024 --repeats 3
     python -m tokenprune.tools.benchmark --config-file CFG --keep-ratios 1.0 0.7 0.5 \\
-        --input-size 512 --batch-size 2 --output out/bench -- model.backbone.net.depth=12
+        --input-size 512 --batch-size 1 2 4 8 --precision bfloat16 --output out/bench
 
 What is measured and how: :mod:`tokenprune.analysis.benchmark`. Outputs (``--output``,
 default ``<train.output_dir>/benchmark``), each written atomically: ``speedup.png``,
@@ -18,9 +18,11 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from ..analysis.benchmark import check_args, memory_probe, setup
+from ..analysis.benchmark import check_args, for_batch, setup
+from ..analysis.benchmark_memory import memory_probe
 from ..analysis.benchmark_report import run_benchmark
 from ..fileio import make_output_dir
+from ..modeling.attention import ATTENTION_KERNELS
 from .common import load_tool_config, run_tool, tool_parser
 
 __all__ = ["build_parser", "main", "cli"]
@@ -37,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--input-size", type=int, default=None, metavar="S",
                         help="square input side in pixels (default: the model's square_pad)")
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[1], metavar="B",
+                        help="batch sizes, each measured in turn (default 1)")
+    parser.add_argument("--attention", choices=ATTENTION_KERNELS, default="sdpa",
+                        help="attention kernel of the pruned variants (default sdpa)")
+    parser.add_argument("--precision", choices=["float32", "bfloat16", "float16"],
+                        default="float32", help="autocast precision of every call")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="torch.set_num_threads(N) (default: PyTorch's choice)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
@@ -68,7 +75,7 @@ def main(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     cfg = load_tool_config(args, need_data=False)
     if args.memory_probe:
-        return memory_probe(setup(cfg, args), args)
+        return memory_probe(for_batch(setup(cfg, args), args, args.batch_size[0]), args)
     out_dir = make_output_dir(args.output or os.path.join(cfg.train.output_dir, "benchmark"))
     return run_benchmark(cfg, args, out_dir, PROG, probe_module="tokenprune.tools.benchmark")
 
