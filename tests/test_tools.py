@@ -139,7 +139,7 @@ def test_benchmark_outputs(tmp_path, gated_checkpoint):
     assert res["input_size"] == 64 and res["token_grid"] == [4, 4]
     assert res["batch_sizes"] == [1, 2] and [r["batch_size"] for r in res["runs"]] == [1, 2]
     assert res["pruned_blocks"] == [1, 2, 3] and not res["converted_from_dense"]
-    assert res["weights"] == gated_checkpoint and res["attention"] == "sdpa"
+    assert res["weights"] == gated_checkpoint and res["attention"] == ["sdpa"]
     run1, run2 = res["runs"]
     v = {x["key"]: x for x in run1["variants"]}
     assert list(v) == ["dense", "dense_sdpa", "keep1", "keep0.5", "svit", "gates"]
@@ -182,6 +182,16 @@ def test_benchmark_outputs(tmp_path, gated_checkpoint):
     assert all(len(r) == 12 and r[4].endswith("x") and r[8].endswith("x") for r in rows)
     assert rows[4][1] == "1: 0.75, 2: 0.5, 3: 0.375"
     assert "## Batch sizes" in md and "svit schedule, unequal" in md
+    # one table of several results.json (the GPU script's summary)
+    table = run(["-m", "tokenprune.tools.benchmark_summary", str(out / "results.json"),
+                 str(out / "results.json"), "--output", str(tmp_path / "table.md")], timeout=60)
+    assert table.returncode == 0, table.stderr[-2000:]
+    lines = (tmp_path / "table.md").read_text().splitlines()
+    assert lines[2] == "| config | variant | batch 1 | batch 2 |"
+    assert sum(ln.startswith("| mask_rcnn_vitdet_t_svit.py | ") for ln in lines) == 2 * 7
+    bad = run(["-m", "tokenprune.tools.benchmark_summary", str(out / "results.md")], timeout=60)
+    assert "is not a benchmark results.json" in _one_line_error(
+        bad, "tokenprune.tools.benchmark_summary")
     _png_ok(out / "speedup.png")
 
 
@@ -189,19 +199,22 @@ def test_benchmark_dense_config_backbone_only_rss(tmp_path):
     """A dense config is converted to SViT's schedule; resident-set memory per process."""
     out = tmp_path / "bench"
     proc = run(BENCH + ["--config-file", DENSE_CFG, "--keep-ratios", "0.5", "--backbone-only",
-                        "--memory", "rss", "--device", "cpu", "--output", str(out), *FAST,
-                        *TINY], timeout=300)
+                        "--memory", "rss", "--device", "cpu", "--output", str(out),
+                        "--attention", "sdpa", "flex", *FAST, *TINY], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["converted_from_dense"] and res["pruned_blocks"] == [1, 2, 3]
     assert "fresh process" in res["memory_method"] and "VmHWM" in res["memory_method"]
     (run1,) = res["runs"]
-    assert [x["key"] for x in run1["variants"]] == ["dense", "dense_sdpa", "keep0.5"]
+    assert [x["key"] for x in run1["variants"]] == ["dense", "dense_sdpa", "keep0.5_sdpa",
+                                                    "keep0.5_flex"]
+    assert [x["attention"] for x in run1["variants"]] == ["eager", "sdpa", "sdpa", "flex"]
     for x in run1["variants"]:
         assert x["model"] is None and set(x["peak_memory_mib"]) == {"backbone"}
         assert x["peak_memory_mib"]["backbone"] >= 0
     rows = _table_rows((out / "results.md").read_text())
-    assert [r[0] for r in rows] == ["dense (Detectron2)", "dense (SDPA)", "keep 0.5"]
+    assert [r[0] for r in rows] == ["dense (Detectron2)", "dense (SDPA)", "keep 0.5 [sdpa]",
+                                    "keep 0.5 [flex]"]
     assert rows[2][7] == "n/a"
     _png_ok(out / "speedup.png")
 

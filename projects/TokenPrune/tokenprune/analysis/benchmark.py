@@ -34,8 +34,9 @@ Variants (all share the model object; only :meth:`PrunedViT.pruning` changes):
 * ``learned gates``: ``fixed_keep_ratio=None``, the gates decide per image (only with
   ``--weights checkpoint`` and a config that has gates: untrained gates decide nothing).
 
-The pruned variants run ``--attention`` (default ``sdpa``; ``eager``, ``flex``) in their
-dense and gathered blocks, windows bucketed by kept count (the model's ``bucket_quantum``);
+The pruned variants run ``--attention`` (default ``sdpa``; ``eager``, ``flex``; several
+kernels: one row per variant and kernel, the kernel in brackets) in their dense and
+gathered blocks, windows bucketed by kept count (the model's ``bucket_quantum``);
 each row reports the padding the gathered attention computes over the kept tokens, with
 one bucket (every group padded to the fullest, as before bucketing) and with the buckets.
 ``--batch-size 1 2 4 8`` measures every batch size in one run (the same image repeated);
@@ -136,23 +137,25 @@ class Variant:
 def variants(args, vit, has_trained_gates: bool, batch: int) -> List[Variant]:
     """The two dense references, one variant per ``--keep-ratios``, the schedule (and its
     unequal form for a batch), the learned gates."""
-    out = [Variant("dense", "dense (Detectron2)", None, gates_off=True, attention="eager"),
-           Variant("dense_sdpa", "dense (SDPA)", None, gates_off=True, attention="sdpa")]
-    blocks, kernel = vit.pruned_blocks, args.attention
-    for r in args.keep_ratios or []:
-        key = f"keep{r:g}"
-        if all(v.key != key for v in out):
-            out.append(Variant(key, f"keep {r:g}", {i: float(r) for i in blocks},
-                               attention=kernel))
+    dense = [Variant("dense", "dense (Detectron2)", None, gates_off=True, attention="eager"),
+             Variant("dense_sdpa", "dense (SDPA)", None, gates_off=True, attention="sdpa")]
+    blocks = vit.pruned_blocks
+    pruned = []
+    for r in dict.fromkeys(args.keep_ratios or []):
+        pruned.append(Variant(f"keep{r:g}", f"keep {r:g}", {i: float(r) for i in blocks}))
     if args.schedule == "svit":
-        out.append(Variant("svit", "svit schedule", dict(vit.keep_ratios), attention=kernel))
+        pruned.append(Variant("svit", "svit schedule", dict(vit.keep_ratios)))
         if batch > 1:
             scales = [0.6 + 0.8 * b / (batch - 1) for b in range(batch)]
-            out.append(Variant("svit_unequal", "svit schedule, unequal", dict(vit.keep_ratios),
-                               attention=kernel, image_scales=scales))
+            pruned.append(Variant("svit_unequal", "svit schedule, unequal",
+                                  dict(vit.keep_ratios), image_scales=scales))
     if has_trained_gates:
-        out.append(Variant("gates", "learned gates", None, attention=kernel))
-    return out
+        pruned.append(Variant("gates", "learned gates", None))
+    kernels = list(dict.fromkeys(args.attention))
+    if len(kernels) == 1:
+        return dense + [replace(v, attention=kernels[0]) for v in pruned]
+    return dense + [replace(v, key=f"{v.key}_{k}", name=f"{v.name} [{k}]", attention=k)
+                    for v in pruned for k in kernels]
 
 
 def check_args(args) -> None:

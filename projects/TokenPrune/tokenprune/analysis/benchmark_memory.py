@@ -38,7 +38,7 @@ def memory_probe(bench: Bench, args) -> None:
 
 def _probe_command(bench: Bench, args, key: str, module: str) -> List[str]:
     cmd = [sys.executable, "-m", module, "--config-file", args.config_file,
-           "--threads", str(torch.get_num_threads()), "--attention", args.attention,
+           "--threads", str(torch.get_num_threads()), "--attention", *args.attention,
            "--precision", args.precision,
            "--device", args.device, "--batch-size", str(bench.batch),
            "--input-size", str(args.input_size), "--weights", args.weights,

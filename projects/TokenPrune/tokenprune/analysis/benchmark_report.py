@@ -19,7 +19,7 @@ from .benchmark import (DENSE_KEYS, Bench, Variant, for_batch, padding_fractions
 from .benchmark_memory import peak_memory
 from .cost import backbone_macs, uniform_keep_speedups
 
-__all__ = ["run_benchmark", "markdown"]
+__all__ = ["run_benchmark", "markdown", "summary_markdown"]
 
 
 def _baselines(timing, scopes: List[str]) -> Dict[str, str]:
@@ -97,7 +97,7 @@ def _results(bench: Bench, args, cfg, prog: str, runs, method: str) -> Dict[str,
         "device_name": (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
                         else platform.processor() or platform.machine()),
         "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
-        "precision": args.precision, "attention": args.attention,
+        "precision": args.precision, "attention": list(args.attention),
         "bucket_quantum": bench.vit.bucket_quantum,
         "input_size": args.input_size, "backbone_input_hw": list(x.shape[-2:]),
         "token_grid": list(spec.grid),
@@ -183,8 +183,8 @@ def markdown(res: dict) -> str:
         f"(backbone input {res['backbone_input_hw'][0]}x{res['backbone_input_hw'][1]}, "
         f"token grid {res['token_grid'][0]}x{res['token_grid'][1]}), batch sizes "
         f"{', '.join(map(str, res['batch_sizes']))}",
-        f"- pruned variants: attention `{res['attention']}`, windows bucketed by kept count "
-        f"(quantum {res['bucket_quantum']})",
+        f"- pruned variants: attention {', '.join(res['attention'])}, windows bucketed by "
+        f"kept count (quantum {res['bucket_quantum']})",
         f"- weights: {res['weights']}; warm-up rounds {res['warmup']}, timed rounds "
         f"{res['repeats']} (medians, variants interleaved)",
         f"- peak memory: {res['memory_method']}",
@@ -282,3 +282,30 @@ def _plot(res: dict, curve: Tuple[List[float], List[float]]) -> bytes:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return figure_png(fig)
+
+
+def summary_markdown(results: List[dict]) -> str:
+    """One table of several benchmark results (e.g. a windowed and a global config): per
+    config and variant, the backbone's (or whole model's) milliseconds per image and
+    speedup against the faster dense reference at each batch size."""
+    batches = sorted({r["batch_size"] for res in results for r in res["runs"]})
+    lines = ["| config | variant | " + " | ".join(f"batch {b}" for b in batches) + " |",
+             "|---|---|" + "---:|" * len(batches)]
+    for res in results:
+        scope = "backbone"
+        runs = {r["batch_size"]: r for r in res["runs"]}
+        names = list(dict.fromkeys(v["name"] for r in res["runs"] for v in r["variants"]))
+        config = os.path.basename(res["config_file"])
+        for name in names:
+            cells = []
+            for b in batches:
+                v = next((v for v in runs[b]["variants"] if v["name"] == name), None) \
+                    if b in runs else None
+                cells.append("" if v is None else
+                             f"{v[scope]['median_ms'] / b:.1f} ms ({v[scope]['speedup']:.2f}x)")
+            lines.append(f"| {config} | {name} | " + " | ".join(cells) + " |")
+    head = results[0]
+    return (f"Backbone ms per image (speedup against the faster dense reference); "
+            f"{head['device']} ({head['device_name']}), {head['precision']}, "
+            f"{head['input_size']}x{head['input_size']}, torch {head['torch_version']}\n\n"
+            + "\n".join(lines) + "\n")

@@ -5,8 +5,10 @@ to the tokens of its own group only (a block-diagonal ``mask_mod``, so FlexAtten
 every (query block, key block) tile outside the groups: no padding at all), and the
 decomposed relative positions are a ``score_mod`` that adds each query's precomputed
 per-row and per-column terms (:func:`.attention.rel_pos_lines`) for the key's row and
-column. On CUDA the kernel is compiled (``torch.compile(flex_attention)``, once per
-process); elsewhere FlexAttention runs its unfused reference, which materialises the
+column. The sequence is padded to a multiple of :data:`SEQUENCE_QUANTUM` (the padding is
+a group of its own, dropped after), so the compiled kernel sees few distinct shapes.
+On CUDA the kernel is compiled (``torch.compile(flex_attention)``, once per process);
+elsewhere FlexAttention runs its unfused reference, which materialises the
 (M, M) scores: correct, for tests, not fast.
 """
 from __future__ import annotations
@@ -20,7 +22,9 @@ from torch import Tensor
 
 from .attention import rel_pos_lines
 
-__all__ = ["flex_attention_packed"]
+__all__ = ["flex_attention_packed", "SEQUENCE_QUANTUM"]
+
+SEQUENCE_QUANTUM = 128  # FlexAttention's default tile
 
 
 @lru_cache(maxsize=None)
@@ -28,7 +32,7 @@ def _kernel(device_type: str) -> Callable:
     from torch.nn.attention.flex_attention import flex_attention
 
     if device_type == "cuda":
-        return torch.compile(flex_attention, dynamic=False)
+        return torch.compile(flex_attention, dynamic=True)
     return flex_attention
 
 
@@ -40,14 +44,20 @@ def flex_attention_packed(attn_module: torch.nn.Module, qkv: Tensor, group: Tens
     from torch.nn.attention.flex_attention import create_block_mask
 
     M, C3 = qkv.shape
+    pad = -M % SEQUENCE_QUANTUM
+    if pad:
+        qkv = torch.cat([qkv, qkv.new_zeros(pad, C3)])
+        group = torch.cat([group, group.new_full((pad,), -1)])
+        coords = torch.cat([coords, coords.new_zeros(pad, 2)])
+    S = M + pad
     nh = attn_module.num_heads
-    q, k, v = qkv.reshape(1, M, 3, nh, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (1, nh, M, hd)
+    q, k, v = qkv.reshape(1, S, 3, nh, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (1, nh, S, hd)
     doc = group
 
     def same_group(b, h, q_idx, kv_idx):
         return doc[q_idx] == doc[kv_idx]
 
-    block_mask = create_block_mask(same_group, None, None, M, M, device=qkv.device)
+    block_mask = create_block_mask(same_group, None, None, S, S, device=qkv.device)
     score_mod = None
     if attn_module.use_rel_pos:
         (lh, ph), (lw, pw) = rel_pos_lines(q, attn_module.rel_pos_h, attn_module.rel_pos_w,
@@ -61,4 +71,4 @@ def flex_attention_packed(attn_module: torch.nn.Module, qkv: Tensor, group: Tens
         warnings.filterwarnings("ignore", message="flex_attention called without")
         out = _kernel(qkv.device.type)(q, k, v, score_mod=score_mod, block_mask=block_mask,
                                        scale=attn_module.scale)
-    return out.transpose(1, 2).reshape(M, C3 // 3)
+    return out.transpose(1, 2).reshape(S, C3 // 3)[:M]

@@ -31,7 +31,7 @@ PROG = "tokenprune.tools.benchmark"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = tool_parser(PROG, __doc__.split("\n\n")[0])
+    parser = tool_parser(PROG, __doc__.split("\n\n")[0], precision=True)
     parser.add_argument("--keep-ratios", type=float, nargs="+", metavar="R",
                         help="forced keep ratios, one variant each, in (0, 1]")
     parser.add_argument("--schedule", choices=["svit"], default=None,
@@ -41,10 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="square input side in pixels (default: the model's square_pad)")
     parser.add_argument("--batch-size", type=int, nargs="+", default=[1], metavar="B",
                         help="batch sizes, each measured in turn (default 1)")
-    parser.add_argument("--attention", choices=ATTENTION_KERNELS, default="sdpa",
-                        help="attention kernel of the pruned variants (default sdpa)")
-    parser.add_argument("--precision", choices=["float32", "bfloat16", "float16"],
-                        default="float32", help="autocast precision of every call")
+    parser.add_argument("--attention", choices=ATTENTION_KERNELS, nargs="+", default=["sdpa"],
+                        help="attention kernels of the pruned variants, one row each "
+                             "(default sdpa)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="torch.set_num_threads(N) (default: PyTorch's choice)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
