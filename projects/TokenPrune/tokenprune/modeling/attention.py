@@ -129,7 +129,8 @@ def rel_pos_bias(q: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor, coords: Option
     return bias.add_(lw.gather(-1, pw[:, None, None, :].expand(G, nh, L, L)))
 
 
-def attention_logits(attn_module: torch.nn.Module, q: Tensor, k: Tensor, coords: Tensor,
+def attention_logits(attn_module: torch.nn.Module, q: Tensor, k: Tensor,
+                     coords: Optional[Tensor],
                      frame: Tuple[int, int], key_valid: Optional[Tensor] = None,
                      key_bias: Optional[Tensor] = None) -> Tensor:
     """Pre-softmax attention (G, nh, L, L) of ViTDet's ``Attention`` on token groups.
@@ -153,7 +154,8 @@ def attention_logits(attn_module: torch.nn.Module, q: Tensor, k: Tensor, coords:
     return logits
 
 
-def _sdpa(attn_module: torch.nn.Module, q: Tensor, k: Tensor, v: Tensor, coords: Tensor,
+def _sdpa(attn_module: torch.nn.Module, q: Tensor, k: Tensor, v: Tensor,
+          coords: Optional[Tensor],
           frame: Tuple[int, int], key_valid: Optional[Tensor],
           key_bias: Optional[Tensor]) -> Tensor:
     """(G, nh, L, hd) output of the fused kernel; bias and padding as one additive mask."""
@@ -172,7 +174,7 @@ def _sdpa(attn_module: torch.nn.Module, q: Tensor, k: Tensor, v: Tensor, coords:
 def attention_core(
     attn_module: torch.nn.Module,
     qkv: Tensor,
-    coords: Tensor,
+    coords: Optional[Tensor],
     frame: Tuple[int, int],
     key_valid: Optional[Tensor] = None,
     key_weight: Optional[Tensor] = None,
@@ -205,24 +207,15 @@ def attention_core(
     return out.transpose(1, 2).reshape(G, L, C3 // 3)
 
 
-def attention_on_groups(
-    attn_module: torch.nn.Module,
-    x: Tensor,
-    coords: Tensor,
-    frame: Tuple[int, int],
-    key_valid: Optional[Tensor] = None,
-    key_weight: Optional[Tensor] = None,
-    key_bias: Optional[Tensor] = None,
-    kernel: str = "eager",
-) -> Tensor:
+def attention_on_groups(attn_module: torch.nn.Module, x: Tensor, coords: Optional[Tensor],
+                        frame: Tuple[int, int], **options) -> Tensor:
     """Detectron2 ViTDet ``Attention`` over token groups with exact relative positions.
 
-    x: (G, L, C) normalised tokens -> (G, L, C) after the output projection; the other
-    arguments: see :func:`attention_core`.
+    x: (G, L, C) normalised tokens -> (G, L, C) after the output projection; ``options``
+    (``key_valid``, ``key_weight``, ``key_bias``, ``kernel``): see :func:`attention_core`.
     """
-    out = attention_core(attn_module, attn_module.qkv(x), coords, frame, key_valid,
-                         key_weight, key_bias, kernel)
-    return attn_module.proj(out)
+    return attn_module.proj(attention_core(attn_module, attn_module.qkv(x), coords, frame,
+                                           **options))
 
 
 class PolicyAttention(torch.autograd.Function):
