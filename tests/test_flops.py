@@ -118,7 +118,8 @@ def test_block_cost_by_hand():
     keep = torch.tensor([1, 1, 0, 0, 1, 0, 0, 1], dtype=torch.bool)  # 2x4 grid: 3 + 1 kept
     padded = block_cost(windows, 0, keep, quantum=0)  # groups [3, 1] padded to [3, 3]
     assert padded["qkv"] == 4 * 4 * 12 and padded["attn_qk"] == 2 * 9 * 4  # qkv: kept only
-    assert block_cost(windows, 0, keep, quantum=2)["attn_qk"] == (16 + 4) * 4  # [4, 2]
+    # quantum 2: [3, 1] -> [4, 2], capped at the longest group -> [3, 2]
+    assert block_cost(windows, 0, keep, quantum=2)["attn_qk"] == (9 + 4) * 4
     assert padded["mlp"] == 2 * 4 * 4 * 4  # the MLP runs on the kept tokens only
     assert block_cost(windows, 0, keep)["attn_qk"] == (9 + 1) * 4
 

@@ -110,7 +110,7 @@ import torch
 from ..checkpoint import load_model
 from ..errors import CheckpointError, ConfigError, InputError
 from ..modeling import PrunedViT, find_pruned_vit, svit_schedule
-from ..modeling.autocast import amp_dtype
+from ..modeling.autocast import amp_dtype, autocast_model
 from ..modeling.sparse_block import group_kept_tokens
 from .cost import BackboneSpec
 from .timing import interleaved_times
@@ -255,21 +255,14 @@ def _inputs(model, size: int, batch: int, prompt, task_id):
 
 def _runners(model, vit, x, batched, guidance, args) -> Dict[str, Callable[[], object]]:
     """{scope: call}, each under ``--precision``'s autocast."""
-    def autocast():
-        if args.precision == "float32":
-            return nullcontext()
-        return torch.autocast(torch.device(args.device).type,
-                              dtype=amp_dtype(args.precision, args.device))
+    vit_call = autocast_model(vit, args.precision, args.device)
+    model_call = autocast_model(model, args.precision, args.device)
 
     def backbone():
-        with autocast(), vit.guided(guidance) if guidance is not None else nullcontext():
-            return vit(x)
+        with vit.guided(guidance) if guidance is not None else nullcontext():
+            return vit_call(x)
 
-    def whole():
-        with autocast():
-            return model(batched)
-
-    return {"backbone": backbone, "model": whole}
+    return {"backbone": backbone, "model": lambda: model_call(batched)}
 
 
 @dataclass

@@ -52,10 +52,8 @@ def flex_attention_packed(attn_module: torch.nn.Module, qkv: Tensor, group: Tens
     S = M + pad
     nh = attn_module.num_heads
     q, k, v = qkv.reshape(1, S, 3, nh, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (1, nh, S, hd)
-    doc = group
-
     def same_group(b, h, q_idx, kv_idx):
-        return doc[q_idx] == doc[kv_idx]
+        return group[q_idx] == group[kv_idx]
 
     block_mask = create_block_mask(same_group, None, None, S, S, device=qkv.device)
     score_mod = None

@@ -126,7 +126,7 @@ class PrunedViT(ViT):
         self.gumbel_noise = gumbel_noise
         self.execution, self.attention, self.bucket_quantum = _checked_execution(
             execution, attention, bucket_quantum)
-        self._image_scales: Optional[Tensor] = None
+        self._image_scales: Optional[Tuple[float, ...]] = None
         self.reducer = None
         if reducer:
             name = _registry_name(REDUCER_REGISTRY, reducer, "reducer")
@@ -211,7 +211,7 @@ class PrunedViT(ViT):
         self.dynamic, self._gates_on = True, gates
         self.attention = self.attention if attention is None else check_kernel(attention)
         self._image_scales = (None if image_scales is None
-                              else torch.tensor([float(s) for s in image_scales]))
+                              else tuple(float(s) for s in image_scales))
         try:
             yield
         finally:
@@ -379,9 +379,9 @@ class PrunedViT(ViT):
         """(B, N) scores -> (B, N) bool: image b keeps its top keep_count(ratio * scale_b)."""
         B, N = score.shape
         scales = self._image_scales
-        if scales.numel() != B:
-            raise ValueError(f"image_scales has {scales.numel()} factors for a batch of {B}")
-        k = torch.tensor([keep_count(min(1.0, ratio * float(s)), N) for s in scales],
+        if len(scales) != B:
+            raise ValueError(f"image_scales has {len(scales)} factors for a batch of {B}")
+        k = torch.tensor([keep_count(min(1.0, ratio * s), N) for s in scales],
                          device=score.device)
         if not self.reactivate:
             k = torch.minimum(k, active.sum(dim=1))

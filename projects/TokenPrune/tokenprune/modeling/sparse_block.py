@@ -83,12 +83,12 @@ class TokenGroups:
 
     def bucket_lengths(self, quantum: int) -> List[int]:
         """Per group, the length of its bucket: its size rounded up to a multiple of
-        ``quantum`` (at most the frame's size); ``quantum`` 0: the longest group (one bucket).
-        The lengths come from a fixed set, so shapes repeat (``torch.compile``)."""
+        ``quantum``, at most the longest group's (so buckets never pad more than one bucket
+        would); ``quantum`` 0: the longest group (one bucket). The lengths come from the
+        multiples of ``quantum`` and the longest size, so shapes repeat (``torch.compile``)."""
         if quantum <= 0:
             return [self.length] * self.num_groups
-        cap = self.frame[0] * self.frame[1]
-        return [min(-(-c // quantum) * quantum, cap) for c in self.counts]
+        return [min(-(-c // quantum) * quantum, self.length) for c in self.counts]
 
     def padding_fraction(self, quantum: int) -> float:
         """Padding slots over kept tokens when attended in buckets of ``quantum``."""
@@ -225,8 +225,8 @@ def run_block_gathered(block: torch.nn.Module, x: Tensor, keep: Tensor, kernel: 
     flat = x.reshape(B * H * W, C)
     tokens = flat.index_select(0, groups.flat_index)  # (M, C)
     attended = attend_kept_tokens(block.attn, block.norm1(tokens), groups, kernel, quantum)
-    tokens = tokens + block.drop_path(attended.to(tokens.dtype))
-    tokens = tokens + block.drop_path(block.mlp(block.norm2(tokens)).to(tokens.dtype))
+    tokens = tokens + block.drop_path(attended)
+    tokens = tokens + block.drop_path(block.mlp(block.norm2(tokens)))
     return flat.index_copy(0, groups.flat_index, tokens).view(B, H, W, C)
 
 
