@@ -187,8 +187,9 @@ def test_benchmark_outputs(tmp_path, gated_checkpoint):
                  str(out / "results.json"), "--output", str(tmp_path / "table.md")], timeout=60)
     assert table.returncode == 0, table.stderr[-2000:]
     lines = (tmp_path / "table.md").read_text().splitlines()
-    assert lines[2] == "| config | variant | batch 1 | batch 2 |"
-    assert sum(ln.startswith("| mask_rcnn_vitdet_t_svit.py | ") for ln in lines) == 2 * 7
+    assert lines[2] == "| config | input | precision | variant | batch 1 | batch 2 |"
+    assert sum(ln.startswith("| mask_rcnn_vitdet_t_svit.py | 64x64 | float32 | ")
+               for ln in lines) == 2 * 7
     bad = run(["-m", "tokenprune.tools.benchmark_summary", str(out / "results.md")], timeout=60)
     assert "is not a benchmark results.json" in _one_line_error(
         bad, "tokenprune.tools.benchmark_summary")

@@ -286,16 +286,18 @@ def _plot(res: dict, curve: Tuple[List[float], List[float]]) -> bytes:
 
 def summary_markdown(results: List[dict]) -> str:
     """One table of several benchmark results (e.g. a windowed and a global config): per
-    config and variant, the backbone's (or whole model's) milliseconds per image and
+    config, input size, precision and variant, the backbone's milliseconds per image and
     speedup against the faster dense reference at each batch size."""
     batches = sorted({r["batch_size"] for res in results for r in res["runs"]})
-    lines = ["| config | variant | " + " | ".join(f"batch {b}" for b in batches) + " |",
-             "|---|---|" + "---:|" * len(batches)]
+    lines = ["| config | input | precision | variant | "
+             + " | ".join(f"batch {b}" for b in batches) + " |",
+             "|---|---|---|---|" + "---:|" * len(batches)]
     for res in results:
         scope = "backbone"
         runs = {r["batch_size"]: r for r in res["runs"]}
         names = list(dict.fromkeys(v["name"] for r in res["runs"] for v in r["variants"]))
-        config = os.path.basename(res["config_file"])
+        row = (f"| {os.path.basename(res['config_file'])} | "
+               f"{res['input_size']}x{res['input_size']} | {res['precision']} | ")
         for name in names:
             cells = []
             for b in batches:
@@ -303,9 +305,8 @@ def summary_markdown(results: List[dict]) -> str:
                     if b in runs else None
                 cells.append("" if v is None else
                              f"{v[scope]['median_ms'] / b:.1f} ms ({v[scope]['speedup']:.2f}x)")
-            lines.append(f"| {config} | {name} | " + " | ".join(cells) + " |")
+            lines.append(row + f"{name} | " + " | ".join(cells) + " |")
     head = results[0]
     return (f"Backbone ms per image (speedup against the faster dense reference); "
-            f"{head['device']} ({head['device_name']}), {head['precision']}, "
-            f"{head['input_size']}x{head['input_size']}, torch {head['torch_version']}\n\n"
+            f"{head['device']} ({head['device_name']}), torch {head['torch_version']}\n\n"
             + "\n".join(lines) + "\n")
