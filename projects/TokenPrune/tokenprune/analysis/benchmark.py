@@ -101,7 +101,6 @@ import math
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -259,7 +258,7 @@ def _runners(model, vit, x, batched, guidance, args) -> Dict[str, Callable[[], o
     model_call = autocast_model(model, args.precision, args.device)
 
     def backbone():
-        with vit.guided(guidance) if guidance is not None else nullcontext():
+        with vit.guided(guidance):  # None: unguided, as outside the context
             return vit_call(x)
 
     return {"backbone": backbone, "model": lambda: model_call(batched)}

@@ -293,7 +293,6 @@ def summary_markdown(results: List[dict]) -> str:
              + " | ".join(f"batch {b}" for b in batches) + " |",
              "|---|---|---|---|" + "---:|" * len(batches)]
     for res in results:
-        scope = "backbone"
         runs = {r["batch_size"]: r for r in res["runs"]}
         names = list(dict.fromkeys(v["name"] for r in res["runs"] for v in r["variants"]))
         row = (f"| {os.path.basename(res['config_file'])} | "
@@ -304,7 +303,8 @@ def summary_markdown(results: List[dict]) -> str:
                 v = next((v for v in runs[b]["variants"] if v["name"] == name), None) \
                     if b in runs else None
                 cells.append("" if v is None else
-                             f"{v[scope]['median_ms'] / b:.1f} ms ({v[scope]['speedup']:.2f}x)")
+                             f"{v['backbone']['median_ms'] / b:.1f} ms "
+                             f"({v['backbone']['speedup']:.2f}x)")
             lines.append(row + f"{name} | " + " | ".join(cells) + " |")
     head = results[0]
     return (f"Backbone ms per image (speedup against the faster dense reference); "

@@ -52,6 +52,7 @@ def flex_attention_packed(attn_module: torch.nn.Module, qkv: Tensor, group: Tens
     S = M + pad
     nh = attn_module.num_heads
     q, k, v = qkv.reshape(1, S, 3, nh, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (1, nh, S, hd)
+
     def same_group(b, h, q_idx, kv_idx):
         return group[q_idx] == group[kv_idx]
 
