@@ -48,6 +48,17 @@ def test_import_contract_breaks_when_the_engine_imports_a_tool(tmp_path):
         in proc.stdout.replace("\n", " "), proc.stdout[-3000:]
 
 
+def test_import_contract_breaks_when_analysis_code_imports_argparse(tmp_path):
+    copy = tmp_path / "tokenprune"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    timing = copy / "analysis" / "timing.py"
+    timing.write_text(timing.read_text() + "\nimport argparse  # noqa\n")
+    proc = _lint_imports(str(tmp_path))
+    assert proc.returncode != 0
+    assert "tokenprune.analysis.timing -> argparse" in proc.stdout.replace("\n", " "), \
+        proc.stdout[-3000:]
+
+
 @pytest.mark.parametrize("path", list(_modules()), ids=lambda p: os.path.relpath(p, PACKAGE))
 def test_modules_and_functions_are_small(path):
     with open(path) as f:

@@ -11,6 +11,7 @@ from detectron2.config import LazyConfig
 
 from tokenprune.engine import keep_ratio_scalars
 from tokenprune.engine.hooks import build_gate_noise_hook
+from tokenprune.errors import ConfigError
 from tokenprune.modeling import PrunedViT
 
 
@@ -50,7 +51,7 @@ def test_gate_noise_anneal_outside_the_run_is_refused(anneal):
     cfg = LazyConfig.load(SVIT_CFG)
     assert build_gate_noise_hook(cfg) is None  # the default: SViT's constant noise
     cfg.train.gate_noise_anneal = anneal
-    with pytest.raises(ValueError, match="gate_noise_anneal must lie in"):
+    with pytest.raises(ConfigError, match="gate_noise_anneal must lie in"):
         build_gate_noise_hook(cfg)
 
 

@@ -205,3 +205,40 @@ def test_coco_results_load_with_pycocotools(predictor, tmp_path):
         ev = COCOeval(coco_gt, coco_dt, iou_type)
         ev.evaluate()
         ev.accumulate()
+
+
+def test_precision_runs_the_forward_under_autocast(predictor):
+    from tokenprune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="float16 autocast needs CUDA"):
+        Predictor(SVIT_CFG, overrides=TINY_SVIT + LIGHT, device="cpu", precision="float16")
+    bf16 = Predictor(predictor.cfg, device="cpu", precision="bfloat16")
+    bf16.model.load_state_dict(predictor.model.state_dict())
+    image = _rgb(150, 200, 7)
+    dtypes = []
+    handle = bf16.model.backbone.net.blocks[0].mlp.register_forward_hook(
+        lambda module, inputs, output: dtypes.append(output.dtype) and None)
+    pred = bf16(image)
+    handle.remove()
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert pred.instances.image_size == (150, 200) and sorted(pred.keep_ratios) == [1, 2, 3]
+
+
+def test_visualize_draws_the_predictors_outputs(predictor, tmp_path, capsys):
+    """One PNG per image (names as the demo's stems), one line per image and task, the
+    forced keep ratio in every pruned block."""
+    from tokenprune.engine.visualize import VisualizeOptions, visualize
+
+    images = [("a/x.png", _rgb(150, 200, 8)), ("b/x.png", _rgb(90, 120, 9))]
+    options = VisualizeOptions(keep_ratio=0.5, task_ids=(0, 2))
+    written = visualize(predictor, images, str(tmp_path), options)
+    assert [p.rsplit("/", 1)[1] for p in written] == ["x.png", "x_1.png"]
+    for path in written:
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.size[0] > 100
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["a/x.png task 0", "a/x.png task 2",
+                                                 "b/x.png task 0", "b/x.png task 2"]
+    assert all("kept: block 1 50%, block 2 50%, block 3 50%" in ln for ln in lines), lines
+    with pytest.raises(InputError, match="keep ratio 1.5 is outside"):
+        visualize(predictor, images, str(tmp_path), VisualizeOptions(keep_ratio=1.5))

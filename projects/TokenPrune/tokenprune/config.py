@@ -4,10 +4,15 @@ Detectron2's ``LazyConfig.apply_overrides`` silently adds unknown keys and accep
 type, so a typo (``model.backbone.net.embeddim=384``) or a wrong type (``train.max_iter=1.5``)
 only surfaces deep inside instantiation. :func:`load_config` rejects both up front with a
 :class:`~tokenprune.errors.ConfigError` naming the key.
+
+:func:`project_config` finds one of the project's own config files (the top-level
+``configs/`` folder): shipped in a wheel as the package resource ``tokenprune/configs``
+(setup.cfg maps the folder there), or in a source checkout next to ``setup.cfg``.
 """
 from __future__ import annotations
 
 import difflib
+import importlib.resources
 import inspect
 import os
 from typing import Any, Sequence
@@ -19,9 +24,31 @@ from detectron2.utils.registry import locate
 
 from .errors import ConfigError
 
-__all__ = ["load_config", "apply_overrides"]
+__all__ = ["load_config", "apply_overrides", "configs_dir", "project_config"]
 
 _MISSING = object()
+
+
+def configs_dir() -> str:
+    """The folder of the project's LazyConfig files: the installed resource
+    ``tokenprune/configs``, else the ``configs/`` folder of the source checkout the package
+    is imported from. ConfigError when neither exists."""
+    resource = importlib.resources.files("tokenprune").joinpath("configs")
+    if resource.is_dir():
+        return os.fspath(resource)
+    package = os.path.dirname(os.path.abspath(__file__))
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(package)))  # projects/TokenPrune/..
+    if os.path.isfile(os.path.join(checkout, "setup.cfg")) \
+            and os.path.isdir(os.path.join(checkout, "configs")):
+        return os.path.join(checkout, "configs")
+    raise ConfigError(f"the project's configs are neither installed with the package nor in a "
+                      f"source checkout around {package}; give the config files explicitly")
+
+
+def project_config(name: str) -> str:
+    """The path of the project's config ``name`` (e.g. ``"Synthetic/mask_rcnn_vitdet_t_dense.py"``,
+    relative to :func:`configs_dir`)."""
+    return os.path.join(configs_dir(), *name.split("/"))
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:

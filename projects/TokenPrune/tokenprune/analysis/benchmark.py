@@ -72,16 +72,17 @@ The dense count follows Detectron2's dense block (windowed blocks attend over pa
 windows). Reported as dense MACs / variant MACs, next to the measured speedup and their
 ratio (``measured_over_predicted``).
 
-Peak memory (``--memory``, :mod:`.memory`): the extra memory one forward needs over what is allocated
-before it (weights, inputs), per variant and scope.
+Peak memory (``--memory``, :mod:`.memory`): the extra memory one forward needs over what is
+allocated before it (weights, inputs), per variant and scope.
 
 * ``tensors`` (default): the peak of live PyTorch tensor memory during the forward minus
   the live memory before it. CUDA: ``torch.cuda.max_memory_allocated()`` minus
   ``memory_allocated()``. CPU: the same quantity from ``torch.profiler``'s allocation
   records (``profile_memory=True``; the running sum of allocations and frees). Exact and
   unaffected by allocator caching, but it leaves out memory not held in tensors.
-* ``rss`` (CPU, Linux): each variant in a fresh subprocess (so no memory retained by the
-  allocator from other variants hides or inflates its peak); the process's resident-set
+* ``rss`` (CPU, Linux): each variant in a fresh subprocess (``python -m
+  tokenprune.analysis.memory_probe``, so no memory retained by the allocator from other
+  variants hides or inflates its peak); the process's resident-set
   high-water mark is reset (``/proc/self/clear_refs``) after set-up and read after one
   backbone forward, then reset and read after one whole-model forward, both relative to
   the resident set before the first forward. Includes everything the process touches
@@ -97,7 +98,6 @@ Outputs (``--output``, default ``<train.output_dir>/benchmark``), each written a
 """
 from __future__ import annotations
 
-import math
 import statistics
 import sys
 import time
@@ -107,14 +107,15 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from ..checkpoint import load_model
-from ..errors import CheckpointError, ConfigError, InputError
+from ..errors import CheckpointError, ConfigError
 from ..modeling import PrunedViT, find_pruned_vit, svit_schedule
-from ..modeling.autocast import amp_dtype, autocast_model
+from ..modeling.autocast import autocast_model
 from ..modeling.sparse_block import group_kept_tokens
+from .benchmark_options import BenchmarkOptions
 from .cost import BackboneSpec
 from .timing import interleaved_times
 
-__all__ = ["Variant", "Bench", "DENSE_KEYS", "check_args", "prepare_config", "setup",
+__all__ = ["BenchmarkVariant", "Bench", "DENSE_KEYS", "prepare_config", "setup",
            "for_batch", "variants", "applied", "time_variants", "padding_fractions",
            "profile_report"]
 
@@ -122,7 +123,7 @@ DENSE_KEYS = ("dense", "dense_sdpa")
 
 
 @dataclass
-class Variant:
+class BenchmarkVariant:
     """One row: a forced rate per pruned block (``fixed``), the gates (None) or no pruning."""
 
     key: str  # "dense", "dense_sdpa", "keep0.7", "svit", "svit_unequal", "gates"
@@ -133,57 +134,34 @@ class Variant:
     image_scales: Optional[List[float]] = None
 
 
-def variants(args, vit, has_trained_gates: bool, batch: int) -> List[Variant]:
+def variants(options: BenchmarkOptions, vit, has_trained_gates: bool,
+             batch: int) -> List[BenchmarkVariant]:
     """The two dense references, one variant per ``--keep-ratios``, the schedule (and its
     unequal form for a batch), the learned gates."""
-    dense = [Variant("dense", "dense (Detectron2)", None, gates_off=True, attention="eager"),
-             Variant("dense_sdpa", "dense (SDPA)", None, gates_off=True, attention="sdpa")]
+    dense = [BenchmarkVariant("dense", "dense (Detectron2)", None, gates_off=True,
+                              attention="eager"),
+             BenchmarkVariant("dense_sdpa", "dense (SDPA)", None, gates_off=True,
+                              attention="sdpa")]
     blocks = vit.pruned_blocks
     pruned = []
-    for r in dict.fromkeys(args.keep_ratios or []):
-        pruned.append(Variant(f"keep{r:g}", f"keep {r:g}", {i: float(r) for i in blocks}))
-    if args.schedule == "svit":
-        pruned.append(Variant("svit", "svit schedule", dict(vit.keep_ratios)))
+    for r in dict.fromkeys(options.keep_ratios):
+        pruned.append(BenchmarkVariant(f"keep{r:g}", f"keep {r:g}", {i: float(r) for i in blocks}))
+    if options.schedule == "svit":
+        pruned.append(BenchmarkVariant("svit", "svit schedule", dict(vit.keep_ratios)))
         if batch > 1:
             scales = [0.6 + 0.8 * b / (batch - 1) for b in range(batch)]
-            pruned.append(Variant("svit_unequal", "svit schedule, unequal",
+            pruned.append(BenchmarkVariant("svit_unequal", "svit schedule, unequal",
                                   dict(vit.keep_ratios), image_scales=scales))
     if has_trained_gates:
-        pruned.append(Variant("gates", "learned gates", None))
-    kernels = list(dict.fromkeys(args.attention))
+        pruned.append(BenchmarkVariant("gates", "learned gates", None))
+    kernels = list(dict.fromkeys(options.attention))
     if len(kernels) == 1:
         return dense + [replace(v, attention=kernels[0]) for v in pruned]
     return dense + [replace(v, key=f"{v.key}_{k}", name=f"{v.name} [{k}]", attention=k)
                     for v in pruned for k in kernels]
 
 
-def check_args(args) -> None:
-    """InputError for arguments out of range (before anything is built)."""
-    for r in args.keep_ratios or []:
-        if not (0.0 < r <= 1.0) or math.isnan(r):
-            raise InputError(f"keep ratio {r:g} is outside (0, 1]")
-    for name, value, low in (("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0),
-                             ("--batch-size", min(args.batch_size), 1)):
-        if value < low:
-            raise InputError(f"{name} must be at least {low}, got {value}")
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be at least 1, got {args.threads}")
-    if args.input_size is not None and args.input_size <= 0:
-        raise InputError(f"--input-size must be positive, got {args.input_size}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {args.device}: CUDA is not available on this machine")
-    if args.device != "cpu" and not args.device.startswith("cuda"):
-        raise InputError(f"--device must be cpu or cuda[:N], got {args.device}")
-    if args.memory == "rss" and args.device != "cpu":
-        raise InputError("--memory rss measures a CPU process; use --memory tensors on CUDA")
-    if args.precision != "float32":
-        try:
-            amp_dtype(args.precision, args.device)
-        except ConfigError as e:
-            raise InputError(f"--precision {args.precision}: {e}") from None
-
-
-def prepare_config(cfg, args):
+def prepare_config(cfg, options: BenchmarkOptions):
     """The loaded config with the benchmark's changes; returns (cfg, converted_from_dense,
     input_size)."""
     from detectron2.modeling.backbone.vit import ViT
@@ -191,23 +169,24 @@ def prepare_config(cfg, args):
 
     net = cfg.model.get("backbone", {}).get("net") if "model" in cfg else None
     if net is None or "_target_" not in net:
-        raise ConfigError(f"{args.config_file}: the benchmark needs a ViTDet model "
+        raise ConfigError(f"{options.config_file}: the benchmark needs a ViTDet model "
                           "(model.backbone.net)")
     target = net._target_
     target = locate(target) if isinstance(target, str) else target
     if not (isinstance(target, type) and issubclass(target, ViT)):
-        raise ConfigError(f"{args.config_file}: model.backbone.net is {target}, not a ViTDet ViT")
+        raise ConfigError(f"{options.config_file}: model.backbone.net is {target}, "
+                          "not a ViTDet ViT")
     converted = not issubclass(target, PrunedViT)
     if converted:
         net._target_ = PrunedViT
         net.update(svit_schedule(int(net.depth)))
         net.fixed_keep_ratio = None
-    size = args.input_size
+    size = options.input_size
     if size is None:
         size = int(cfg.model.backbone.get("square_pad", 0) or net.get("img_size", 1024))
     if "square_pad" in cfg.model.backbone and cfg.model.backbone.square_pad:
         cfg.model.backbone.square_pad = size
-    if args.weights == "random":
+    if options.weights == "random":
         cfg.train.init_checkpoint = ""
     elif not cfg.train.get("init_checkpoint"):
         raise CheckpointError("--weights checkpoint: the config sets no train.init_checkpoint")
@@ -219,8 +198,6 @@ def _build(cfg, device: str):
     torch.manual_seed(0)  # random weights: identical in every process
     try:
         model = load_model(cfg, device)
-    except (CheckpointError, ConfigError):
-        raise
     except (OSError, RuntimeError) as e:  # e.g. a remote checkpoint that cannot be fetched
         if cfg.train.init_checkpoint:
             raise CheckpointError(f"cannot load {cfg.train.init_checkpoint}: "
@@ -252,10 +229,11 @@ def _inputs(model, size: int, batch: int, prompt, task_id):
     return batched, x, guidance
 
 
-def _runners(model, vit, x, batched, guidance, args) -> Dict[str, Callable[[], object]]:
+def _runners(model, vit, x, batched, guidance,
+             options: BenchmarkOptions) -> Dict[str, Callable[[], object]]:
     """{scope: call}, each under ``--precision``'s autocast."""
-    vit_call = autocast_model(vit, args.precision, args.device)
-    model_call = autocast_model(model, args.precision, args.device)
+    vit_call = autocast_model(vit, options.precision, options.device)
+    model_call = autocast_model(model, options.precision, options.device)
 
     def backbone():
         with vit.guided(guidance):  # None: unguided, as outside the context
@@ -275,42 +253,45 @@ class Bench:
     spec: BackboneSpec
     converted: bool
     has_trained_gates: bool
+    input_size: int
     batch: int = 0
-    variants: Optional[List[Variant]] = None
+    variants: Optional[List[BenchmarkVariant]] = None
     runners: Optional[Dict[str, Callable[[], object]]] = None
     x: Optional[torch.Tensor] = None
 
 
-def setup(cfg, args) -> Bench:
-    """Build the model of ``prepare_config``'s config (``args.input_size`` is set)."""
-    cfg, converted, size = prepare_config(cfg, args)
-    args.input_size = size
-    model, vit = _build(cfg, args.device)
-    _, x, guidance = _inputs(model, size, 1, args.prompt, args.task_id)
+def setup(cfg, options: BenchmarkOptions) -> Bench:
+    """Build the model of ``prepare_config``'s config (``bench.input_size``: the input side
+    ``options.input_size`` or the model's)."""
+    cfg, converted, size = prepare_config(cfg, options)
+    model, vit = _build(cfg, options.device)
+    _, x, guidance = _inputs(model, size, 1, options.prompt, options.task_id)
     grid = (x.shape[-2] // vit.patch_embed.proj.stride[0],
             x.shape[-1] // vit.patch_embed.proj.stride[1])
     return Bench(model=model, vit=vit,
-                 scopes=["backbone"] if args.backbone_only else ["backbone", "model"],
+                 scopes=["backbone"] if options.backbone_only else ["backbone", "model"],
                  spec=BackboneSpec.from_vit(vit, grid, guidance), converted=converted,
-                 has_trained_gates=args.weights == "checkpoint" and not converted)
+                 has_trained_gates=options.weights == "checkpoint" and not converted,
+                 input_size=size)
 
 
-def for_batch(bench: Bench, args, batch: int) -> Bench:
+def for_batch(bench: Bench, options: BenchmarkOptions, batch: int) -> Bench:
     """``bench`` with the variants, inputs and calls of a batch of ``batch`` images."""
-    batched, x, guidance = _inputs(bench.model, args.input_size, batch, args.prompt,
-                                   args.task_id)
+    batched, x, guidance = _inputs(bench.model, bench.input_size, batch, options.prompt,
+                                   options.task_id)
     return replace(bench, batch=batch, x=x,
-                   variants=variants(args, bench.vit, bench.has_trained_gates, batch),
-                   runners=_runners(bench.model, bench.vit, x, batched, guidance, args))
+                   variants=variants(options, bench.vit, bench.has_trained_gates, batch),
+                   runners=_runners(bench.model, bench.vit, x, batched, guidance, options))
 
 
-def applied(bench: Bench, variant: Variant):
+def applied(bench: Bench, variant: BenchmarkVariant):
     """The variant's switches on the PrunedViT (a context)."""
     return bench.vit.pruning(keep_ratio=variant.fixed, gates=not variant.gates_off,
                              attention=variant.attention, image_scales=variant.image_scales)
 
 
-def time_variants(bench: Bench, args, progress: str) -> Tuple[dict, dict, dict, dict]:
+def time_variants(bench: Bench, options: BenchmarkOptions,
+                  progress: str) -> Tuple[dict, dict, dict, dict]:
     """Medians (ms) of wall-clock and CPU time per (variant key, scope), and each variant's
     keep masks and ratios of its first backbone forward."""
     from tqdm import tqdm
@@ -318,13 +299,13 @@ def time_variants(bench: Bench, args, progress: str) -> Tuple[dict, dict, dict, 
     pairs = [(v, s) for v in bench.variants for s in bench.scopes]
     masks, ratios = {}, {}
 
-    def call(v: Variant, s: str) -> Callable[[], object]:
+    def call(v: BenchmarkVariant, s: str) -> Callable[[], object]:
         def run():
             with applied(bench, v):
                 return bench.runners[s]()
         return run
 
-    with tqdm(total=(args.warmup + args.repeats) * len(pairs), desc=progress, unit="run",
+    with tqdm(total=(options.warmup + options.repeats) * len(pairs), desc=progress, unit="run",
               file=sys.stderr, dynamic_ncols=True) as bar, torch.no_grad():
         def after(i: int) -> None:
             v, s = pairs[i]
@@ -335,8 +316,9 @@ def time_variants(bench: Bench, args, progress: str) -> Tuple[dict, dict, dict, 
             bar.set_postfix_str(f"{v.name} / {s}", refresh=False)
             bar.update()
 
-        wall, cpu = interleaved_times([call(v, s) for v, s in pairs], args.repeats, args.warmup,
-                                      cuda=args.device.startswith("cuda"), after_call=after)
+        wall, cpu = interleaved_times([call(v, s) for v, s in pairs], options.repeats,
+                                      options.warmup, cuda=options.device.startswith("cuda"),
+                                      after_call=after)
     ms = {(v.key, s): 1e3 * statistics.median(t) for (v, s), t in zip(pairs, wall)}
     cpu_ms = {(v.key, s): 1e3 * statistics.median(t) for (v, s), t in zip(pairs, cpu)}
     times = {(v.key, s): t for (v, s), t in zip(pairs, wall)}

@@ -1,22 +1,23 @@
 """Peak memory of the benchmark's variants: live tensors in this process, or the resident
-set of a fresh process per variant (the tool re-run with ``--memory-probe``); see
-:mod:`.benchmark`'s docstring for the methods."""
+set of a fresh process per variant (:mod:`.memory_probe`); see :mod:`.benchmark`'s
+docstring for the methods."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
-from typing import Dict, List, Tuple
+from dataclasses import replace
+from typing import Dict, Tuple
 
 import torch
 
 from .benchmark import Bench, applied
-from .memory import resident_peaks, tensor_peak
+from .benchmark_options import BenchmarkOptions
+from .memory import tensor_peak
+from .memory_probe import PROBE_TAG, probe_request
 
-__all__ = ["peak_memory", "memory_probe", "PROBE_TAG"]
-
-PROBE_TAG = "TOKENPRUNE_MEMORY_PROBE "
+__all__ = ["peak_memory"]
 
 
 def _tensor_peaks(bench: Bench, device: str) -> Dict[str, Dict[str, float]]:
@@ -28,45 +29,21 @@ def _tensor_peaks(bench: Bench, device: str) -> Dict[str, Dict[str, float]]:
     return out
 
 
-def memory_probe(bench: Bench, args) -> None:
-    """Child process: one variant's resident peaks, printed as one tagged JSON line."""
-    (variant,) = [v for v in bench.variants if v.key == args.memory_probe]
-    with torch.no_grad(), applied(bench, variant):
-        peaks, method = resident_peaks({s: bench.runners[s] for s in bench.scopes})
-    print(PROBE_TAG + json.dumps({"method": method, "peaks": peaks}), flush=True)
-
-
-def _probe_command(bench: Bench, args, key: str, module: str) -> List[str]:
-    cmd = [sys.executable, "-m", module, "--config-file", args.config_file,
-           "--threads", str(torch.get_num_threads()), "--attention", *args.attention,
-           "--precision", args.precision,
-           "--device", args.device, "--batch-size", str(bench.batch),
-           "--input-size", str(args.input_size), "--weights", args.weights,
-           "--memory", "rss", "--memory-probe", key]
-    if args.keep_ratios:
-        cmd += ["--keep-ratios", *[repr(r) for r in args.keep_ratios]]
-    if args.schedule:
-        cmd += ["--schedule", args.schedule]
-    if args.backbone_only:
-        cmd.append("--backbone-only")
-    if args.prompt is not None:
-        cmd += ["--prompt", args.prompt]
-    if args.task_id is not None:
-        cmd += ["--task-id", str(args.task_id)]
-    return cmd + ["--", *args.opts]
-
-
-def _resident_peaks_per_process(bench: Bench, args, module: str) -> Tuple[dict, str]:
-    """Each variant's resident peaks in a fresh ``python -m module`` (the tool's probe)."""
+def _resident_peaks_per_process(bench: Bench, options: BenchmarkOptions) -> Tuple[dict, str]:
+    """Each variant's resident peaks in a fresh ``python -m tokenprune.analysis.memory_probe``
+    on this process's settings (its thread count, the resolved input size)."""
     import tokenprune
 
+    probe_options = replace(options, threads=torch.get_num_threads(),
+                            input_size=bench.input_size, memory="rss")
     out, method = {}, ""
     pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(tokenprune.__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
     for v in bench.variants:
-        proc = subprocess.run(_probe_command(bench, args, v.key, module), capture_output=True,
-                              text=True, env=env)
+        proc = subprocess.run([sys.executable, "-m", "tokenprune.analysis.memory_probe"],
+                              input=probe_request(probe_options, bench.batch, v.key),
+                              capture_output=True, text=True, env=env)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(PROBE_TAG)]
         if proc.returncode != 0 or not lines:
             raise RuntimeError(f"memory probe for {v.name} failed (exit {proc.returncode}):\n"
@@ -76,19 +53,19 @@ def _resident_peaks_per_process(bench: Bench, args, module: str) -> Tuple[dict, 
     return out, method
 
 
-def peak_memory(bench: Bench, args, probe_module: str) -> Tuple[dict, str]:
-    """{variant key: {scope: MiB}} as ``args.memory`` asks, and how it was measured."""
-    if args.memory == "off":
+def peak_memory(bench: Bench, options: BenchmarkOptions) -> Tuple[dict, str]:
+    """{variant key: {scope: MiB}} as ``options.memory`` asks, and how it was measured."""
+    if options.memory == "off":
         return {}, "not measured (--memory off)"
-    if args.memory == "tensors" and args.device.startswith("cuda"):
-        return _tensor_peaks(bench, args.device), (
+    if options.memory == "tensors" and options.device.startswith("cuda"):
+        return _tensor_peaks(bench, options.device), (
             "CUDA tensors: torch.cuda.max_memory_allocated() during one forward minus "
             "memory_allocated() before it")
-    if args.memory == "tensors":
-        return _tensor_peaks(bench, args.device), (
+    if options.memory == "tensors":
+        return _tensor_peaks(bench, options.device), (
             "CPU tensors: peak of live tensor memory during one forward (torch.profiler "
             "allocation records) minus the live memory before it")
-    mem, how = _resident_peaks_per_process(bench, args, probe_module)
+    mem, how = _resident_peaks_per_process(bench, options)
     return mem, ("CPU: resident-set high-water mark during the first forward in a fresh "
                  "process per variant, minus the resident set before it"
                  + (" (VmHWM reset via /proc/self/clear_refs)" if how == "VmHWM"

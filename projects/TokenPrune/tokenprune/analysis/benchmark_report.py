@@ -14,8 +14,9 @@ from typing import Any, Dict, List, Tuple
 import torch
 
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, figure_png
-from .benchmark import (DENSE_KEYS, Bench, Variant, for_batch, padding_fractions,
+from .benchmark import (DENSE_KEYS, Bench, BenchmarkVariant, for_batch, padding_fractions,
                         profile_report, setup, time_variants)
+from .benchmark_options import BenchmarkOptions
 from .benchmark_memory import peak_memory
 from .cost import backbone_macs, uniform_keep_speedups
 
@@ -28,11 +29,11 @@ def _baselines(timing, scopes: List[str]) -> Dict[str, str]:
     return {s: min(DENSE_KEYS, key=lambda k: ms[(k, s)]) for s in scopes}
 
 
-def _scope_figures(bench: Bench, args, timing, v: Variant, scope: str,
-                   base: str) -> Dict[str, Any]:
+def _scope_figures(bench: Bench, options: BenchmarkOptions, timing, v: BenchmarkVariant,
+                   scope: str, base: str) -> Dict[str, Any]:
     """Median, repeats, throughput and speedups (against dense ``base``) in one scope."""
     ms, cpu_ms, times, _ = timing
-    on_cpu = args.device == "cpu"
+    on_cpu = options.device == "cpu"
     med = ms[(v.key, scope)]
     return {
         "median_ms": med, "times_ms": [1e3 * t for t in times[(v.key, scope)]],
@@ -45,7 +46,8 @@ def _scope_figures(bench: Bench, args, timing, v: Variant, scope: str,
     }
 
 
-def _variant_row(bench: Bench, args, timing, mem, v: Variant) -> Dict[str, Any]:
+def _variant_row(bench: Bench, options: BenchmarkOptions, timing, mem,
+                 v: BenchmarkVariant) -> Dict[str, Any]:
     """One variant's figures, the FLOP-predicted speedup next to the measured one."""
     observed = timing[3]
     bases = _baselines(timing, bench.scopes)
@@ -55,7 +57,7 @@ def _variant_row(bench: Bench, args, timing, mem, v: Variant) -> Dict[str, Any]:
                                gates=not v.gates_off) for b in range(bench.batch)]
     predicted = dense_macs * bench.batch / sum(per_image)
     kr = observed["ratios"][v.key]
-    backbone = _scope_figures(bench, args, timing, v, "backbone", bases["backbone"])
+    backbone = _scope_figures(bench, options, timing, v, "backbone", bases["backbone"])
     backbone.update(predicted_gmacs_per_image=statistics.fmean(per_image) / 1e9,
                     predicted_speedup=predicted,
                     measured_over_predicted=backbone["speedup"] / predicted)
@@ -70,18 +72,18 @@ def _variant_row(bench: Bench, args, timing, mem, v: Variant) -> Dict[str, Any]:
         "keep_ratios": {str(i): r for i, r in kr.items()},
         "mean_keep_ratio": statistics.fmean(kr.values()) if kr else 1.0,
         "backbone": backbone,
-        "model": (_scope_figures(bench, args, timing, v, "model", bases["model"])
+        "model": (_scope_figures(bench, options, timing, v, "model", bases["model"])
                   if "model" in bench.scopes else None),
         "peak_memory_mib": mem.get(v.key),
     }
 
 
-def _notes(bench: Bench, args) -> List[str]:
+def _notes(bench: Bench, options: BenchmarkOptions) -> List[str]:
     notes = []
     if bench.converted:
         notes.append("dense config: backbone converted in memory to a PrunedViT with SViT's "
                      "schedule (random gates; forced keep ratios only)")
-    if args.weights == "random":
+    if options.weights == "random":
         notes.append("random weights (seeded): forced-rate timings do not depend on weights; "
                      "learned-gate variant needs --weights checkpoint")
     notes.append("box predictors' score threshold set to 0: the heads process "
@@ -89,56 +91,57 @@ def _notes(bench: Bench, args) -> List[str]:
     return notes
 
 
-def _results(bench: Bench, args, cfg, prog: str, runs, method: str) -> Dict[str, Any]:
+def _results(bench: Bench, options: BenchmarkOptions, cfg, prog: str, runs,
+             method: str) -> Dict[str, Any]:
     x, spec = bench.x, bench.spec
     return {
-        "tool": prog, "config_file": args.config_file, "overrides": list(args.opts),
-        "device": args.device,
-        "device_name": (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
+        "tool": prog, "config_file": options.config_file, "overrides": list(options.overrides),
+        "device": options.device,
+        "device_name": (torch.cuda.get_device_name(options.device)
+                        if options.device.startswith("cuda")
                         else platform.processor() or platform.machine()),
         "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
-        "precision": args.precision, "attention": list(args.attention),
+        "precision": options.precision, "attention": list(options.attention),
         "bucket_quantum": bench.vit.bucket_quantum,
-        "input_size": args.input_size, "backbone_input_hw": list(x.shape[-2:]),
+        "input_size": bench.input_size, "backbone_input_hw": list(x.shape[-2:]),
         "token_grid": list(spec.grid),
-        "batch_sizes": list(args.batch_size), "repeats": args.repeats, "warmup": args.warmup,
-        "weights": "random (seed 0)" if args.weights == "random" else cfg.train.init_checkpoint,
+        "batch_sizes": list(options.batch_sizes), "repeats": options.repeats,
+        "warmup": options.warmup,
+        "weights": "random (seed 0)" if options.weights == "random" else cfg.train.init_checkpoint,
         "converted_from_dense": bench.converted,
         "pruned_blocks": list(bench.vit.pruned_blocks),
         "window_blocks": [i for i, ws in enumerate(spec.window_sizes) if ws],
         "dense_backbone_gmacs_per_image": backbone_macs(spec, gates=False) / 1e9,
-        "memory_method": method, "notes": _notes(bench, args), "runs": runs,
+        "memory_method": method, "notes": _notes(bench, options), "runs": runs,
     }
 
 
-def _measure_batch(base: Bench, args, prog: str, probe_module: str, batch: int):
+def _measure_batch(base: Bench, options: BenchmarkOptions, prog: str, batch: int):
     """(bench, run dict, memory method) of one batch size."""
-    bench = for_batch(base, args, batch)
-    timing = time_variants(bench, args, f"{prog} [batch {batch}]")
-    mem, method = peak_memory(bench, args, probe_module)
+    bench = for_batch(base, options, batch)
+    timing = time_variants(bench, options, f"{prog} [batch {batch}]")
+    mem, method = peak_memory(bench, options)
     run = {"batch_size": batch, "baselines": _baselines(timing, bench.scopes),
-           "variants": [_variant_row(bench, args, timing, mem, v) for v in bench.variants]}
+           "variants": [_variant_row(bench, options, timing, mem, v) for v in bench.variants]}
     return bench, run, method
 
 
-def run_benchmark(cfg, args, out_dir: str, prog: str, probe_module: str) -> Dict[str, Any]:
+def run_benchmark(cfg, options: BenchmarkOptions, out_dir: str, prog: str) -> Dict[str, Any]:
     """Measure every variant at every batch size, write the files into ``out_dir``; returns
-    results.json's dict.
-
-    ``cfg``: the loaded config; ``args``: the tool's arguments; ``probe_module``: the
-    ``python -m`` module whose ``--memory-probe`` measures one variant (``--memory rss``).
+    results.json's dict. ``cfg``: the loaded config of ``options.config_file``; ``prog``:
+    the name on the progress bars and the last line.
     """
-    base = setup(cfg, args)
+    base = setup(cfg, options)
     runs, method, bench = [], "", base
-    for batch in args.batch_size:
-        bench, run, method = _measure_batch(base, args, prog, probe_module, batch)
+    for batch in options.batch_sizes:
+        bench, run, method = _measure_batch(base, options, prog, batch)
         runs.append(run)
-    res = _results(bench, args, cfg, prog, runs, method)
+    res = _results(bench, options, cfg, prog, runs, method)
     curve_x = [i / 20 for i in range(2, 21)]
     curve = (curve_x, uniform_keep_speedups(bench.spec, bench.vit.pruned_blocks, curve_x))
     png = _plot(res, curve)
     md = markdown(res)
-    profile_md = profile_report(bench) if args.profile else None
+    profile_md = profile_report(bench) if options.profile else None
     # every output is complete before it appears; results.json last (it marks completion)
     if profile_md is not None:
         atomic_write_text(os.path.join(out_dir, "profile.md"), profile_md)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..modeling.autocast import unwrap_model
 from ..modeling.meta_arch import find_pruned_vit
 from ..modeling.pruned_vit import PrunedViT, PruningObserver
 from .flop_handles import EXTRA_HANDLES, split_operators
@@ -146,12 +147,6 @@ def _keep_every_token(model: nn.Module) -> Iterator[None]:
         yield
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        return model.module
-    return model
-
-
 def flop_analysis(model: nn.Module, inputs: Any, idle_gates: bool = True):
     """Detectron2's FlopCountAnalysis of ``model(inputs)`` plus :data:`EXTRA_HANDLES`, traced.
 
@@ -163,7 +158,7 @@ def flop_analysis(model: nn.Module, inputs: Any, idle_gates: bool = True):
     """
     from detectron2.utils.analysis import FlopCountAnalysis
 
-    model = _unwrap(model)
+    model = unwrap_model(model)
     analysis = FlopCountAnalysis(model, inputs)
     analysis.set_op_handle(**EXTRA_HANDLES)
     analysis.unsupported_ops_warnings(False)
@@ -283,7 +278,7 @@ def count_model_flops(model: nn.Module, inputs: List[dict], keep_all: bool = Fal
     """
     if not inputs:
         raise InputError("no inputs to count FLOPs on")
-    model = _unwrap(model)
+    model = unwrap_model(model)
     was_training = model.training
     model.eval()
     results = []
@@ -368,7 +363,7 @@ def flops_table(model: nn.Module, columns: Dict[str, Dict[str, float]], max_dept
         _remove_zero_statistics,
     )
 
-    model = _unwrap(model)
+    model = unwrap_model(model)
     modules = {name for name, _ in model.named_modules()}
     params = {k: v for k, v in parameter_count(model).items() if k in modules}
     stats = {"#parameters": params}

@@ -1,13 +1,17 @@
-"""What a config reads: the dataset names of its loaders and the first inputs of its test set."""
+"""What a config reads: the dataset names of its loaders (the one place a ``names`` entry,
+a string or a list, becomes a list), its test metadata and the first inputs of its test set."""
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from omegaconf import DictConfig
 
 from ..errors import InputError
 
-__all__ = ["dataset_names", "first_test_inputs"]
+if TYPE_CHECKING:
+    from detectron2.data.catalog import Metadata
+
+__all__ = ["dataset_names", "test_metadata", "first_test_inputs"]
 
 
 def dataset_names(cfg: DictConfig, splits: Sequence[str] = ("train", "test")) -> List[str]:
@@ -20,6 +24,15 @@ def dataset_names(cfg: DictConfig, splits: Sequence[str] = ("train", "test")) ->
             continue
         names.extend([value] if isinstance(value, str) else list(value))
     return names
+
+
+def test_metadata(cfg: DictConfig) -> Optional[Metadata]:
+    """Detectron2 metadata (class names, colours) of the config's first test dataset, or
+    None when the config names none."""
+    from detectron2.data import MetadataCatalog
+
+    names = dataset_names(cfg, ("test",))
+    return MetadataCatalog.get(names[0]) if names else None
 
 
 def first_test_inputs(cfg: DictConfig, num: int) -> List[dict]:

@@ -1,6 +1,6 @@
 """Trainer hooks that write token-pruning figures to Detectron2's EventStorage.
 
-Scalar names (DESIGN.md): ``keep_ratio/layer{i}``, ``keep_ratio/mean`` (plus
+Scalar names: ``keep_ratio/layer{i}``, ``keep_ratio/mean`` (plus
 ``keep_ratio_min/layer{i}`` and ``keep_ratio_max/layer{i}`` over the images of a batch),
 ``flops/backbone_gflops``, ``flops/total_gflops``, ``flops/backbone_ratio``, and
 ``gate_noise`` (the Gumbel noise scale while :class:`GateNoiseHook` anneals it).
@@ -18,9 +18,12 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from ..data import first_test_inputs
+from ..errors import ConfigError
+from ..modeling.autocast import unwrap_model
 from ..modeling.meta_arch import find_pruned_vit
 
-__all__ = ["KeepRatioHook", "FlopsHook", "GateNoiseHook", "keep_ratio_scalars"]
+__all__ = ["KeepRatioHook", "FlopsHook", "GateNoiseHook", "keep_ratio_scalars",
+           "gate_noise_anneal", "build_gate_noise_hook", "build_flops_hook"]
 
 logger = logging.getLogger("detectron2")
 
@@ -61,10 +64,8 @@ class GateNoiseHook(HookBase):
     """
 
     def __init__(self, anneal: float):
-        """anneal: fraction of ``max_iter`` in (0, 1] over which the noise reaches 0."""
-        if not 0.0 < anneal <= 1.0:
-            raise ValueError(f"train.gate_noise_anneal must lie in [0, 1] (0 = off), "
-                             f"got {anneal}")
+        """anneal: fraction of ``max_iter`` in (0, 1] over which the noise reaches 0
+        (:func:`gate_noise_anneal` reads it from a config)."""
         self.anneal = anneal
 
     def noise_at(self, iteration: int) -> float:
@@ -82,13 +83,21 @@ class GateNoiseHook(HookBase):
                                         smoothing_hint=False)
 
 
-def build_gate_noise_hook(cfg) -> Optional[GateNoiseHook]:
-    """A GateNoiseHook if ``train.gate_noise_anneal`` is above 0 (default 0: SViT's constant
-    noise)."""
+def gate_noise_anneal(cfg) -> float:
+    """``train.gate_noise_anneal``: 0 (the default: SViT's constant noise) or the fraction of
+    the run over which :class:`GateNoiseHook` anneals the noise; ConfigError unless a number
+    in [0, 1]."""
     anneal = cfg.train.get("gate_noise_anneal", 0.0)
-    if not anneal:
-        return None
-    return GateNoiseHook(float(anneal))
+    if not isinstance(anneal, (int, float)) or isinstance(anneal, bool) \
+            or not 0.0 <= anneal <= 1.0:
+        raise ConfigError(f"train.gate_noise_anneal must lie in [0, 1] (0 = off), got {anneal!r}")
+    return float(anneal)
+
+
+def build_gate_noise_hook(cfg) -> Optional[GateNoiseHook]:
+    """A GateNoiseHook if :func:`gate_noise_anneal` is above 0."""
+    anneal = gate_noise_anneal(cfg)
+    return GateNoiseHook(anneal) if anneal else None
 
 
 class FlopsHook(HookBase):
@@ -112,9 +121,7 @@ class FlopsHook(HookBase):
 
     def _measure(self) -> None:
         start = time.perf_counter()
-        model = self.trainer.model
-        while hasattr(model, "module"):  # DDP, AutocastModel
-            model = model.module
+        model = unwrap_model(self.trainer.model)
         was_training = model.training
         model.eval()
         try:

@@ -26,15 +26,15 @@ from omegaconf import DictConfig
 
 import detectron2.data.transforms as T
 from detectron2.config import instantiate
-from detectron2.data import MetadataCatalog
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Instances
 
 from ..config import apply_overrides, load_config
 from ..errors import BadImageError, ConfigError, InputError
+from ..modeling.autocast import amp_dtype
 from ..modeling.meta_arch import find_pruned_vit
 
-__all__ = ["Predictor", "Prediction", "PreparedImage", "read_image"]
+__all__ = ["Predictor", "Prediction", "PreparedImage", "TestPreprocessing", "read_image"]
 
 ImageLike = Union[str, np.ndarray]
 _HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
@@ -118,45 +118,24 @@ class Prediction:
     patch_size: int = 16
 
 
-class Predictor:
-    """A model built from a LazyConfig for inference on images (see module docstring).
+class TestPreprocessing:
+    """The config's test mapper as the model's input path: ``read`` an image file in its
+    ``image_format``, ``prepare`` (check, resize with its ``augmentations``) an image, and
+    ``metadata`` of the first test dataset (class names for drawings).
 
-    Args:
-        config: a LazyConfig file path or an already loaded config (copied, not changed).
-        checkpoint: weights to load; None: the config's ``train.init_checkpoint`` (random
-            weights when that is empty too).
-        overrides: ``key=value`` config overrides (strict, as on the command line).
-        device: "cpu", "cuda", ...; None: the config's ``train.device``.
-        score_threshold: detections below it are dropped before resizing their masks.
+    Raises ConfigError if the config has no ``dataloader.test.mapper``.
     """
 
-    def __init__(self, config: Union[str, DictConfig], checkpoint: Optional[str] = None,
-                 overrides: Sequence[str] = (), device: Optional[str] = None,
-                 score_threshold: float = 0.0):
-        from ..checkpoint import load_model
+    def __init__(self, cfg: DictConfig):
+        from ..data import test_metadata
 
-        if isinstance(config, str):
-            cfg = load_config(config, overrides)
-        else:
-            cfg = apply_overrides(copy.deepcopy(config), overrides)
-        if checkpoint is not None:
-            cfg.train.init_checkpoint = checkpoint
         mapper = cfg.get("dataloader", {}).get("test", {}).get("mapper")
         if mapper is None:
             raise ConfigError("the config has no dataloader.test.mapper to preprocess with")
-        if not 0.0 <= score_threshold <= 1.0:
-            raise InputError(f"score threshold must lie in [0, 1], got {score_threshold:g}")
-        self.cfg = cfg
         self.input_format: str = mapper.get("image_format", "BGR")
         self.augmentations = T.AugmentationList(list(instantiate(mapper.get("augmentations")
                                                                  or [])))
-        self.score_threshold = score_threshold
-        names = cfg.dataloader.test.get("dataset", {}).get("names")
-        names = [names] if isinstance(names, str) else list(names or [])
-        self.metadata = MetadataCatalog.get(names[0]) if names else None
-        self.model = load_model(cfg, device)
-        vit = find_pruned_vit(self.model)
-        self.patch_size = int(vit.patch_embed.proj.stride[0]) if vit is not None else 16
+        self.metadata = test_metadata(cfg)
 
     def read(self, path: str) -> np.ndarray:
         """The image file in the config's input format (see :func:`read_image`)."""
@@ -199,13 +178,63 @@ class Predictor:
             raise BadImageError(f"empty image array {image.shape}")
         return image
 
+
+class Predictor:
+    """A model built from a LazyConfig for inference on images (see module docstring).
+
+    Args:
+        config: a LazyConfig file path or an already loaded config (copied, not changed).
+        checkpoint: weights to load; None: the config's ``train.init_checkpoint`` (random
+            weights when that is empty too).
+        overrides: ``key=value`` config overrides (strict, as on the command line).
+        device: "cpu", "cuda", ...; None: the config's ``train.device``.
+        score_threshold: detections below it are dropped before resizing their masks.
+        precision: "float32" (or None), "bfloat16" or "float16" (CUDA): the forward pass
+            under ``torch.autocast`` at that dtype.
+    """
+
+    def __init__(self, config: Union[str, DictConfig], checkpoint: Optional[str] = None,
+                 overrides: Sequence[str] = (), device: Optional[str] = None,
+                 score_threshold: float = 0.0, precision: Optional[str] = None):
+        from ..checkpoint import load_model
+
+        if isinstance(config, str):
+            cfg = load_config(config, overrides)
+        else:
+            cfg = apply_overrides(copy.deepcopy(config), overrides)
+        if checkpoint is not None:
+            cfg.train.init_checkpoint = checkpoint
+        self.preprocessing = TestPreprocessing(cfg)
+        if not 0.0 <= score_threshold <= 1.0:
+            raise InputError(f"score threshold must lie in [0, 1], got {score_threshold:g}")
+        self.cfg = cfg
+        self.input_format = self.preprocessing.input_format
+        self.metadata = self.preprocessing.metadata
+        self.score_threshold = score_threshold
+        device = device or cfg.train.device
+        self._device_type = torch.device(device).type
+        self._amp = None if precision in (None, "float32") else amp_dtype(precision, device)
+        self.model = load_model(cfg, device)
+        vit = find_pruned_vit(self.model)
+        self.patch_size = int(vit.patch_embed.proj.stride[0]) if vit is not None else 16
+
+    def read(self, path: str) -> np.ndarray:
+        """The image file in the config's input format (see :func:`read_image`)."""
+        return self.preprocessing.read(path)
+
+    def prepare(self, image: ImageLike, task_id: Optional[int] = None,
+                prompt: Optional[str] = None, guidance=None) -> PreparedImage:
+        """Read (if a path), check and resize one image; add the guidance entries."""
+        return self.preprocessing.prepare(image, task_id, prompt, guidance)
+
     @torch.no_grad()
     def forward(self, prepared: List[PreparedImage]) -> List[Prediction]:
         """One batched forward over prepared images (any sizes; padded together)."""
         if not prepared:
             return []
         inputs = [p.inputs for p in prepared]
-        raw = self.model.inference(inputs, do_postprocess=False)
+        with torch.autocast(self._device_type, dtype=self._amp, enabled=self._amp is not None):
+            raw = self.model.inference(inputs, do_postprocess=False)
         vit = find_pruned_vit(self.model)
         out = []
         for b, (p, r) in enumerate(zip(prepared, raw)):

@@ -21,7 +21,7 @@ from ..data import dataset_names, prepare_dataset
 from ..errors import ConfigError
 from ..modeling.meta_arch import find_pruned_vit
 from .amp import AMP_PRECISIONS, amp_dtype, build_trainer
-from .hooks import KeepRatioHook, build_flops_hook, build_gate_noise_hook
+from .hooks import KeepRatioHook, build_flops_hook, build_gate_noise_hook, gate_noise_anneal
 
 __all__ = ["do_train", "do_test", "build_model", "verify_checkpoint", "prepare_datasets",
            "checkpoint_to_load", "local_checkpoint_file", "check_train_config"]
@@ -37,10 +37,7 @@ def prepare_datasets(cfg: DictConfig) -> None:
 
 def check_train_config(cfg: DictConfig) -> None:
     """Raise ConfigError for training options out of their range (before anything runs)."""
-    anneal = cfg.train.get("gate_noise_anneal", 0.0)
-    if not isinstance(anneal, (int, float)) or isinstance(anneal, bool) \
-            or not 0.0 <= anneal <= 1.0:
-        raise ConfigError(f"train.gate_noise_anneal must lie in [0, 1] (0 = off), got {anneal!r}")
+    gate_noise_anneal(cfg)
     amp = cfg.train.get("amp", {})
     precision = amp.get("precision", "float16")
     if precision not in AMP_PRECISIONS:

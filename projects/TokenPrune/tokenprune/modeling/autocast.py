@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 
-__all__ = ["AMP_PRECISIONS", "AutocastModel", "amp_dtype", "autocast_model"]
+__all__ = ["AMP_PRECISIONS", "AutocastModel", "amp_dtype", "autocast_model", "unwrap_model"]
 
 AMP_PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -54,3 +54,12 @@ def autocast_model(model: nn.Module, precision: Optional[str], device: str) -> n
     if precision in (None, "float32"):
         return model
     return AutocastModel(model, torch.device(device).type, amp_dtype(precision, device))
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside its wrappers (:class:`AutocastModel`, DistributedDataParallel,
+    DataParallel, in any nesting); ``model`` itself when it is not wrapped."""
+    while isinstance(model, (AutocastModel, nn.parallel.DistributedDataParallel,
+                             nn.DataParallel)):
+        model = model.module
+    return model

@@ -15,8 +15,8 @@ __all__ = ["TokenPruningRCNN", "find_pruned_vit"]
 
 
 def find_pruned_vit(model: nn.Module) -> Optional[PrunedViT]:
-    """The PrunedViT inside ``model`` (DDP-wrapped or not), or None for a dense model."""
-    model = getattr(model, "module", model)
+    """The PrunedViT inside ``model`` (wrapped or not: a wrapper's modules include the
+    wrapped model's), or None for a dense model."""
     return next((m for m in model.modules() if isinstance(m, PrunedViT)), None)
 
 

@@ -26,8 +26,8 @@ from ..errors import InputError
 from ..fileio import atomic_write_json, make_output_dir
 from ..modeling.meta_arch import find_pruned_vit
 from .report import summarize, write_outputs
-from .variants import (DENSE_CONFIG, GATE_LR_FACTOR, GATE_NOISE_ANNEAL, SCALES, SVIT_CONFIG,
-                       VARIANTS, Scale, Variant, seeds_of, variant_config)
+from .variants import (GATE_LR_FACTOR, GATE_NOISE_ANNEAL, SCALES, VARIANTS, Scale, Variant,
+                       seeds_of, study_configs, variant_config)
 
 __all__ = ["run_ablation", "backbone_latency", "progress", "warnings_quiet"]
 
@@ -325,12 +325,14 @@ class _Study:
 
 
 def run_ablation(output: str, scale_name: str = "quick", seeds: Optional[int] = None,
-                 dense_checkpoint: Optional[str] = None, dense_config: str = DENSE_CONFIG,
-                 svit_config: str = SVIT_CONFIG) -> Dict[str, Any]:
-    """Run (or resume) the study into ``output``; returns the summary rows and the state."""
-    scale, seeds = _check_inputs(scale_name, seeds, dense_checkpoint, (dense_config, svit_config))
+                 dense_checkpoint: Optional[str] = None, dense_config: Optional[str] = None,
+                 svit_config: Optional[str] = None) -> Dict[str, Any]:
+    """Run (or resume) the study into ``output``; returns the summary rows and the state.
+    ``dense_config`` / ``svit_config``: None for the project's (:func:`.study_configs`)."""
+    configs = study_configs(dense_config, svit_config)
+    scale, seeds = _check_inputs(scale_name, seeds, dense_checkpoint, configs)
     make_output_dir(output)
-    study = _Study(output, scale_name, scale, seeds, dense_checkpoint, (dense_config, svit_config))
+    study = _Study(output, scale_name, scale, seeds, dense_checkpoint, configs)
     started = time.perf_counter()
     todo = [(v, s) for v, s in study.jobs if not os.path.isfile(study.result_path(v.name, s))]
     todo.sort(key=lambda job: job[1])  # seed by seed: one dense reference at a time

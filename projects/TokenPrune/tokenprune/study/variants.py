@@ -47,22 +47,21 @@ minutes on 2 CPU cores, for tests and CI; its numbers mean nothing) and ``full``
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from ..config import load_config
+from ..config import load_config, project_config
 from ..engine.lr import gate_lr
 
 __all__ = ["Variant", "VARIANTS", "TRAININGS", "FINDINGS", "Scale", "SCALES", "KEEP_TARGETS",
            "GATE_LR_FACTOR", "GATE_NOISE_ANNEAL", "DENSE_CONFIG", "SVIT_CONFIG", "NET",
-           "variant_config", "seeds_of"]
+           "study_configs", "variant_config", "seeds_of"]
 
 NET = "model.backbone.net"
-_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../tokenprune
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(_PACKAGE)))
-DENSE_CONFIG = os.path.join(_REPO, "configs", "Synthetic", "mask_rcnn_vitdet_t_dense.py")
-SVIT_CONFIG = os.path.join(_REPO, "configs", "Synthetic", "mask_rcnn_vitdet_t_svit.py")
+#: The two configs of the study, by name in the project's configs
+#: (:func:`tokenprune.config.project_config`: installed with the package or in the checkout).
+DENSE_CONFIG = "Synthetic/mask_rcnn_vitdet_t_dense.py"
+SVIT_CONFIG = "Synthetic/mask_rcnn_vitdet_t_svit.py"
 
 
 # --------------------------------------------------------------------------- variants
@@ -220,9 +219,19 @@ GATE_LR_FACTOR = 10.0
 GATE_NOISE_ANNEAL = 0.67
 
 
-def variant_config(variant: Variant, scale: Scale, dense_config: str = DENSE_CONFIG,
-                   svit_config: str = SVIT_CONFIG, training: bool = False):
-    """The LazyConfig of ``variant`` at ``scale`` (its fine-tuning run's when ``training``)."""
+def study_configs(dense_config: Optional[str] = None,
+                  svit_config: Optional[str] = None) -> Tuple[str, str]:
+    """The paths of the dense and the SViT config: the given files, or the project's
+    :data:`DENSE_CONFIG` and :data:`SVIT_CONFIG`."""
+    return (dense_config or project_config(DENSE_CONFIG),
+            svit_config or project_config(SVIT_CONFIG))
+
+
+def variant_config(variant: Variant, scale: Scale, dense_config: Optional[str] = None,
+                   svit_config: Optional[str] = None, training: bool = False):
+    """The LazyConfig of ``variant`` at ``scale`` (its fine-tuning run's when ``training``),
+    from :func:`study_configs`."""
+    dense_config, svit_config = study_configs(dense_config, svit_config)
     if variant.overrides is None:
         return load_config(dense_config, list(scale.overrides))
     extra = TRAININGS[variant.train] if training and variant.train else variant.overrides

@@ -14,7 +14,7 @@ import sys
 from typing import Any, Dict, Optional, Sequence
 
 from ..study.runner import run_ablation
-from ..study.variants import DENSE_CONFIG, SCALES, SVIT_CONFIG
+from ..study.variants import SCALES
 from .common import run_tool, tool_parser
 
 __all__ = ["build_parser", "main", "cli"]
@@ -34,8 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dense-checkpoint", default=None, metavar="FILE",
                         help="use this dense model (trained with the scale's dense config "
                              "on the mixed-colour shapes) for seed 0 instead of training one")
-    parser.add_argument("--dense-config", default=DENSE_CONFIG, metavar="FILE")
-    parser.add_argument("--svit-config", default=SVIT_CONFIG, metavar="FILE")
+    parser.add_argument("--dense-config", default=None, metavar="FILE",
+                        help="default: the project's configs/Synthetic/"
+                             "mask_rcnn_vitdet_t_dense.py")
+    parser.add_argument("--svit-config", default=None, metavar="FILE",
+                        help="default: the project's configs/Synthetic/"
+                             "mask_rcnn_vitdet_t_svit.py")
     return parser
 
 

@@ -18,14 +18,13 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from ..analysis.benchmark import check_args, for_batch, setup
-from ..analysis.benchmark_memory import memory_probe
+from ..analysis.benchmark_options import BenchmarkOptions
 from ..analysis.benchmark_report import run_benchmark
 from ..fileio import make_output_dir
 from ..modeling.attention import ATTENTION_KERNELS
 from .common import load_tool_config, run_tool, tool_parser
 
-__all__ = ["build_parser", "main", "cli"]
+__all__ = ["build_parser", "options_from", "main", "cli"]
 
 PROG = "tokenprune.tools.benchmark"
 
@@ -61,22 +60,32 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write profile.md (torch.profiler, one forward per variant)")
     parser.add_argument("--prompt", default=None, help="input 'prompt' (task-guided models)")
     parser.add_argument("--task-id", type=int, default=None, help="input 'task_id'")
-    parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     return parser
+
+
+def options_from(args: argparse.Namespace) -> BenchmarkOptions:
+    """The benchmark's options from the parsed flags (no ``--keep-ratios`` and no
+    ``--schedule``: the SViT schedule)."""
+    schedule = args.schedule or (None if args.keep_ratios else "svit")
+    return BenchmarkOptions(
+        config_file=args.config_file, overrides=tuple(args.opts),
+        keep_ratios=tuple(args.keep_ratios or ()), schedule=schedule, device=args.device,
+        precision=args.precision, input_size=args.input_size,
+        batch_sizes=tuple(args.batch_size), attention=tuple(args.attention),
+        threads=args.threads, repeats=args.repeats, warmup=args.warmup, weights=args.weights,
+        backbone_only=args.backbone_only, memory=args.memory, profile=args.profile,
+        prompt=args.prompt, task_id=args.task_id)
 
 
 def main(args: argparse.Namespace) -> dict:
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # quiet torch.profiler's C++ logging
-    check_args(args)
-    if args.keep_ratios is None and args.schedule is None:
-        args.schedule = "svit"
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    options = options_from(args)
+    options.check()
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
     cfg = load_tool_config(args, need_data=False)
-    if args.memory_probe:
-        return memory_probe(for_batch(setup(cfg, args), args, args.batch_size[0]), args)
     out_dir = make_output_dir(args.output or os.path.join(cfg.train.output_dir, "benchmark"))
-    return run_benchmark(cfg, args, out_dir, PROG, probe_module="tokenprune.tools.benchmark")
+    return run_benchmark(cfg, options, out_dir, PROG)
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> Any:

@@ -4,7 +4,7 @@
         --input img1.png img2.jpg --output out/vis [--score-thresh 0.5] [--keep-ratio 0.5] \\
         [--prompt "red shapes" "the largest object" | --task-id 0 2] [-- key=value ...]
 
-One PNG per input image (:mod:`tokenprune.analysis.visualize`): the detections and, per
+One PNG per input image (:mod:`tokenprune.engine.visualize`): the detections and, per
 pruned block, the image with the pruned token cells darkened.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any, List, Optional, Sequence
 
 import torch
 
-from ..analysis.visualize import guidances, read_image, read_images, visualize
-from ..checkpoint import load_model
+from ..engine.predictor import Predictor, TestPreprocessing
+from ..engine.visualize import VisualizeOptions, visualize
 from ..errors import InputError
 from ..fileio import make_output_dir
 from .common import load_tool_config, run_tool, tool_parser
@@ -46,17 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> List[str]:
     if not 0.0 <= args.score_thresh <= 1.0:
         raise InputError(f"--score-thresh must lie in [0, 1], got {args.score_thresh:g}")
-    if args.keep_ratio is not None and not 0.0 < args.keep_ratio <= 1.0:
-        raise InputError(f"keep ratio {args.keep_ratio:g} is outside (0, 1]")
+    options = VisualizeOptions(keep_ratio=args.keep_ratio, prompts=tuple(args.prompt or ()),
+                               task_ids=tuple(args.task_id or ()))
+    options.check()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {args.device}: CUDA is not available on this machine")
-    guidances(args.prompt, args.task_id)  # consistent before any work
-    for path in args.input:  # every input readable before any work
-        read_image(path)
     cfg = load_tool_config(args, splits=("test",))  # its metadata names the classes
-    images = read_images(cfg, args.config_file, args.input)
+    preprocessing = TestPreprocessing(cfg)
+    images = [(path, preprocessing.read(path)) for path in args.input]  # all readable first
     out_dir = make_output_dir(args.output)
-    written = visualize(load_model(cfg, args.device, args.precision), cfg, args, images, out_dir)
+    predictor = Predictor(cfg, device=args.device, score_threshold=args.score_thresh,
+                          precision=args.precision)
+    written = visualize(predictor, images, out_dir, options)
     print(f"{PROG}: wrote {len(written)} image(s) to {out_dir}", flush=True)
     return written
 
