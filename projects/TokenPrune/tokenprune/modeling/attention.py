@@ -156,7 +156,7 @@ def attention_logits(attn_module: torch.nn.Module, q: Tensor, k: Tensor,
     return logits
 
 
-def _split_heads(attn_module: torch.nn.Module, qkv: Tensor) -> List[Tensor]:
+def _split_heads(attn_module: torch.nn.Module, qkv: Tensor) -> Tuple[Tensor, ...]:
     """(G, L, 3C) -> q, k, v, each (G, nh, L, hd)."""
     G, L, _ = qkv.shape
     return qkv.reshape(G, L, 3, attn_module.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
@@ -214,7 +214,8 @@ class AttentionKernel:
         for rows, bucket in groups.buckets(quantum):
             bias = None
             if key_bias is not None:
-                bias = bucket.pack((key_bias if rows is None else key_bias[rows])[:, None])[..., 0]
+                part_bias = key_bias if rows is None else key_bias[rows]
+                bias = bucket.pack(part_bias[:, None])[..., 0]
             part = bucket.unpack(self.attend(
                 attn_module, bucket.pack(qkv if rows is None else qkv[rows]), bucket.coords,
                 bucket.frame, bucket.key_valid, bias))
@@ -277,6 +278,7 @@ class FlexKernel(SDPAKernel):
     name = "flex"
 
     def gathered(self, attn_module, qkv, groups, quantum, key_bias=None):
+        """One packed sequence for every group (no buckets: ``quantum`` is not used)."""
         return _flex_packed(attn_module, qkv, groups.group, groups.token_coords(), groups.frame,
                             key_bias)
 

@@ -49,8 +49,8 @@ from .attention import AttentionKernel
 from .gates import registry_name
 from .sparse_block import DEFAULT_QUANTUM, run_block_gathered
 
-__all__ = ["REDUCER_REGISTRY", "build_reducer", "MergeState", "bipartite_merge", "unmerge", "ToMeReducer",
-           "run_block_on_merged"]
+__all__ = ["REDUCER_REGISTRY", "build_reducer", "MergeState", "bipartite_merge", "unmerge",
+           "ToMeReducer", "run_block_on_merged"]
 
 REDUCER_REGISTRY = Registry("TOKEN_REDUCER")
 REDUCER_REGISTRY.__doc__ = ("Token reducers for PrunedViT: reduce(x, n) -> (tokens, state), "
