@@ -201,8 +201,14 @@ def run_block_on_groups(block: torch.nn.Module, tokens: Tensor, groups: TokenGro
     attn = block.attn
     attended = attn.proj(kernel.gathered(attn, attn.qkv(block.norm1(tokens)), groups, quantum,
                                          key_bias))
-    tokens = tokens + block.drop_path(attended)
-    return tokens + block.drop_path(block.mlp(block.norm2(tokens)))
+    return _residual_and_mlp(block, tokens, attended)
+
+
+def _residual_and_mlp(block: torch.nn.Module, x: Tensor, attended: Tensor) -> Tensor:
+    """The rest of a ViTDet ``Block`` after its attention: ``x + attended``, then the MLP
+    with its residual (any shape (..., C))."""
+    x = x + block.drop_path(attended)
+    return x + block.drop_path(block.mlp(block.norm2(x)))
 
 
 def run_block_gathered(block: torch.nn.Module, x: Tensor, keep: Tensor,
@@ -254,8 +260,7 @@ def _run_block_all_tokens(block: torch.nn.Module, x: Tensor, kernel: Optional[At
     attended = attn.proj(core).view(n_groups, fh, fw, C)
     if ws > 0:
         attended = window_unpartition(attended, ws, pad_hw, (H, W))
-    out = x + block.drop_path(attended)
-    out = out + block.drop_path(block.mlp(block.norm2(out)))
+    out = _residual_and_mlp(block, x, attended)
     if getattr(block, "use_residual_block", False):
         out = block.residual(out.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
     return out
