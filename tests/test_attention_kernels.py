@@ -9,8 +9,8 @@ import torch
 
 from detectron2.modeling import ViT
 
-from tokenprune.modeling import PrunedViT
-from tokenprune.modeling.schedule import keep_count
+from tokenprune.modeling import ATTENTION_KERNELS, DEFAULT_ATTENTION, PrunedViT, attention_kernel
+from tokenprune.modeling.keep_policy import keep_count
 from tokenprune.modeling.sparse_block import (group_kept_tokens, run_block_dense,
                                              run_block_gathered, run_block_masked)
 
@@ -32,6 +32,20 @@ def _vit(name, cls=ViT, **kw):
     return vit
 
 
+def test_kernels_are_objects_chosen_once_by_name():
+    assert ATTENTION_KERNELS == ("eager", "sdpa", "flex")
+    assert all(attention_kernel(n).name == n for n in ATTENTION_KERNELS)
+    assert attention_kernel("sdpa") is attention_kernel("sdpa")  # stateless, one each
+    assert attention_kernel("eager").block_forward  # dense blocks: Detectron2's forward
+    assert not attention_kernel("sdpa").block_forward
+    assert not attention_kernel("flex").block_forward
+    vit = _vit("global", PrunedViT, pruned_blocks=[1], keep_ratios=0.5)
+    assert vit.inference_settings.kernel is attention_kernel(DEFAULT_ATTENTION)
+    assert DEFAULT_ATTENTION == "sdpa"
+    with pytest.raises(ValueError, match="attention must be one of eager, sdpa, flex"):
+        _vit("global", PrunedViT, attention="fast")
+
+
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_sdpa_dense_block_equals_detectron2(name):
     vit = _vit(name)
@@ -39,8 +53,10 @@ def test_sdpa_dense_block_equals_detectron2(name):
     with torch.no_grad():
         for blk in vit.blocks:
             ref = blk(x)
-            assert torch.equal(run_block_dense(blk, x, "eager"), ref)
-            assert (run_block_dense(blk, x, "sdpa") - ref).abs().max() < 1e-5
+            assert torch.equal(run_block_dense(blk, x, attention_kernel("eager")), ref)
+            for kernel in ("sdpa", "flex"):  # flex: equal groups run SDPA's fused kernel
+                out = run_block_dense(blk, x, attention_kernel(kernel))
+                assert (out - ref).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -54,7 +70,7 @@ def test_gathered_kernels_equal_masked_reference(name, kernel, quantum):
     with torch.no_grad():
         for blk in vit.blocks:
             ref = run_block_masked(blk, x, keep.float())
-            out = run_block_gathered(blk, x, keep, kernel, quantum)
+            out = run_block_gathered(blk, x, keep, attention_kernel(kernel), quantum)
             assert (out - ref).abs().max() < 1e-5
             assert torch.equal(out.view(3, 64, 48)[~keep], x.view(3, 64, 48)[~keep])
 
@@ -65,10 +81,10 @@ def test_buckets_remove_padding():
     groups = group_kept_tokens(keep, (16, 16), window_size=4)
     per_window = keep.view(2, 4, 4, 4, 4).sum(dim=(2, 4))  # (image, window row, window col)
     assert groups.counts == [c for c in per_window.flatten().tolist() if c]  # empty: no group
-    before = groups.padding_fraction(0)
-    assert before == pytest.approx(groups.num_groups * max(groups.counts) / keep.sum() - 1)
-    assert groups.padding_fraction(1) == 0.0
-    assert 0.0 <= groups.padding_fraction(4) < before
+    assert groups.bucket_lengths(0) == [max(groups.counts)] * groups.num_groups
+    assert groups.bucket_lengths(1) == groups.counts  # no padding at all
+    padded = sum(groups.bucket_lengths(4))
+    assert sum(groups.counts) <= padded < groups.num_groups * max(groups.counts)
     buckets = groups.buckets(4)
     assert all(b.length % 4 == 0 or b.length == groups.length for _, b in buckets)
     rows = torch.cat([r for r, _ in buckets])
@@ -91,7 +107,7 @@ def test_pruned_vit_kernels_and_per_image_rates():
             with pruned.pruning(keep_ratio=0.5, attention=kernel, image_scales=[0.5, 1.0, 1.9]):
                 outs[kernel] = pruned(x)["last_feat"]
                 counts = {i: m.sum(dim=1).tolist() for i, m in pruned.last_keep_masks.items()}
-        assert pruned.attention == "sdpa"  # restored after the context
+        assert pruned.inference_settings.kernel is attention_kernel("sdpa")  # restored
     assert (outs["sdpa"] - outs["eager"]).abs().max() < 1e-5
     assert (outs["flex"] - outs["eager"]).abs().max() < 1e-5
     expected = [keep_count(0.25, 64), keep_count(0.5, 64), keep_count(0.95, 64)]

@@ -10,9 +10,9 @@ from detectron2.modeling.backbone.utils import (
     add_decomposed_rel_pos, window_partition, window_unpartition,
 )
 
-from tokenprune.modeling import PrunedViT
+from tokenprune.modeling import ATTENTION_KERNELS, PrunedViT, attention_kernel
 from tokenprune.modeling.baselines import AttentionNetGate, mean_received_attention
-from tokenprune.modeling.pruned_vit import _gate_class_name
+from tokenprune.modeling.gates import GATE_REGISTRY, registry_name
 from tokenprune.modeling.tome import bipartite_merge, run_block_on_merged, unmerge
 
 TINY = dict(img_size=64, patch_size=8, embed_dim=48, depth=5, num_heads=3,
@@ -172,16 +172,38 @@ def test_merge_takes_the_most_similar_pair_first():
     assert torch.allclose(tokens[0, state.assign[0, 5]], 1.5 * torch.eye(8)[2])
 
 
+@pytest.mark.parametrize("kernel", ATTENTION_KERNELS)
 @pytest.mark.parametrize("window", [0, 4])
-def test_block_on_unmerged_tokens_equals_the_dense_block(window):
+def test_block_on_unmerged_tokens_equals_the_dense_block(window, kernel):
     """With nothing merged (sizes 1) the merged-token block is exactly ViTDet's block."""
     model = _vit(window_size=window, window_block_indexes=[0, 1, 2, 3, 4] if window else [])
     x = torch.randn(2, 8, 8, 48)
     tokens, state = bipartite_merge(x.view(2, 64, 48), 64, (8, 8))
     with torch.no_grad():
         for blk in model.blocks:
-            got = run_block_on_merged(blk, tokens, state).view(2, 8, 8, 48)
-            assert (got - blk(x)).abs().max() < 1e-4
+            got = run_block_on_merged(blk, tokens, state, attention_kernel(kernel))
+            assert (got.view(2, 8, 8, 48) - blk(x)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("window", [0, 3])
+def test_merged_block_kernels_agree_with_proportional_attention(window):
+    """Merged tokens (sizes > 1, so the log-size key bias matters): every kernel and bucket
+    size computes the eager kernel's block."""
+    model = _vit(window_size=window, window_block_indexes=[0, 1, 2, 3, 4] if window else [])
+    x = torch.randn(2, 64, 48)
+    tokens, state = bipartite_merge(x, 23, (8, 8))
+    assert state.size.max() > 1
+    with torch.no_grad():
+        for blk in model.blocks:
+            ref = run_block_on_merged(blk, tokens, state, attention_kernel("eager"), 0)
+            flat = run_block_on_merged(blk, tokens, state, attention_kernel("eager"), 0,
+                                       proportional=False)
+            assert (flat - ref).abs().max() > 1e-3  # the key bias changes the result
+            for kernel in ATTENTION_KERNELS:
+                for quantum in (0, 4):
+                    got = run_block_on_merged(blk, tokens, state, attention_kernel(kernel),
+                                              quantum)
+                    assert (got - ref).abs().max() < 1e-5, (kernel, quantum)
 
 
 def test_pruned_vit_with_tome_reducer_merges_and_restores_the_full_map():
@@ -205,9 +227,10 @@ def test_pruned_vit_with_tome_reducer_merges_and_restores_the_full_map():
         # the last block's output: merged positions share their feature (k distinct rows)
         flat = out.flatten(2).transpose(1, 2)
         assert len(torch.unique(flat[0], dim=0)) <= math.ceil(RATIOS[-1] * 64)
-        model.fixed_keep_ratio = {i: 1.0 for i in (2, 3, 4)}
-        assert (model(x)["last_feat"] - dense(x)["last_feat"]).abs().max() < 1e-4
-    model.fixed_keep_ratio = None
+        with model.pruning(keep_ratio=1.0):
+            assert (model(x)["last_feat"] - dense(x)["last_feat"]).abs().max() < 1e-4
+        with model.pruning(attention="eager"):  # the reducer follows the model's kernel
+            assert (model(x)["last_feat"] - out).abs().max() < 1e-5
     model.train()
     model(x)["last_feat"].square().mean().backward()
     assert model.last_keep_ratio_loss is None
@@ -254,7 +277,7 @@ def test_random_gate_draws_are_uniform():
 # --------------------------------------------------------------------------- heavier gate
 
 def test_attention_net_gate_sees_the_whole_image_and_trains():
-    assert _gate_class_name("attention_net") == "AttentionNetGate"
+    assert registry_name(GATE_REGISTRY, "attention_net", "gate") == "AttentionNetGate"
     gate = AttentionNetGate(dim=48)
     x = torch.randn(1, 64, 48)
     out = gate(x)

@@ -167,10 +167,10 @@ def test_svit_flops_follow_keep_ratio(dense):
     _, _, dense_counts = dense
     model, inputs = _model_and_inputs(SVIT_CFG, TINY_SVIT)
     vit = find_pruned_vit(model)
-    saved = dict(vit.fixed_keep_ratio)
+    saved = vit.inference_settings
     pruned = count_model_flops(model, inputs)
     full = count_model_flops(model, inputs, keep_all=True)
-    assert vit.fixed_keep_ratio == saved  # keep_all restores the configured ratios
+    assert vit.inference_settings is saved  # keep_all restores the configured settings
     assert full.backbone == dense_counts.backbone  # keep-all = the dense ViT's count
     assert pruned.keep_ratios == {1: 0.5, 2: 0.5, 3: 0.5}
     assert full.keep_ratios == {1: 1.0, 2: 1.0, 3: 1.0}

@@ -6,14 +6,16 @@ import torch
 
 from detectron2.modeling import ViT
 
-from tokenprune.modeling import PrunedViT, gumbel_keep_decision
+from tokenprune.modeling import KeepPolicy, PrunedViT, attention_kernel, gumbel_keep_decision
 from tokenprune.modeling.sparse_block import run_block_gathered, run_block_masked
+
+SDPA = attention_kernel("sdpa")
 
 TINY = dict(img_size=64, patch_size=8, embed_dim=48, depth=6, num_heads=3,
             pretrain_img_size=64, pretrain_use_cls_token=False)
 
 
-def _pair(**kw):
+def _pair(pruning=None, **kw):
     torch.manual_seed(0)
     args = {**TINY, **kw}
     dense = ViT(**args).eval()
@@ -21,7 +23,8 @@ def _pair(**kw):
     for name, p in dense.named_parameters():
         if "rel_pos" in name:
             torch.nn.init.normal_(p, std=0.2)
-    pruned = PrunedViT(pruned_blocks=[2, 3, 4, 5], keep_ratios=0.5, **args).eval()
+    pruned = PrunedViT(pruned_blocks=[2, 3, 4, 5], keep_ratios=0.5, **(pruning or {}),
+                       **args).eval()
     missing, unexpected = pruned.load_state_dict(dense.state_dict(), strict=False)
     assert all(k.startswith("gates.") for k in missing) and not unexpected
     return dense, pruned
@@ -39,9 +42,8 @@ CONFIGS = {
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_keep_all_equals_dense_vit(name):
     dense, pruned = _pair(**CONFIGS[name])
-    pruned.fixed_keep_ratio = {i: 1.0 for i in pruned.pruned_blocks}
     x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
+    with torch.no_grad(), pruned.pruning(keep_ratio=1.0):
         a = dense(x)["last_feat"]
         b = pruned(x)["last_feat"]
     assert (a - b).abs().max().item() < 1e-4
@@ -56,7 +58,7 @@ def test_gathered_block_with_all_tokens_equals_dense_block(name):
     with torch.no_grad():
         for blk in dense.blocks:
             ref = blk(x)
-            assert (run_block_gathered(blk, x, keep) - ref).abs().max() < 1e-4
+            assert (run_block_gathered(blk, x, keep, SDPA) - ref).abs().max() < 1e-4
             assert (run_block_masked(blk, x, keep.float()) - ref).abs().max() < 1e-4
 
 
@@ -70,7 +72,7 @@ def test_gathered_subset_matches_masked_reference(name):
     keep = torch.rand(3, 64, generator=g) < torch.tensor([[0.3], [0.6], [0.9]])
     with torch.no_grad():
         for blk in dense.blocks:
-            a = run_block_gathered(blk, x, keep)
+            a = run_block_gathered(blk, x, keep, SDPA)
             b = run_block_masked(blk, x, keep.float())
             assert (a - b).abs().max() < 1e-4
             # pruned tokens are untouched
@@ -79,8 +81,7 @@ def test_gathered_subset_matches_masked_reference(name):
 
 @pytest.mark.parametrize("ratio", [0.3, 0.55, 1 / 3])
 def test_fixed_ratio_processes_exact_count_and_preserves(ratio):
-    _, pruned = _pair(**CONFIGS["window_relpos"])
-    pruned.fixed_keep_ratio = {i: ratio for i in pruned.pruned_blocks}
+    _, pruned = _pair(dict(fixed_keep_ratio=ratio), **CONFIGS["window_relpos"])
     seen = {}
 
     def count_rows(i):
@@ -123,17 +124,70 @@ def test_dynamic_inference_keeps_at_least_one_token_and_small_images():
 
 
 def test_discard_zeroes_pruned_tokens_and_inherit_never_reactivates():
-    _, pruned = _pair(**CONFIGS["global_relpos"])
-    pruned.preserve = False
-    pruned.reactivate = False
-    pruned.fixed_keep_ratio = {2: 0.8, 3: 0.6, 4: 0.5, 5: 0.4}
-    with torch.no_grad():
+    _, pruned = _pair(dict(preserve=False), **CONFIGS["global_relpos"])
+    assert not pruned.reactivate  # discarded tokens cannot come back
+    with torch.no_grad(), pruned.pruning(keep_ratio={2: 0.8, 3: 0.6, 4: 0.5, 5: 0.4}):
         out = pruned(torch.randn(1, 3, 64, 64))["last_feat"]
     masks = [pruned.last_keep_masks[i] for i in pruned.pruned_blocks]
     for prev, cur in zip(masks, masks[1:]):
         assert not (cur & ~prev).any()
     dropped = ~masks[-1][0]
     assert torch.all(out[0].flatten(1)[:, dropped] == 0)
+
+
+def test_keep_policy_decides_top_k_threshold_inherit_and_per_image():
+    score = torch.tensor([[3.0, -1.0, 2.0, -2.0], [-5.0, -4.0, -3.0, -6.0]])
+    active = torch.tensor([[True, True, False, True], [True] * 4])
+    dynamic = KeepPolicy().decide(0, score, active)
+    assert dynamic.tolist() == [[True, False, True, False], [False, False, True, False]]
+    top = KeepPolicy({0: 0.5}).decide(0, score, active)
+    assert top.tolist() == [[True, False, True, False], [False, True, True, False]]
+    inherit = KeepPolicy({0: 0.5}, inherit=True).decide(0, score, active)
+    assert inherit[0].tolist() == [True, True, False, False]  # only active tokens compete
+    scaled = KeepPolicy({0: 0.5}, (0.5, 2.0)).decide(0, score, active)
+    assert scaled.sum(dim=1).tolist() == [1, 4]
+    with pytest.raises(FloatingPointError, match="block 0 gave NaN keep scores"):
+        KeepPolicy().decide(0, torch.full((1, 4), float("nan")), active[:1])
+    with pytest.raises(ValueError, match="image_scales needs a forced keep_ratio"):
+        KeepPolicy(image_scales=(1.0,))
+
+
+def test_constructor_switches_become_the_configured_policy():
+    fixed = PrunedViT(pruned_blocks=[2, 3], keep_ratios=[0.7, 0.5], dynamic=False,
+                      reactivate=False, **TINY)
+    assert fixed.inference_settings.policy == KeepPolicy({2: 0.7, 3: 0.5}, inherit=True)
+    assert (fixed.dynamic, fixed.reactivate) == (False, False)
+    forced = PrunedViT(pruned_blocks=[2, 3], keep_ratios=0.7, fixed_keep_ratio=0.4, **TINY)
+    assert forced.inference_settings.policy == KeepPolicy({2: 0.4, 3: 0.4})
+    discarding = PrunedViT(pruned_blocks=[2, 3], preserve=False, **TINY)
+    assert discarding.inference_settings.policy == KeepPolicy(inherit=True)
+    with pytest.raises(AttributeError):
+        forced.reactivate = True  # configuration: constructor arguments, or pruning()
+
+
+def test_pruning_takes_a_policy_and_swaps_one_settings_object():
+    _, pruned = _pair(**CONFIGS["window_relpos"])
+    configured = pruned.inference_settings
+    assert configured.policy == KeepPolicy() and configured.gates
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        with pruned.pruning(keep_ratio=0.3):
+            by_ratio = pruned(x)["last_feat"]
+            assert not pruned.dynamic and pruned.inference_settings.kernel is configured.kernel
+        with pruned.pruning(policy=KeepPolicy({i: 0.3 for i in pruned.pruned_blocks})):
+            assert torch.equal(pruned(x)["last_feat"], by_ratio)
+    assert pruned.inference_settings is configured
+    with pytest.raises(ValueError, match="not both"):
+        with pruned.pruning(keep_ratio=0.3, policy=KeepPolicy()):
+            pass
+    with pytest.raises(ValueError, match="every pruned block"):
+        with pruned.pruning(policy=KeepPolicy({2: 0.5})):
+            pass
+    discarding = PrunedViT(pruned_blocks=[2, 3], preserve=False, **TINY)
+    with pytest.raises(ValueError, match="needs an inherit policy"):
+        with discarding.pruning(policy=KeepPolicy()):
+            pass
+    assert pruned.inference_settings is configured
 
 
 def test_gradients_reach_every_gate_and_loss_is_reported():

@@ -68,8 +68,7 @@ def test_training_losses_include_keep_ratio_and_relevance():
 def test_task_changes_the_kept_tokens():
     model = _tiny_model().eval()
     vit = model.backbone.net
-    vit.fixed_keep_ratio = {i: 0.5 for i in vit.pruned_blocks}
-    with torch.no_grad():
+    with torch.no_grad(), vit.pruning(keep_ratio=0.5):
         # make the guidance decisive: distinct task embeddings
         model.guidance.embedding.weight.normal_(std=3.0)
         image = _inputs([0])[0]["image"]

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..modeling.schedule import keep_count
+from ..modeling.keep_policy import keep_count
 from ..modeling.sparse_block import group_kept_tokens
 
 __all__ = ["BackboneSpec", "attention_groups", "block_cost", "block_macs", "backbone_macs",

@@ -269,8 +269,8 @@ def count_model_flops(model: nn.Module, inputs: List[dict], keep_all: bool = Fal
     """FLOPs of a Detectron2 model on ``inputs`` (Detectron2's list[dict] format).
 
     Each input is traced on its own (batch 1) in eval mode without gradients, and the
-    figures are averaged. ``keep_all`` temporarily sets every PrunedViT's
-    ``fixed_keep_ratio`` to 1.0 for every pruned block: the dense reference of the same
+    figures are averaged. ``keep_all`` runs every PrunedViT under
+    ``pruning(keep_ratio=1.0)`` (every token kept): the dense reference of the same
     model. Its gates still run, but they are not counted there (``gates`` = 0): the
     reference is the dense ViT's cost, and the configured count carries the gate overhead
     (also of a gate that happens to keep every token). Dense models (no PrunedViT) are

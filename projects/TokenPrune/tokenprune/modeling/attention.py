@@ -1,44 +1,46 @@
-"""The attention core of ViTDet's ``Attention`` on groups of tokens, in three kernels.
+"""ViTDet's attention on groups of tokens, in three kernels chosen once by name.
 
 Every kernel computes Detectron2's attention: ``softmax(q k^T * scale + B) v`` with the
 decomposed relative-position bias ``B[i, j] = q_i . Rh[row_i - row_j] + q_i . Rw[col_i -
 col_j]`` (unscaled ``q``, as ViTDet adds it), taken from each token's (row, col) in its
-attention frame, so it is exact on any subset of the frame:
+attention frame, so it is exact on any subset of the frame. :func:`attention_kernel` turns
+a configured name into one of these objects (:class:`PrunedViT` does it once, in
+``__init__`` and ``pruning()``); the code below it calls the object's methods:
 
-* ``"eager"``: logits, bias added in place, softmax, product (Detectron2's arithmetic);
-* ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention`` with the bias as an
-  additive float mask in the query's dtype (padding keys at ``-inf``): the fused kernel of
-  the platform (flash / memory-efficient on CUDA, the fused CPU kernel on a CPU);
-* ``"flex"``: :mod:`tokenprune.modeling.flex` (FlexAttention on one packed sequence, no
-  padding at all); :func:`attention_core` runs it for the gathered blocks only.
+* ``"eager"`` (:class:`EagerKernel`): logits, bias added in place, softmax, product
+  (Detectron2's arithmetic); a dense block runs Detectron2's own ``Block.forward``.
+* ``"sdpa"`` (:class:`SDPAKernel`, the default): ``F.scaled_dot_product_attention`` with
+  the bias as an additive float mask in the query's dtype (padding keys at ``-inf``): the
+  fused kernel of the platform (flash / memory-efficient on CUDA, fused on a CPU).
+* ``"flex"`` (:class:`FlexKernel`): a gathered block's kept tokens (all images, all
+  windows) in one packed sequence under FlexAttention, no padding at all. Groups of equal
+  length (a dense block's images or windows) need no packing: they run SDPA's fused kernel.
 
-Training's masked path uses :class:`PolicyAttention` (DynamicViT's softmax with policy,
-differentiable in the key weights), whatever the kernel.
+Each kernel has two entry points: :meth:`~AttentionKernel.attend` on G equal-length groups
+(a dense block, one bucket of a gathered block) and :meth:`~AttentionKernel.gathered` on the
+M kept tokens of a gathered block (in buckets, or packed). Training's masked path uses
+:func:`policy_attention` (DynamicViT's softmax with policy, differentiable in the key
+weights), whatever the kernel.
 """
 from __future__ import annotations
 
 import functools
+import warnings
 from contextlib import nullcontext
-from typing import Callable, ContextManager, List, Optional, Tuple
+from typing import Callable, ContextManager, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.profiler import record_function
 
-__all__ = ["ATTENTION_KERNELS", "check_kernel", "profiler_range", "profiled", "resize_rel_pos",
-           "rel_pos_table", "rel_pos_lines", "add_rel_pos_bias_", "rel_pos_bias",
-           "attention_logits", "attention_core", "attention_on_groups", "PolicyAttention"]
+__all__ = ["AttentionKernel", "EagerKernel", "SDPAKernel", "FlexKernel", "ATTENTION_KERNELS",
+           "DEFAULT_ATTENTION", "attention_kernel", "SEQUENCE_QUANTUM", "profiler_range",
+           "profiled", "resize_rel_pos", "rel_pos_table", "rel_pos_lines", "add_rel_pos_bias_",
+           "rel_pos_bias", "attention_logits", "policy_attention", "PolicyAttention"]
 
-ATTENTION_KERNELS = ("eager", "sdpa", "flex")
-
-
-def check_kernel(kernel: str) -> str:
-    """``kernel`` itself if it is one of :data:`ATTENTION_KERNELS`, else ValueError."""
-    if kernel not in ATTENTION_KERNELS:
-        raise ValueError(f"attention must be one of {', '.join(ATTENTION_KERNELS)}, "
-                         f"got {kernel!r}")
-    return kernel
+DEFAULT_ATTENTION = "sdpa"
+SEQUENCE_QUANTUM = 128  # FlexAttention's default tile: packed sequences are padded to it
 
 
 def profiler_range(name: str) -> ContextManager:
@@ -154,68 +156,207 @@ def attention_logits(attn_module: torch.nn.Module, q: Tensor, k: Tensor,
     return logits
 
 
-def _sdpa(attn_module: torch.nn.Module, q: Tensor, k: Tensor, v: Tensor,
-          coords: Optional[Tensor],
-          frame: Tuple[int, int], key_valid: Optional[Tensor],
-          key_bias: Optional[Tensor]) -> Tensor:
-    """(G, nh, L, hd) output of the fused kernel; bias and padding as one additive mask."""
-    mask = None
+def _split_heads(attn_module: torch.nn.Module, qkv: Tensor) -> Tuple[Tensor, ...]:
+    """(G, L, 3C) -> q, k, v, each (G, nh, L, hd)."""
+    G, L, _ = qkv.shape
+    return qkv.reshape(G, L, 3, attn_module.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def _merge_heads(out: Tensor) -> Tensor:
+    """(G, nh, L, hd) -> (G, L, nh * hd)."""
+    G, nh, L, hd = out.shape
+    return out.transpose(1, 2).reshape(G, L, nh * hd)
+
+
+class AttentionKernel:
+    """How a block's attention core is computed (before the output projection); one
+    stateless instance per kernel (see the module docstring).
+
+    Attributes:
+        name: the kernel's configured name.
+        block_forward: a dense block at inference runs Detectron2's own ``Block.forward``
+            (the kernel is that arithmetic); False: it runs :meth:`attend` on its frames.
+    """
+
+    name: str
+    block_forward: bool = False
+
+    def attend(self, attn_module: torch.nn.Module, qkv: Tensor, coords: Optional[Tensor],
+               frame: Tuple[int, int], key_valid: Optional[Tensor] = None,
+               key_bias: Optional[Tensor] = None) -> Tensor:
+        """(G, L, 3C) q/k/v of G groups of equal length -> (G, L, C).
+
+        ``attn_module``: a ``detectron2.modeling.backbone.vit.Attention`` (heads, scale,
+        rel-pos); ``coords``, ``frame``, ``key_valid``, ``key_bias``: see
+        :func:`attention_logits`.
+        """
+        q, k, v = _split_heads(attn_module, qkv)
+        return _merge_heads(self._attend_heads(attn_module, q, k, v, coords, frame, key_valid,
+                                               key_bias))
+
+    def _attend_heads(self, attn_module: torch.nn.Module, q: Tensor, k: Tensor, v: Tensor,
+                      coords: Optional[Tensor], frame: Tuple[int, int],
+                      key_valid: Optional[Tensor], key_bias: Optional[Tensor]) -> Tensor:
+        """(G, nh, L, hd) q, k, v -> (G, nh, L, hd) output."""
+        raise NotImplementedError
+
+    def gathered(self, attn_module: torch.nn.Module, qkv: Tensor, groups, quantum: int,
+                 key_bias: Optional[Tensor] = None) -> Tensor:
+        """(M, 3C) q/k/v of the kept tokens of a block -> (M, C), each token attending to
+        its own group.
+
+        ``groups``: their :class:`~tokenprune.modeling.sparse_block.TokenGroups` (tokens in
+        ``groups.flat_index`` order); ``quantum``: bucket size (see
+        ``TokenGroups.bucket_lengths``); ``key_bias``: (M,) float added to every query's
+        logit of that key, or None. One :meth:`attend` per bucket.
+        """
+        out = None
+        for rows, bucket in groups.buckets(quantum):
+            bias = None
+            if key_bias is not None:
+                part_bias = key_bias if rows is None else key_bias[rows]
+                bias = bucket.pack(part_bias[:, None])[..., 0]
+            part = bucket.unpack(self.attend(
+                attn_module, bucket.pack(qkv if rows is None else qkv[rows]), bucket.coords,
+                bucket.frame, bucket.key_valid, bias))
+            if rows is None:
+                return part
+            if out is None:
+                out = part.new_empty(qkv.shape[0], part.shape[-1])
+            out[rows] = part
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class EagerKernel(AttentionKernel):
+    """Detectron2's arithmetic: logits, bias added in place, softmax, product by the values."""
+
+    name = "eager"
+    block_forward = True
+
+    def _attend_heads(self, attn_module, q, k, v, coords, frame, key_valid, key_bias):
+        logits = attention_logits(attn_module, q, k, coords, frame, key_valid, key_bias)
+        return logits.softmax(dim=-1).to(v.dtype) @ v
+
+
+class SDPAKernel(AttentionKernel):
+    """The fused ``F.scaled_dot_product_attention``; the relative-position bias, the key bias
+    and the padding (``-inf``) form one additive float mask in the query's dtype."""
+
+    name = "sdpa"
+
+    def _attend_heads(self, attn_module, q, k, v, coords, frame, key_valid, key_bias):
+        mask = None
+        if attn_module.use_rel_pos:
+            mask = rel_pos_bias(q, attn_module.rel_pos_h, attn_module.rel_pos_w, coords, frame)
+        if key_bias is not None:
+            kb = key_bias[:, None, None, :].to(q.dtype)
+            mask = kb if mask is None else mask.add_(kb)
+        if key_valid is not None:
+            valid = key_valid[:, None, None, :]
+            mask = valid if mask is None else mask.masked_fill_(~valid, float("-inf"))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn_module.scale)
+
+
+class FlexKernel(SDPAKernel):
+    """FlexAttention for gathered blocks: the M kept tokens in one packed sequence, a
+    block-diagonal ``mask_mod`` (a token attends to its own group only: FlexAttention skips
+    every tile outside the groups, no padding at all) and the relative positions (and a key
+    bias) as a ``score_mod`` that adds each query's precomputed per-row and per-column terms
+    (:func:`rel_pos_lines`) for the key's row and column. The sequence is padded to a
+    multiple of :data:`SEQUENCE_QUANTUM` (a group of its own, dropped after), so the
+    compiled kernel sees few shapes. On CUDA the kernel is compiled
+    (``torch.compile(flex_attention)``, once per process); elsewhere FlexAttention runs its
+    unfused reference, which materialises the (M, M) scores: correct, for tests, not fast.
+
+    :meth:`attend` (groups of equal length: dense blocks) is SDPA's: equal groups gain
+    nothing from packing, so they run the fused kernel.
+    """
+
+    name = "flex"
+
+    def gathered(self, attn_module, qkv, groups, quantum, key_bias=None):
+        """One packed sequence for every group (no buckets: ``quantum`` is not used)."""
+        return _flex_packed(attn_module, qkv, groups.group, groups.token_coords(), groups.frame,
+                            key_bias)
+
+
+@functools.lru_cache(maxsize=None)
+def _flex_function(device_type: str) -> Callable:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device_type == "cuda":
+        return torch.compile(flex_attention, dynamic=True)
+    return flex_attention
+
+
+def _flex_packed(attn_module: torch.nn.Module, qkv: Tensor, group: Tensor, coords: Tensor,
+                 frame: Tuple[int, int], key_bias: Optional[Tensor]) -> Tensor:
+    """(M, 3C) q/k/v of M packed tokens -> (M, C), each token attending to the tokens of its
+    ``group`` (M,) only; ``coords`` (M, 2) long: (row, col) in a frame of size ``frame``;
+    ``key_bias``: (M,) or None."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    M, C3 = qkv.shape
+    pad = -M % SEQUENCE_QUANTUM
+    if pad:
+        qkv = torch.cat([qkv, qkv.new_zeros(pad, C3)])
+        group = torch.cat([group, group.new_full((pad,), -1)])
+        coords = torch.cat([coords, coords.new_zeros(pad, 2)])
+        if key_bias is not None:
+            key_bias = torch.cat([key_bias, key_bias.new_zeros(pad)])
+    S = M + pad
+    q, k, v = _split_heads(attn_module, qkv[None])  # (1, nh, S, hd)
+
+    def same_group(b, h, q_idx, kv_idx):
+        return group[q_idx] == group[kv_idx]
+
+    block_mask = create_block_mask(same_group, None, None, S, S, device=qkv.device)
+    rel = None
     if attn_module.use_rel_pos:
-        mask = rel_pos_bias(q, attn_module.rel_pos_h, attn_module.rel_pos_w, coords, frame)
-    if key_bias is not None:
-        kb = key_bias[:, None, None, :].to(q.dtype)
-        mask = kb if mask is None else mask.add_(kb)
-    if key_valid is not None:
-        valid = key_valid[:, None, None, :]
-        mask = valid if mask is None else mask.masked_fill_(~valid, float("-inf"))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn_module.scale)
+        (lh, ph), (lw, pw) = rel_pos_lines(q, attn_module.rel_pos_h, attn_module.rel_pos_w,
+                                           coords, frame)
+        rel = lh[0], ph[0], lw[0], pw[0]  # (nh, S, h), (S,), (nh, S, w), (S,)
+    bias = None if key_bias is None else key_bias.to(q.dtype)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        if rel is not None:
+            lh, ph, lw, pw = rel
+            score = score + lh[h, q_idx, ph[kv_idx]] + lw[h, q_idx, pw[kv_idx]]
+        if bias is not None:
+            score = score + bias[kv_idx]
+        return score
+
+    with warnings.catch_warnings():  # the unfused reference off CUDA warns once
+        warnings.filterwarnings("ignore", message="flex_attention called without")
+        out = _flex_function(qkv.device.type)(
+            q, k, v, score_mod=None if rel is None and bias is None else score_mod,
+            block_mask=block_mask, scale=attn_module.scale)
+    return _merge_heads(out)[0, :M]
 
 
-def attention_core(
-    attn_module: torch.nn.Module,
-    qkv: Tensor,
-    coords: Optional[Tensor],
-    frame: Tuple[int, int],
-    key_valid: Optional[Tensor] = None,
-    key_weight: Optional[Tensor] = None,
-    key_bias: Optional[Tensor] = None,
-    kernel: str = "eager",
-) -> Tensor:
-    """Attention of packed token groups, before the output projection.
-
-    Args:
-        attn_module: a ``detectron2.modeling.backbone.vit.Attention`` (heads, scale, rel-pos).
-        qkv: (G, L, 3C) the ``qkv`` projection of the tokens (padding slots arbitrary).
-        coords, frame, key_valid, key_bias: see :func:`attention_logits`.
-        key_weight: (G, L) float in [0, 1]; keys are weighted inside the softmax
-            (:class:`PolicyAttention`, the training path; ``kernel`` is then ignored).
-        kernel: "eager" or "sdpa" (see the module docstring; "flex" packs differently).
-    Returns:
-        (G, L, C).
-    """
-    G, L, C3 = qkv.shape
-    nh = attn_module.num_heads
-    q, k, v = qkv.reshape(G, L, 3, nh, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (G, nh, L, hd)
-    if key_weight is not None:
-        logits = attention_logits(attn_module, q, k, coords, frame, key_valid, key_bias)
-        out = PolicyAttention.apply(logits, v, key_weight.to(v.dtype))
-    elif kernel == "sdpa":
-        out = _sdpa(attn_module, q, k, v, coords, frame, key_valid, key_bias)
-    else:
-        logits = attention_logits(attn_module, q, k, coords, frame, key_valid, key_bias)
-        out = logits.softmax(dim=-1).to(v.dtype) @ v
-    return out.transpose(1, 2).reshape(G, L, C3 // 3)
+_KERNELS: Dict[str, AttentionKernel] = {k.name: k for k in (EagerKernel(), SDPAKernel(),
+                                                             FlexKernel())}
+ATTENTION_KERNELS = tuple(_KERNELS)  # the names a config or command line may give
 
 
-def attention_on_groups(attn_module: torch.nn.Module, x: Tensor, coords: Optional[Tensor],
-                        frame: Tuple[int, int], **options) -> Tensor:
-    """Detectron2 ViTDet ``Attention`` over token groups with exact relative positions.
+def attention_kernel(name: str) -> AttentionKernel:
+    """The kernel called ``name`` (one of :data:`ATTENTION_KERNELS`), else ValueError."""
+    if name not in _KERNELS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_KERNELS)}, "
+                         f"got {name!r}")
+    return _KERNELS[name]
 
-    x: (G, L, C) normalised tokens -> (G, L, C) after the output projection; ``options``
-    (``key_valid``, ``key_weight``, ``key_bias``, ``kernel``): see :func:`attention_core`.
-    """
-    return attn_module.proj(attention_core(attn_module, attn_module.qkv(x), coords, frame,
-                                           **options))
+
+def policy_attention(attn_module: torch.nn.Module, qkv: Tensor, coords: Optional[Tensor],
+                     frame: Tuple[int, int], key_weight: Tensor) -> Tensor:
+    """(G, L, 3C) -> (G, L, C): the attention core of training's masked path, keys weighted
+    inside the softmax by ``key_weight`` (G, L) in [0, 1] (:class:`PolicyAttention`)."""
+    q, k, v = _split_heads(attn_module, qkv)
+    logits = attention_logits(attn_module, q, k, coords, frame)
+    return _merge_heads(PolicyAttention.apply(logits, v, key_weight.to(v.dtype)))
 
 
 class PolicyAttention(torch.autograd.Function):

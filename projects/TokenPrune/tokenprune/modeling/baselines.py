@@ -44,7 +44,7 @@ from torch import Tensor
 
 from .attention import attention_logits
 from .gates import GATE_REGISTRY
-from .sparse_block import group_kept_tokens
+from .sparse_block import gather_groups
 
 __all__ = ["AttentionGate", "RandomGate", "AttentionNetGate", "mean_received_attention",
            "scores_to_log_probs"]
@@ -78,9 +78,8 @@ def mean_received_attention(block: nn.Module, x: Tensor, hw: Tuple[int, int],
     B, N, C = x.shape
     if active is None:
         active = torch.ones(B, N, dtype=torch.bool, device=x.device)
-    groups = group_kept_tokens(active, hw, block.window_size)
-    tokens = block.norm1(x.reshape(B * N, C).index_select(0, groups.flat_index))
-    h = groups.pack(tokens)  # (G, L, C)
+    groups, tokens = gather_groups(x.reshape(B * N, C), active, hw, block.window_size)
+    h = groups.pack(block.norm1(tokens))  # (G, L, C)
     G, L, _ = h.shape
     attn = block.attn
     nh = attn.num_heads

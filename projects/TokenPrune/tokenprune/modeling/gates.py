@@ -7,7 +7,7 @@ guidance embedding (B, D); gates that ignore it accept and ignore it.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -18,7 +18,7 @@ from detectron2.utils.registry import Registry
 GATE_REGISTRY = Registry("TOKEN_GATE")
 GATE_REGISTRY.__doc__ = "Token gates for PrunedViT: (B, N, C) tokens -> (B, N, 2) log-probs."
 
-__all__ = ["GATE_REGISTRY", "MLPGate", "gumbel_keep_decision"]
+__all__ = ["GATE_REGISTRY", "MLPGate", "gumbel_keep_decision", "build_gates", "registry_name"]
 
 
 @GATE_REGISTRY.register()
@@ -70,3 +70,18 @@ def gumbel_keep_decision(log_probs: torch.Tensor, tau: float = 1.0,
     soft = (logits / tau).softmax(dim=-1)[..., 0]
     hard = (logits[..., 0] > logits[..., 1]).to(soft.dtype)
     return hard - soft.detach() + soft
+
+
+def registry_name(registry: Registry, kind: str, suffix: str) -> str:
+    """A short, case- and underscore-insensitive name as configs give it ("mlp",
+    "attention_net", "tome") -> the registered class name ("MLPGate", "AttentionNetGate",
+    "ToMeReducer"); ``suffix``: the class names' common ending ("gate", "reducer")."""
+    aliases = {name.lower().removesuffix(suffix): name for name in registry._obj_map}
+    return aliases.get(kind.lower().replace("_", ""), kind)
+
+
+def build_gates(kind: str, dim: int, blocks: Sequence[int], **kwargs) -> Dict[str, nn.Module]:
+    """{str(block): gate} with one gate of ``kind`` (see :func:`registry_name`) per block,
+    built as ``cls(dim=dim, **kwargs)``."""
+    cls = GATE_REGISTRY.get(registry_name(GATE_REGISTRY, kind, "gate"))
+    return {str(i): cls(dim=dim, **kwargs) for i in blocks}

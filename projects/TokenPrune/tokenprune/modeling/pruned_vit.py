@@ -1,6 +1,6 @@
 """PrunedViT: Detectron2's ViTDet ``ViT`` with SViT token pruning.
 
-The four SViT findings are switches (see DESIGN.md):
+The four SViT findings are switches:
 
 * ``preserve``: a pruned token skips the block but keeps its feature, so the output map is
   complete; off = the discarding variant (dropped tokens are zero in the output map and
@@ -17,18 +17,23 @@ The four SViT findings are switches (see DESIGN.md):
 
 Training runs every token with the keep decision as a soft key mask (differentiable,
 straight-through Gumbel). Inference gathers the kept tokens, runs the block on them only
-and scatters them back (:func:`run_block_gathered`). ``attention`` picks the kernel of the
-dense and gathered blocks (:mod:`.attention`: ``sdpa`` by default, ``eager`` = Detectron2's
-arithmetic and its own dense ``Block.forward``, ``flex`` for the gathered blocks).
+and scatters them back (:func:`.sparse_block.run_block_gathered`). The inference
+configuration is one :class:`InferenceSettings`: the :class:`~.keep_policy.KeepPolicy`
+that takes the keep decisions (from ``dynamic``, ``fixed_keep_ratio`` and ``reactivate``),
+the attention kernel of the dense and gathered blocks (``attention``, turned once into an
+:class:`~.attention.AttentionKernel`: ``sdpa`` by default, ``eager`` = Detectron2's
+arithmetic and its own dense ``Block.forward``, ``flex`` for the gathered blocks) and
+whether the gates run at all.
 
-Callers switch inference without touching attributes: :meth:`PrunedViT.pruning` forces a
-top-k rate (per image if asked), switches the attention kernel or turns the gates off (the
-dense ViT), :meth:`PrunedViT.observed` hands the
-decisions and the gathered blocks to a :class:`PruningObserver` (FLOP counting).
+Callers switch inference without touching attributes: :meth:`PrunedViT.pruning` swaps the
+settings (a forced top-k rate, per image if asked, another kernel, or the gates off: the
+dense ViT), :meth:`PrunedViT.observed` hands the decisions and the gathered blocks to a
+:class:`PruningObserver` (FLOP counting).
 """
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -38,13 +43,29 @@ from torch import Tensor
 from detectron2.modeling.backbone.utils import get_abs_pos
 from detectron2.modeling.backbone.vit import ViT
 
-from .gates import GATE_REGISTRY, gumbel_keep_decision
-from .schedule import keep_count
-from .attention import check_kernel, profiler_range
+from .attention import DEFAULT_ATTENTION, AttentionKernel, attention_kernel, profiler_range
+from .gates import build_gates, gumbel_keep_decision
+from .keep_policy import KeepPolicy, Ratios, keep_count, per_block_ratios
 from .sparse_block import DEFAULT_QUANTUM, run_block_dense, run_block_gathered, run_block_masked
-from .tome import REDUCER_REGISTRY
+from .tome import build_reducer
 
-__all__ = ["PrunedViT", "PruningObserver"]
+__all__ = ["PrunedViT", "InferenceSettings", "PruningObserver"]
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a :class:`PrunedViT` runs at inference (:meth:`PrunedViT.pruning` swaps them).
+
+    Attributes:
+        policy: the keep decision of the gated blocks (and the reducer's rate, if it has
+            ``ratios``).
+        kernel: the attention kernel of the dense and gathered blocks.
+        gates: False runs every block densely, without gates or reducer: the dense ViT.
+    """
+
+    policy: KeepPolicy
+    kernel: AttentionKernel
+    gates: bool = True
 
 
 class PrunedViT(ViT):
@@ -76,7 +97,7 @@ class PrunedViT(ViT):
         gumbel_tau: float = 1.0,
         gumbel_noise: float = 1.0,
         execution: str = "gather",
-        attention: str = "sdpa",
+        attention: str = DEFAULT_ATTENTION,
         bucket_quantum: int = DEFAULT_QUANTUM,
         reducer: Optional[str] = None,
         reducer_kwargs: Optional[dict] = None,
@@ -91,8 +112,9 @@ class PrunedViT(ViT):
                 no keep-ratio loss); one with ``needs_block = True`` also receives
                 ``block``, ``hw`` and ``active`` (see :mod:`.baselines`).
             preserve, reactivate, dynamic: SViT's findings 1-3 (see module docstring).
-            fixed_keep_ratio: force a top-k rate at inference (a float or one per pruned
-                block); 1.0 keeps every token. None: use the gates (``dynamic``).
+            fixed_keep_ratio: force a top-k rate at inference (a float, one per pruned
+                block or {block: ratio}); 1.0 keeps every token. None: use the gates
+                (``dynamic``).
             keep_ratio_loss_weight: weight of ``(mean(keep) - target)^2`` averaged over gates.
             keep_ratio_loss_per_image: take the mean per image, then average the squares.
             gumbel_tau: Gumbel-softmax temperature in training.
@@ -107,42 +129,50 @@ class PrunedViT(ViT):
                 multiple of this (0: one bucket, every group padded to the longest).
             reducer: a name in REDUCER_REGISTRY ("tome") to use instead of gates;
                 reducer_kwargs go to it. Each pruned block keeps ``ceil(r * N)`` tokens at
-                its ratio r (``fixed_keep_ratio`` if set, else ``keep_ratios``).
+                its ratio r (``fixed_keep_ratio`` if set, else ``keep_ratios``), through
+                the model's attention kernel.
             vit_kwargs: arguments of detectron2's ViT.
         """
         super().__init__(**vit_kwargs)
         self.pruned_blocks = self._checked_blocks(pruned_blocks)
-        self.keep_ratios = self._per_block(keep_ratios, "keep_ratios")
-        self.fixed_keep_ratio = (
-            None if fixed_keep_ratio is None
-            else self._per_block(fixed_keep_ratio, "fixed_keep_ratio")
-        )
+        self.keep_ratios = per_block_ratios(keep_ratios, self.pruned_blocks, "keep_ratios")
+        ratios = None
+        if fixed_keep_ratio is not None:
+            ratios = per_block_ratios(fixed_keep_ratio, self.pruned_blocks, "fixed_keep_ratio")
+        elif not dynamic:
+            ratios = dict(self.keep_ratios)
         self.preserve = preserve
-        self.reactivate = reactivate and preserve  # discarded tokens cannot come back
-        self.dynamic = dynamic
+        self._settings = InferenceSettings(  # discarded tokens cannot come back
+            KeepPolicy(ratios, inherit=not (reactivate and preserve)),
+            attention_kernel(attention))
         self.keep_ratio_loss_weight = keep_ratio_loss_weight
         self.keep_ratio_loss_per_image = keep_ratio_loss_per_image
         self.gumbel_tau = gumbel_tau
         self.gumbel_noise = gumbel_noise
-        self.execution, self.attention, self.bucket_quantum = _checked_execution(
-            execution, attention, bucket_quantum)
-        self._image_scales: Optional[Tuple[float, ...]] = None
-        self.reducer = None
-        if reducer:
-            name = _registry_name(REDUCER_REGISTRY, reducer, "reducer")
-            self.reducer = REDUCER_REGISTRY.get(name)(**(reducer_kwargs or {}))
-        self.gates = nn.ModuleDict({} if self.reducer is not None else self._new_gates(
-            gate, gate_kwargs or {}))
+        self.execution, self.bucket_quantum = _checked_execution(execution, bucket_quantum)
+        self.reducer = build_reducer(reducer, **(reducer_kwargs or {})) if reducer else None
+        embed_dim = self._out_feature_channels[self._out_features[0]]
+        self.gates = nn.ModuleDict({} if self.reducer is not None else build_gates(
+            gate, embed_dim, self.pruned_blocks, **(gate_kwargs or {})))
         self._guidance: Optional[Tensor] = None
-        self._gates_on = True
         self._observer = PruningObserver()
         self.last_keep_ratio_loss: Optional[Tensor] = None
         self._clear_statistics((0, 0))
 
-    def _new_gates(self, gate: str, gate_kwargs: dict) -> Dict[str, nn.Module]:
-        embed_dim = self._out_feature_channels[self._out_features[0]]
-        cls = GATE_REGISTRY.get(_gate_class_name(gate))
-        return {str(i): cls(dim=embed_dim, **gate_kwargs) for i in self.pruned_blocks}
+    @property
+    def inference_settings(self) -> InferenceSettings:
+        """The settings inference runs with now: as configured, or as :meth:`pruning` set."""
+        return self._settings
+
+    @property
+    def reactivate(self) -> bool:
+        """SViT's finding 2: pruned tokens are scored again at the next block (not inherit)."""
+        return not self._settings.policy.inherit
+
+    @property
+    def dynamic(self) -> bool:
+        """At inference the gates decide per image (no fixed top-k rate)."""
+        return self._settings.policy.ratios is None
 
     def _clear_statistics(self, grid: Tuple[int, int]) -> None:
         self.last_keep_ratios: Dict[int, Tensor] = {}
@@ -162,16 +192,6 @@ class PrunedViT(ViT):
                 raise ValueError(f"block {i} has a residual conv block and cannot be pruned")
         return blocks
 
-    def _per_block(self, value, name: str) -> Dict[int, float]:
-        values = [float(value)] * len(self.pruned_blocks) if isinstance(value, (int, float)) \
-            else [float(v) for v in value]
-        if len(values) != len(self.pruned_blocks):
-            raise ValueError(f"{name} has {len(values)} entries for "
-                             f"{len(self.pruned_blocks)} pruned blocks")
-        if any(not 0.0 < v <= 1.0 for v in values):
-            raise ValueError(f"{name} must lie in (0, 1], got {values}")
-        return dict(zip(self.pruned_blocks, values))
-
     @contextmanager
     def guided(self, guidance: Optional[Tensor]) -> Iterator[None]:
         """Within the context, gates receive ``guidance`` (B, D) (for guided gates)."""
@@ -182,9 +202,9 @@ class PrunedViT(ViT):
             self._guidance = None
 
     @contextmanager
-    def pruning(self, *, keep_ratio: Union[None, float, Sequence[float], Dict[int, float]] = None,
-                gates: bool = True, attention: Optional[str] = None,
-                image_scales: Optional[Sequence[float]] = None) -> Iterator[None]:
+    def pruning(self, *, keep_ratio: Optional[Ratios] = None, gates: bool = True,
+                attention: Optional[str] = None, image_scales: Optional[Sequence[float]] = None,
+                policy: Optional[KeepPolicy] = None) -> Iterator[None]:
         """Within the context, inference prunes as asked instead of as configured.
 
         Args:
@@ -193,30 +213,34 @@ class PrunedViT(ViT):
                 per image (the dynamic rate), whatever ``dynamic`` and ``fixed_keep_ratio``
                 say.
             gates: False runs every block densely without its gate or reducer: exactly
-                the dense ViT (``keep_ratio`` is then ignored).
-            attention: the kernel (see ``__init__``); None keeps the configured one.
+                the dense ViT (the keep policy is then ignored).
+            attention: the kernel's name (see ``__init__``); None keeps the current one.
             image_scales: one factor per image of the batch: image b keeps the top
                 ``min(1, keep_ratio * image_scales[b])`` of its tokens (unequal counts per
                 image at a known mean); only with a forced ``keep_ratio``.
+            policy: a :class:`KeepPolicy` to use as it is, instead of ``keep_ratio`` and
+                ``image_scales`` (which take the current ``inherit``); its ``ratios`` (if
+                any) must name every pruned block, and a discarding model (``preserve``
+                off) needs ``inherit``.
         """
-        if isinstance(keep_ratio, dict):
-            keep_ratio = [keep_ratio[i] for i in self.pruned_blocks]
-        if image_scales is not None and (keep_ratio is None or not len(image_scales)
-                                         or min(image_scales) <= 0):
-            raise ValueError("image_scales needs a forced keep_ratio and positive factors")
-        saved = (self.fixed_keep_ratio, self.dynamic, self._gates_on, self.attention,
-                 self._image_scales)
-        self.fixed_keep_ratio = (None if keep_ratio is None
-                                 else self._per_block(keep_ratio, "keep_ratio"))
-        self.dynamic, self._gates_on = True, gates
-        self.attention = self.attention if attention is None else check_kernel(attention)
-        self._image_scales = (None if image_scales is None
-                              else tuple(float(s) for s in image_scales))
+        if policy is None:
+            ratios = (None if keep_ratio is None
+                      else per_block_ratios(keep_ratio, self.pruned_blocks, "keep_ratio"))
+            scales = None if image_scales is None else tuple(float(s) for s in image_scales)
+            policy = KeepPolicy(ratios, scales, inherit=self._settings.policy.inherit)
+        elif keep_ratio is not None or image_scales is not None:
+            raise ValueError("pruning() takes a policy or keep_ratio / image_scales, not both")
+        elif policy.ratios is not None and not set(self.pruned_blocks) <= set(policy.ratios):
+            raise ValueError(f"the policy's ratios name blocks {sorted(policy.ratios)}, "
+                             f"not every pruned block {self.pruned_blocks}")
+        elif not (self.preserve or policy.inherit):
+            raise ValueError("a model that discards tokens needs an inherit policy")
+        kernel = self._settings.kernel if attention is None else attention_kernel(attention)
+        saved, self._settings = self._settings, InferenceSettings(policy, kernel, gates)
         try:
             yield
         finally:
-            (self.fixed_keep_ratio, self.dynamic, self._gates_on, self.attention,
-             self._image_scales) = saved
+            self._settings = saved
 
     @contextmanager
     def observed(self, observer: "PruningObserver") -> Iterator[None]:
@@ -238,7 +262,7 @@ class PrunedViT(ViT):
         active = torch.ones(B, H * W, dtype=torch.bool, device=x.device)
         losses: List[Tensor] = []
         self._clear_statistics((H, W))
-        pruning = self._gates_on
+        pruning = self._settings.gates
         for i, blk in enumerate(self.blocks):
             if pruning and self.reducer is not None and i in self.keep_ratios:
                 x = self._reduced_block(i, blk, x)
@@ -289,7 +313,7 @@ class PrunedViT(ViT):
                                   active: Tensor) -> Tuple[Tensor, Tensor]:
         """Training with a score without parameters: hard decision as at inference, no loss."""
         with torch.no_grad():
-            hard = self._inference_decision(i, log_probs.detach(), active)
+            hard = self._decision(i, log_probs.detach(), active)
         if not self.reactivate:
             active = hard
         keep = hard.to(x.dtype)
@@ -301,15 +325,15 @@ class PrunedViT(ViT):
                          active: Tensor) -> Tuple[Tensor, Tensor]:
         """Inference: the kept tokens are gathered, computed and scattered back."""
         observer = self._observer
-        keep = observer.decide(i, lambda: self._inference_decision(i, log_probs, active),
-                               log_probs)
+        keep = observer.decide(i, lambda: self._decision(i, log_probs, active), log_probs)
         if not self.reactivate:
             active = keep
         if bool(keep.all()):
             x = self._dense_block(i, blk, observer.before_dense_block(i, x))
         elif self.execution == "gather":
             with observer.block_scope(i), profiler_range("tp::gathered_block"):
-                x = run_block_gathered(blk, x, keep, self.attention, self.bucket_quantum)
+                x = run_block_gathered(blk, x, keep, self._settings.kernel,
+                                       self.bucket_quantum)
         else:
             with observer.block_scope(i):
                 x = run_block_masked(blk, x, keep.float())
@@ -321,73 +345,31 @@ class PrunedViT(ViT):
         """Pruned block ``i`` with the token reducer: reduce, run the block, restore."""
         B, H, W, C = x.shape
         N = H * W
-        n = keep_count((self.fixed_keep_ratio or self.keep_ratios)[i], N)
+        n = keep_count((self._settings.policy.ratios or self.keep_ratios)[i], N)
         if n == N:
             x = self._dense_block(i, blk, x)
         else:
             tokens, state = self.reducer.reduce(x, n)
-            x = self.reducer.restore(self.reducer.run_block(blk, tokens, state), state)
+            tokens = self.reducer.run_block(blk, tokens, state, self._settings.kernel,
+                                            self.bucket_quantum)
+            x = self.reducer.restore(tokens, state)
         self.last_keep_ratios[i] = x.new_full((B,), n / N)
         return x
 
     def _dense_block(self, i: int, blk: nn.Module, x: Tensor) -> Tensor:
         """Every token through block ``i`` (Detectron2's ``forward`` in training, and at
-        inference with the "eager" kernel; else the fused kernel, in the observer's scope)."""
+        inference with a ``block_forward`` kernel; else the kernel's, in the observer's
+        scope)."""
+        kernel = self._settings.kernel
         with profiler_range("tp::dense_block"):
-            if self.training or self.attention == "eager":
+            if self.training or kernel.block_forward:
                 return blk(x)
             with self._observer.block_scope(i):
-                return run_block_dense(blk, x, self.attention)
+                return run_block_dense(blk, x, kernel)
 
-    def _inference_decision(self, i: int, log_probs: Tensor, active: Tensor) -> Tensor:
-        """(B, N, 2) gate log-probs -> (B, N) bool keep mask, at least one token per image.
-
-        Raises FloatingPointError for a NaN score (NaN input or weights), which would
-        otherwise drop every token but one.
-        """
-        score = log_probs[..., 0] - log_probs[..., 1]
-        nan = torch.isnan(score)
-        if bool(nan.any()):
-            raise FloatingPointError(f"the gate of block {i} gave NaN keep scores for "
-                                     f"{int(nan.sum())} of {nan.numel()} tokens (NaN in the "
-                                     f"input image or the weights?)")
-        if not self.reactivate:
-            score = score.masked_fill(~active, float("-inf"))
-        ratio = None
-        if self.fixed_keep_ratio is not None:
-            ratio = self.fixed_keep_ratio[i]
-        elif not self.dynamic:
-            ratio = self.keep_ratios[i]
-        N = score.shape[1]
-        if ratio is not None and self._image_scales is not None:
-            return self._per_image_top_k(score, ratio, active)
-        if ratio is not None:
-            k = keep_count(ratio, N)
-            if not self.reactivate:
-                k = min(k, int(active.sum(dim=1).min()))
-            if k == N:
-                return torch.ones_like(active)
-            top = score.topk(k, dim=1).indices
-            return torch.zeros_like(active).scatter_(1, top, 1)
-        keep = score > 0
-        empty = ~keep.any(dim=1)
-        if bool(empty.any()):
-            keep[empty, score[empty].argmax(dim=1)] = True
-        return keep
-
-    def _per_image_top_k(self, score: Tensor, ratio: float, active: Tensor) -> Tensor:
-        """(B, N) scores -> (B, N) bool: image b keeps its top keep_count(ratio * scale_b)."""
-        B, N = score.shape
-        scales = self._image_scales
-        if len(scales) != B:
-            raise ValueError(f"image_scales has {len(scales)} factors for a batch of {B}")
-        k = torch.tensor([keep_count(min(1.0, ratio * s), N) for s in scales],
-                         device=score.device)
-        if not self.reactivate:
-            k = torch.minimum(k, active.sum(dim=1))
-        order = score.argsort(dim=1, descending=True)
-        ranked = torch.arange(N, device=score.device)[None] < k[:, None]
-        return torch.zeros_like(active).scatter_(1, order, ranked)
+    def _decision(self, i: int, log_probs: Tensor, active: Tensor) -> Tensor:
+        """(B, N, 2) gate log-probs of block ``i`` -> (B, N) bool: the policy's decision."""
+        return self._settings.policy.decide(i, log_probs[..., 0] - log_probs[..., 1], active)
 
     def _keep_ratio_loss(self, keep: Tensor, target: float) -> Tensor:
         if self.keep_ratio_loss_per_image:
@@ -415,21 +397,9 @@ class PruningObserver:
         return nullcontext()
 
 
-def _checked_execution(execution: str, attention: str, quantum: int) -> Tuple[str, str, int]:
+def _checked_execution(execution: str, quantum: int) -> Tuple[str, int]:
     if execution not in ("gather", "masked"):
         raise ValueError(f"execution must be 'gather' or 'masked', got {execution!r}")
     if quantum < 0:
         raise ValueError(f"bucket_quantum must be >= 0, got {quantum}")
-    return execution, check_kernel(attention), int(quantum)
-
-
-def _gate_class_name(kind: str) -> str:
-    """Gate names in configs are short ("mlp", "attention_net"); registry names are class
-    names ("MLPGate", "AttentionNetGate")."""
-    return _registry_name(GATE_REGISTRY, kind, "gate")
-
-
-def _registry_name(registry, kind: str, suffix: str) -> str:
-    """A short, case- and underscore-insensitive name -> the registered class name."""
-    aliases = {name.lower().removesuffix(suffix): name for name in registry._obj_map}
-    return aliases.get(kind.lower().replace("_", ""), kind)
+    return execution, int(quantum)

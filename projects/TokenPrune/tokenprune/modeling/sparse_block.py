@@ -1,19 +1,22 @@
 """Running a Detectron2 ViTDet ``Block`` on a subset of its tokens, or densely.
 
-Three executions share one attention core (:mod:`.attention`):
+Three executions share the attention kernels of :mod:`.attention` (an
+:class:`~.attention.AttentionKernel` object, chosen by :class:`PrunedViT`):
 
 * **gather** (inference, :func:`run_block_gathered`): the kept tokens are gathered into
   groups (one per image for a global block, one per image-window for a windowed block),
-  attended, and scattered back. Only kept tokens are computed. Groups of different sizes
+  run through the block (:func:`run_block_on_groups`: q/k/v, projection and MLP on the kept
+  tokens only, attention within each group) and scattered back. Groups of different sizes
   are not padded to the longest one: they are bucketed by their length rounded up to a
-  multiple of ``quantum`` tokens, and each bucket is one batched attention call (with
-  ``flex``, every group lies in one packed sequence with a block-diagonal mask instead).
+  multiple of ``quantum`` tokens, and each bucket is one batched attention call (the flex
+  kernel packs every group in one sequence with a block-diagonal mask instead). An optional
+  key bias (ToMe's log token size, :mod:`.tome`) is added to every query's logit of a key.
 * **masked** (training, and a reference, :func:`run_block_masked`): every token is
   computed; a soft key weight (the straight-through keep decision) removes pruned tokens
   as attention keys.
-* **dense** (:func:`run_block_dense`): every token, Detectron2's arithmetic (``eager``:
-  Detectron2's own ``Block.forward``) or the fused kernel (``sdpa``), windowed blocks over
-  ViTDet's zero-padded windows exactly as Detectron2 computes them.
+* **dense** (:func:`run_block_dense`): every token, Detectron2's own ``Block.forward``
+  (eager kernel) or the same computation through the kernel's ``attend`` (sdpa, flex),
+  windowed blocks over ViTDet's zero-padded windows exactly as Detectron2 computes them.
 
 Relative position terms are computed from each token's grid (or in-window) coordinates,
 never from its position in the packed sequence, so they are exact on any subset.
@@ -30,11 +33,10 @@ from torch import Tensor
 
 from detectron2.modeling.backbone.utils import window_partition, window_unpartition
 
-from .attention import attention_core, attention_on_groups, check_kernel, profiled
-from .flex import flex_attention_packed
+from .attention import AttentionKernel, policy_attention, profiled
 
-__all__ = ["TokenGroups", "group_kept_tokens", "attend_kept_tokens", "run_block_gathered",
-           "run_block_masked", "run_block_dense", "DEFAULT_QUANTUM"]
+__all__ = ["TokenGroups", "group_kept_tokens", "gather_groups", "run_block_on_groups",
+           "run_block_gathered", "run_block_masked", "run_block_dense", "DEFAULT_QUANTUM"]
 
 DEFAULT_QUANTUM = 8
 
@@ -89,10 +91,6 @@ class TokenGroups:
         if quantum <= 0:
             return [self.length] * self.num_groups
         return [min(-(-c // quantum) * quantum, self.length) for c in self.counts]
-
-    def padding_fraction(self, quantum: int) -> float:
-        """Padding slots over kept tokens when attended in buckets of ``quantum``."""
-        return sum(self.bucket_lengths(quantum)) / max(1, sum(self.counts)) - 1.0
 
     @profiled("tp::buckets")
     def buckets(self, quantum: int) -> List[Tuple[Optional[Tensor], "TokenGroups"]]:
@@ -182,57 +180,64 @@ def group_kept_tokens(keep: Tensor, hw: Tuple[int, int], window_size: int = 0) -
     return TokenGroups(flat_index, group, slot, G, L, coords, key_valid, frame, counts)
 
 
-def attend_kept_tokens(attn_module: torch.nn.Module, tokens: Tensor, groups: TokenGroups,
-                       kernel: str = "sdpa", quantum: int = DEFAULT_QUANTUM) -> Tensor:
-    """ViTDet ``Attention`` of the kept tokens within their groups.
+def gather_groups(flat: Tensor, keep: Tensor, hw: Tuple[int, int],
+                  window_size: int) -> Tuple[TokenGroups, Tensor]:
+    """The kept tokens of a (B * H * W, C) token map, grouped as a block of ``window_size``
+    attends them (:func:`group_kept_tokens`): their groups and their (M, C) features in the
+    groups' ``flat_index`` order. ``keep``: (B, H * W) bool, at least one True per image."""
+    groups = group_kept_tokens(keep, hw, window_size)
+    return groups, flat.index_select(0, groups.flat_index)
 
-    tokens: (M, C) normalised kept tokens in ``groups.flat_index`` order -> (M, C). The
-    q/k/v and output projections run on the M tokens only; the attention runs per bucket
-    (``kernel`` "eager" / "sdpa") or on one packed sequence ("flex").
+
+def run_block_on_groups(block: torch.nn.Module, tokens: Tensor, groups: TokenGroups,
+                        kernel: AttentionKernel, quantum: int = DEFAULT_QUANTUM,
+                        key_bias: Optional[Tensor] = None) -> Tensor:
+    """A ViTDet ``Block`` on grouped tokens: (M, C) in ``groups.flat_index`` order -> (M, C).
+
+    The norms, the q/k/v and output projections and the MLP run on the M tokens only; each
+    token attends to its own group (``kernel.gathered``: buckets of ``quantum``, or packed).
+    ``key_bias``: (M,) float added to every query's logit of that key (ToMe), or None.
     """
-    qkv = attn_module.qkv(tokens)  # (M, 3C)
-    if check_kernel(kernel) == "flex":
-        return attn_module.proj(flex_attention_packed(
-            attn_module, qkv, groups.group, groups.token_coords(), groups.frame))
-    out = None
-    for rows, bucket in groups.buckets(quantum):
-        part = bucket.unpack(attention_core(
-            attn_module, bucket.pack(qkv if rows is None else qkv[rows]), bucket.coords,
-            bucket.frame, key_valid=bucket.key_valid, kernel=kernel))
-        if rows is None:
-            out = part
-        else:
-            if out is None:
-                out = part.new_empty(tokens.shape[0], part.shape[-1])
-            out[rows] = part
-    return attn_module.proj(out)
+    attn = block.attn
+    attended = attn.proj(kernel.gathered(attn, attn.qkv(block.norm1(tokens)), groups, quantum,
+                                         key_bias))
+    return _residual_and_mlp(block, tokens, attended)
 
 
-def run_block_gathered(block: torch.nn.Module, x: Tensor, keep: Tensor, kernel: str = "sdpa",
-                       quantum: int = DEFAULT_QUANTUM) -> Tensor:
+def _residual_and_mlp(block: torch.nn.Module, x: Tensor, attended: Tensor) -> Tensor:
+    """The rest of a ViTDet ``Block`` after its attention: ``x + attended``, then the MLP
+    with its residual (any shape (..., C))."""
+    x = x + block.drop_path(attended)
+    return x + block.drop_path(block.mlp(block.norm2(x)))
+
+
+def run_block_gathered(block: torch.nn.Module, x: Tensor, keep: Tensor,
+                       kernel: AttentionKernel, quantum: int = DEFAULT_QUANTUM,
+                       key_bias: Optional[Tensor] = None) -> Tensor:
     """Run ``block`` on the kept tokens only; pruned tokens keep their input features.
 
     Args:
         block: a Detectron2 ViTDet ``Block`` (eval mode; no residual conv block).
         x: (B, H, W, C) token map.
         keep: (B, H * W) bool, at least one True per image.
-        kernel, quantum: see :func:`attend_kept_tokens`.
+        kernel, quantum: see :func:`run_block_on_groups`.
+        key_bias: (B, H * W) float added to the logits of every key, or None.
     Returns:
         (B, H, W, C): updated kept tokens, unchanged pruned tokens.
     """
     B, H, W, C = x.shape
-    groups = group_kept_tokens(keep, (H, W), block.window_size)
     flat = x.reshape(B * H * W, C)
-    tokens = flat.index_select(0, groups.flat_index)  # (M, C)
-    attended = attend_kept_tokens(block.attn, block.norm1(tokens), groups, kernel, quantum)
-    tokens = tokens + block.drop_path(attended)
-    tokens = tokens + block.drop_path(block.mlp(block.norm2(tokens)))
+    groups, tokens = gather_groups(flat, keep, (H, W), block.window_size)
+    if key_bias is not None:
+        key_bias = key_bias.reshape(B * H * W).index_select(0, groups.flat_index)
+    tokens = run_block_on_groups(block, tokens, groups, kernel, quantum, key_bias)
     return flat.index_copy(0, groups.flat_index, tokens).view(B, H, W, C)
 
 
-def _run_block_all_tokens(block: torch.nn.Module, x: Tensor, weight: Optional[Tensor],
-                          kernel: str) -> Tensor:
-    """``block`` on every token; ``weight`` (B, H, W, 1) key weights or None (dense)."""
+def _run_block_all_tokens(block: torch.nn.Module, x: Tensor, kernel: Optional[AttentionKernel],
+                          weight: Optional[Tensor] = None) -> Tensor:
+    """``block`` on every token, the attention through ``kernel.attend``, or, with
+    ``weight`` (B, H, W, 1) key weights, through :func:`~.attention.policy_attention`."""
     B, H, W, C = x.shape
     h = block.norm1(x)
     ws = block.window_size
@@ -246,15 +251,16 @@ def _run_block_all_tokens(block: torch.nn.Module, x: Tensor, weight: Optional[Te
         frame = (H, W)
     n_groups = h.shape[0]
     fh, fw = frame
-    attended = attention_on_groups(
-        block.attn, h.reshape(n_groups, fh * fw, C), None, frame,
-        key_weight=None if weight_w is None else weight_w.reshape(n_groups, fh * fw),
-        kernel=kernel,
-    ).view(n_groups, fh, fw, C)
+    attn = block.attn
+    qkv = attn.qkv(h.reshape(n_groups, fh * fw, C))
+    if weight_w is None:
+        core = kernel.attend(attn, qkv, None, frame)
+    else:
+        core = policy_attention(attn, qkv, None, frame, weight_w.reshape(n_groups, fh * fw))
+    attended = attn.proj(core).view(n_groups, fh, fw, C)
     if ws > 0:
         attended = window_unpartition(attended, ws, pad_hw, (H, W))
-    out = x + block.drop_path(attended)
-    out = out + block.drop_path(block.mlp(block.norm2(out)))
+    out = _residual_and_mlp(block, x, attended)
     if getattr(block, "use_residual_block", False):
         out = block.residual(out.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
     return out
@@ -264,7 +270,8 @@ def run_block_masked(block: torch.nn.Module, x: Tensor, keep: Tensor) -> Tensor:
     """Run ``block`` on every token with pruned tokens removed as attention keys.
 
     Returns ``keep * block(x) + (1 - keep) * x``, differentiable in ``keep`` (the
-    straight-through path of SViT's training form).
+    straight-through path of SViT's training form); the attention is
+    :func:`~.attention.policy_attention` whatever the kernel.
 
     Args:
         x: (B, H, W, C) token map.
@@ -272,14 +279,13 @@ def run_block_masked(block: torch.nn.Module, x: Tensor, keep: Tensor) -> Tensor:
     """
     B, H, W, C = x.shape
     weight = keep.view(B, H, W, 1).to(x.dtype)
-    out = _run_block_all_tokens(block, x, weight, "eager")
+    out = _run_block_all_tokens(block, x, None, weight)
     return weight * out + (1 - weight) * x
 
 
-def run_block_dense(block: torch.nn.Module, x: Tensor, kernel: str = "sdpa") -> Tensor:
-    """(B, H, W, C) -> (B, H, W, C): the dense block, Detectron2's own ``forward``
-    (``kernel`` "eager") or the same computation through the fused kernel ("sdpa"; also
-    for "flex", whose packing saves nothing on equal groups)."""
-    if check_kernel(kernel) == "eager":
+def run_block_dense(block: torch.nn.Module, x: Tensor, kernel: AttentionKernel) -> Tensor:
+    """(B, H, W, C) -> (B, H, W, C): the dense block, Detectron2's own ``forward`` if
+    ``kernel.block_forward`` (eager), else the same computation through ``kernel.attend``."""
+    if kernel.block_forward:
         return block(x)
-    return _run_block_all_tokens(block, x, None, "sdpa")
+    return _run_block_all_tokens(block, x, kernel)

@@ -5,7 +5,7 @@ choosing tokens, it merges similar ones. :class:`PrunedViT` (``reducer="tome"``)
 pruned block in three steps::
 
     tokens, state = reducer.reduce(x, n)        # (B, H, W, C) -> (B, n, C) merged tokens
-    tokens = reducer.run_block(block, tokens, state)
+    tokens = reducer.run_block(block, tokens, state, kernel, quantum)
     x = reducer.restore(tokens, state)          # -> (B, H, W, C): the full map again
 
 * **reduce** (:func:`bipartite_merge`): the tokens of an image are split alternately into
@@ -15,10 +15,11 @@ pruned block in three steps::
   One round removes at most half the tokens, so larger reductions run several rounds on
   the merged set until ``n`` tokens remain. Each merged token sits at the grid position of
   its surviving B token, which gives it coordinates for the relative positions and a window.
-* **run_block**: the block runs on the merged tokens only, with ToMe's proportional
-  attention (``log(size)`` of every key added to the attention logits, so a merged token
-  counts as the tokens it stands for). In a windowed block a merged token belongs to its
-  position's window.
+* **run_block**: the block runs on the merged tokens only (the gathered execution of
+  :func:`.sparse_block.run_block_gathered`, with the model's attention kernel and bucket
+  quantum), with ToMe's proportional attention (``log(size)`` of every key added to the
+  attention logits, so a merged token counts as the tokens it stands for). In a windowed
+  block a merged token belongs to its position's window.
 * **restore** (:func:`unmerge`): every original position receives the output of the
   merged token it went into, so the neck sees a full map in which merged positions share
   their merged feature.
@@ -44,15 +45,23 @@ from torch import Tensor
 
 from detectron2.utils.registry import Registry
 
-from .attention import attention_on_groups
-from .sparse_block import group_kept_tokens
+from .attention import AttentionKernel
+from .gates import registry_name
+from .sparse_block import DEFAULT_QUANTUM, run_block_gathered
 
-__all__ = ["REDUCER_REGISTRY", "MergeState", "bipartite_merge", "unmerge", "ToMeReducer",
-           "run_block_on_merged"]
+__all__ = ["REDUCER_REGISTRY", "build_reducer", "MergeState", "bipartite_merge", "unmerge",
+           "ToMeReducer", "run_block_on_merged"]
 
 REDUCER_REGISTRY = Registry("TOKEN_REDUCER")
 REDUCER_REGISTRY.__doc__ = ("Token reducers for PrunedViT: reduce(x, n) -> (tokens, state), "
-                            "run_block(block, tokens, state), restore(tokens, state).")
+                            "run_block(block, tokens, state, kernel, quantum), "
+                            "restore(tokens, state).")
+
+
+def build_reducer(kind: str, **kwargs):
+    """The reducer called ``kind`` ("tome"; see :func:`.gates.registry_name`), built with
+    ``kwargs``."""
+    return REDUCER_REGISTRY.get(registry_name(REDUCER_REGISTRY, kind, "reducer"))(**kwargs)
 
 
 @dataclass
@@ -151,11 +160,14 @@ def unmerge(tokens: Tensor, state: MergeState) -> Tensor:
 
 
 def run_block_on_merged(block: nn.Module, tokens: Tensor, state: MergeState,
+                        kernel: AttentionKernel, quantum: int = DEFAULT_QUANTUM,
                         proportional: bool = True) -> Tensor:
     """Run a Detectron2 ViTDet ``Block`` on merged tokens (B, n, C) -> (B, n, C).
 
-    Each merged token is placed at its grid position; a windowed block attends within the
-    windows of those positions. ``proportional``: ToMe's proportional attention.
+    Each merged token is placed at its grid position and the block runs on those positions
+    only (:func:`.sparse_block.run_block_gathered` with ``kernel`` and ``quantum``); a
+    windowed block attends within the windows of those positions. ``proportional``: ToMe's
+    proportional attention (every key's ``log(size)`` added to its logits).
     """
     B, n, C = tokens.shape
     H, W = state.hw
@@ -164,18 +176,13 @@ def run_block_on_merged(block: nn.Module, tokens: Tensor, state: MergeState,
     # a mask from a tensor copy: index_fill with a Python bool breaks jit tracing (FLOPs)
     ones = torch.ones(flat_pos.shape, device=tokens.device)
     keep = torch.zeros(B * N, device=tokens.device).index_copy(0, flat_pos, ones).view(B, N) > 0
-    groups = group_kept_tokens(keep, (H, W), block.window_size)
-    buffer = tokens.new_zeros(B * N, C).index_copy(0, flat_pos, tokens.reshape(B * n, C))
-    sizes = tokens.new_zeros(B * N).index_copy(0, flat_pos, state.size.reshape(-1))
-    t = buffer.index_select(0, groups.flat_index)
-    s = sizes.index_select(0, groups.flat_index)
-    log_size = groups.pack(s[:, None])[..., 0].clamp_min(1e-6).log() if proportional else None
-    attended = attention_on_groups(block.attn, groups.pack(block.norm1(t)), groups.coords,
-                                   groups.frame, key_valid=groups.key_valid, key_bias=log_size)
-    t = t + block.drop_path(groups.unpack(attended))
-    t = t + block.drop_path(block.mlp(block.norm2(t)))
-    buffer = buffer.index_copy(0, groups.flat_index, t)
-    return buffer.index_select(0, flat_pos).view(B, n, C)
+    x = tokens.new_zeros(B * N, C).index_copy(0, flat_pos, tokens.reshape(B * n, C))
+    log_size = None
+    if proportional:
+        log_size = tokens.new_zeros(B * N).index_copy(
+            0, flat_pos, state.size.reshape(-1).clamp_min(1e-6).log()).view(B, N)
+    out = run_block_gathered(block, x.view(B, H, W, C), keep, kernel, quantum, log_size)
+    return out.reshape(B * N, C).index_select(0, flat_pos).view(B, n, C)
 
 
 @REDUCER_REGISTRY.register()
@@ -194,8 +201,10 @@ class ToMeReducer:
         B, H, W, C = x.shape
         return bipartite_merge(x.reshape(B, H * W, C), n, (H, W))
 
-    def run_block(self, block: nn.Module, tokens: Tensor, state: MergeState) -> Tensor:
-        return run_block_on_merged(block, tokens, state, self.proportional)
+    def run_block(self, block: nn.Module, tokens: Tensor, state: MergeState,
+                  kernel: AttentionKernel, quantum: int = DEFAULT_QUANTUM) -> Tensor:
+        """(B, n, C) merged tokens through ``block`` (see :func:`run_block_on_merged`)."""
+        return run_block_on_merged(block, tokens, state, kernel, quantum, self.proportional)
 
     def restore(self, tokens: Tensor, state: MergeState) -> Tensor:
         """(B, n, C) -> (B, H, W, C) full map."""

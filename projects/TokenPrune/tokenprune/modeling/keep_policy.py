@@ -1,0 +1,115 @@
+"""How many tokens a pruned block keeps: keep counts, SViT's keep-ratio schedule, and the
+inference keep decision (:class:`KeepPolicy`)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+__all__ = ["keep_count", "svit_schedule", "per_block_ratios", "KeepPolicy"]
+
+Ratios = Union[float, Sequence[float], Mapping[int, float]]
+
+
+def keep_count(ratio: float, num_tokens: int) -> int:
+    """Tokens a top-k rate ``ratio`` keeps of ``num_tokens``: ceil(ratio * N), in [1, N]."""
+    return min(max(1, math.ceil(ratio * num_tokens - 1e-6)), num_tokens)
+
+
+def svit_schedule(depth: int, dense_fraction: float = 0.25, base: float = 0.7) -> dict:
+    """SViT's schedule for a ViT of ``depth`` blocks: the first quarter dense, the rest in
+    three equal stages keeping ``base``, ``base**2``, ``base**3`` (0.7 / 0.49 / 0.343).
+
+    Returns ``dict(pruned_blocks=[...], keep_ratios=[...])`` for :class:`PrunedViT`.
+    """
+    first = int(round(depth * dense_fraction))
+    blocks = list(range(first, depth))
+    ratios = [round(base ** (1 + min(2, 3 * k // len(blocks))), 4) for k in range(len(blocks))]
+    return dict(pruned_blocks=blocks, keep_ratios=ratios)
+
+
+def per_block_ratios(value: Ratios, blocks: Sequence[int], name: str) -> Dict[int, float]:
+    """{block: ratio} from one ratio for all ``blocks``, one per block (in order) or a
+    {block: ratio} mapping; ValueError (naming ``name``) unless each lies in (0, 1]."""
+    if isinstance(value, Mapping):
+        value = [value[i] for i in blocks]
+    values = [float(value)] * len(blocks) if isinstance(value, (int, float)) \
+        else [float(v) for v in value]
+    if len(values) != len(blocks):
+        raise ValueError(f"{name} has {len(values)} entries for {len(blocks)} pruned blocks")
+    if any(not 0.0 < v <= 1.0 for v in values):
+        raise ValueError(f"{name} must lie in (0, 1], got {values}")
+    return dict(zip(blocks, values))
+
+
+@dataclass(frozen=True)
+class KeepPolicy:
+    """The inference keep decision of the gated blocks, from their gates' scores.
+
+    Attributes:
+        ratios: {block: r}, a fixed top-k rate: ``keep_count(r, N)`` tokens per image (the
+            highest scores); None: dynamic, a token is kept iff its gate says keep (score
+            > 0; the count varies per image).
+        image_scales: only with ``ratios``: image b of the batch keeps the top
+            ``keep_count(min(1, r * image_scales[b]), N)`` (unequal counts at a known mean).
+        inherit: a token pruned at one block stays pruned at the next (SViT's reactivation
+            off): only the tokens still active compete.
+    """
+
+    ratios: Optional[Dict[int, float]] = None
+    image_scales: Optional[Tuple[float, ...]] = None
+    inherit: bool = False
+
+    def __post_init__(self):
+        if self.image_scales is not None and (self.ratios is None or not self.image_scales
+                                              or min(self.image_scales) <= 0):
+            raise ValueError("image_scales needs a forced keep_ratio and positive factors")
+
+    def decide(self, block: int, score: Tensor, active: Tensor) -> Tensor:
+        """(B, N) keep-minus-drop scores of ``block``'s gate -> (B, N) bool keep mask, at
+        least one token per image; ``active`` (B, N) bool: the tokens still in play.
+
+        Raises FloatingPointError for a NaN score (NaN input or weights), which would
+        otherwise drop every token but one.
+        """
+        nan = torch.isnan(score)
+        if bool(nan.any()):
+            raise FloatingPointError(f"the gate of block {block} gave NaN keep scores for "
+                                     f"{int(nan.sum())} of {nan.numel()} tokens (NaN in the "
+                                     f"input image or the weights?)")
+        if self.inherit:
+            score = score.masked_fill(~active, float("-inf"))
+        if self.ratios is None:
+            keep = score > 0
+            empty = ~keep.any(dim=1)
+            if bool(empty.any()):
+                keep[empty, score[empty].argmax(dim=1)] = True
+            return keep
+        ratio = self.ratios[block]
+        if self.image_scales is not None:
+            return self._per_image_top_k(score, ratio, active)
+        N = score.shape[1]
+        k = keep_count(ratio, N)
+        if self.inherit:
+            k = min(k, int(active.sum(dim=1).min()))
+        if k == N:
+            return torch.ones_like(active)
+        top = score.topk(k, dim=1).indices
+        return torch.zeros_like(active).scatter_(1, top, 1)
+
+    def _per_image_top_k(self, score: Tensor, ratio: float, active: Tensor) -> Tensor:
+        """(B, N) scores -> (B, N) bool: image b keeps its top keep_count(ratio * scale_b)."""
+        B, N = score.shape
+        scales = self.image_scales
+        if len(scales) != B:
+            raise ValueError(f"image_scales has {len(scales)} factors for a batch of {B}")
+        k = torch.tensor([keep_count(min(1.0, ratio * s), N) for s in scales],
+                         device=score.device)
+        if self.inherit:
+            k = torch.minimum(k, active.sum(dim=1))
+        order = score.argsort(dim=1, descending=True)
+        ranked = torch.arange(N, device=score.device)[None] < k[:, None]
+        return torch.zeros_like(active).scatter_(1, order, ranked)
