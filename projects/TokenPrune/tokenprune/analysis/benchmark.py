@@ -109,6 +109,7 @@ import torch
 from ..checkpoint import load_model
 from ..errors import CheckpointError, ConfigError
 from ..modeling import PrunedViT, find_pruned_vit, svit_schedule
+from ..modeling.attention import DEFAULT_ATTENTION
 from ..modeling.autocast import autocast_model
 from ..modeling.sparse_block import group_kept_tokens
 from .benchmark_options import BenchmarkOptions
@@ -130,7 +131,7 @@ class BenchmarkVariant:
     name: str
     fixed: Optional[Dict[int, float]]  # forced rate per pruned block; None: the gates decide
     gates_off: bool = False
-    attention: str = "sdpa"
+    attention: str = DEFAULT_ATTENTION
     image_scales: Optional[List[float]] = None
 
 

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from ..errors import ConfigError, InputError
+from ..modeling.attention import DEFAULT_ATTENTION
 from ..modeling.autocast import amp_dtype
 
 __all__ = ["BenchmarkOptions"]
@@ -41,7 +42,7 @@ class BenchmarkOptions:
     precision: str = "float32"
     input_size: Optional[int] = None
     batch_sizes: Tuple[int, ...] = (1,)
-    attention: Tuple[str, ...] = ("sdpa",)
+    attention: Tuple[str, ...] = (DEFAULT_ATTENTION,)
     threads: Optional[int] = None
     repeats: int = 5
     warmup: int = 1

@@ -21,7 +21,7 @@ import torch
 from ..analysis.benchmark_options import BenchmarkOptions
 from ..analysis.benchmark_report import run_benchmark
 from ..fileio import make_output_dir
-from ..modeling.attention import ATTENTION_KERNELS
+from ..modeling.attention import ATTENTION_KERNELS, DEFAULT_ATTENTION
 from .common import load_tool_config, run_tool, tool_parser
 
 __all__ = ["build_parser", "options_from", "main", "cli"]
@@ -40,9 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="square input side in pixels (default: the model's square_pad)")
     parser.add_argument("--batch-size", type=int, nargs="+", default=[1], metavar="B",
                         help="batch sizes, each measured in turn (default 1)")
-    parser.add_argument("--attention", choices=ATTENTION_KERNELS, nargs="+", default=["sdpa"],
+    parser.add_argument("--attention", choices=ATTENTION_KERNELS, nargs="+",
+                        default=[DEFAULT_ATTENTION],
                         help="attention kernels of the pruned variants, one row each "
-                             "(default sdpa)")
+                             f"(default {DEFAULT_ATTENTION})")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="torch.set_num_threads(N) (default: PyTorch's choice)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
