@@ -8,14 +8,16 @@
     python train_net.py --config-file CFG --num-gpus 2      # 2 processes (gloo on a CPU)
 
 Bad input (config, overrides, datasets, checkpoints) stops with a one-line error and exit
-status 2 before anything is written to the output folder.
+status 2 before anything is written to the output folder. The dependencies' warnings are
+hidden unless ``--verbose`` is given (or ``PYTHONWARNINGS`` is set).
 """
 import logging
 import os
+import sys
 
-from tokenprune.tools.common import fail, quiet_third_party_warnings
+from tokenprune.tools.warnings_filter import VERBOSE_FLAG, hide_third_party_warnings
 
-quiet_third_party_warnings()  # before Detectron2's imports, some of which warn on import
+hide_third_party_warnings(sys.argv[1:])  # before Detectron2's imports, some of which warn
 
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
@@ -27,6 +29,7 @@ from tokenprune.engine import (
     verify_checkpoint,
 )
 from tokenprune.errors import CheckpointError, TokenPruneError
+from tokenprune.tools.common import fail
 
 logger = logging.getLogger("detectron2")
 
@@ -62,8 +65,16 @@ def main(args) -> None:
               f"config: {os.path.join(out, 'config.yaml')}", flush=True)
 
 
+def argument_parser():
+    """Detectron2's ``default_argument_parser`` with ``--verbose``."""
+    parser = default_argument_parser()
+    parser.add_argument(VERBOSE_FLAG, action="store_true",
+                        help="also show the dependencies' warnings (hidden by default)")
+    return parser
+
+
 def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     try:
         check_train_config(load_config(args.config_file, args.opts))  # before any process starts
     except TokenPruneError as e:

@@ -1,8 +1,10 @@
 """Shared test set-up.
 
 * A missing Detectron2 is a failure with a clear message, never a skip.
-* Generated datasets go to a per-session temporary folder (``TOKENPRUNE_DATA``), inherited
-  by the subprocesses the tests start, so tests never touch the user's data cache.
+* Generated datasets go to a per-session temporary folder (``TOKENPRUNE_DATA``), and
+  Detectron2's dataset root (``DETECTRON2_DATASETS``, read when Detectron2 is imported) is an
+  empty one, both inherited by the subprocesses the tests start: tests never touch the
+  user's data, and a COCO dataset is missing in-process as in a subprocess.
 """
 import os
 import sys
@@ -13,6 +15,7 @@ sys.path.insert(0, os.path.join(ROOT, "projects", "TokenPrune"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 os.environ["TOKENPRUNE_DATA"] = tempfile.mkdtemp(prefix="tokenprune-test-data-")
+os.environ["DETECTRON2_DATASETS"] = tempfile.mkdtemp(prefix="tokenprune-test-datasets-")
 
 try:
     import detectron2  # noqa: F401

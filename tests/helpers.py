@@ -1,8 +1,11 @@
-"""Helpers for tests that run the project's command-line entry points in subprocesses."""
+"""Helpers for tests that run the project's command-line entry points: in subprocesses
+(the real entry point, one test per command) or in-process (``cli(argv)``, every bad input)."""
 import os
 import subprocess
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DENSE_CFG = os.path.join(ROOT, "configs", "Synthetic", "mask_rcnn_vitdet_t_dense.py")
@@ -33,6 +36,25 @@ def run(args: Sequence[str], env: Optional[Dict[str, str]] = None, timeout: int 
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, text=True,
                           capture_output=True, timeout=timeout)
+
+
+def one_line_error(returncode: int, stderr: str, prog: str) -> str:
+    """Check a bad-input stop (exit status 2, exactly one line ``prog: error: ...`` on
+    stderr) and return that line."""
+    assert returncode == 2, stderr[-2000:]
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, stderr[-2000:]
+    assert lines[0].startswith(f"{prog}: error: "), lines[0]
+    return lines[0]
+
+
+def cli_error(cli: Callable, argv: Sequence[str], prog: str, capsys) -> str:
+    """Run a command's ``cli(argv)`` in this process on a bad input: :func:`one_line_error`
+    of its ``SystemExit`` and of what it printed to stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        cli(list(argv))
+    return one_line_error(stop.value.code, capsys.readouterr().err, prog)
 
 
 def train_net(config: str, opts: List[str], *flags: str, **kw) -> subprocess.CompletedProcess:

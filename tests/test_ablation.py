@@ -1,4 +1,5 @@
-"""python -m tokenprune.tools.ablation: the quick study end to end, resuming, variants, reporting."""
+"""python -m tokenprune.tools.ablation: the quick study end to end (run once, as a
+subprocess), resuming on its folder, variants, reporting."""
 import csv
 import json
 import math
@@ -71,15 +72,17 @@ def test_quick_ablation_writes_table_csv_and_plot_with_every_row_filled(quick):
     assert "iter: " in proc.stdout  # Detectron2's training lines reach the console
 
 
-def test_rerun_resumes_and_only_computes_missing_results(quick):
+def test_rerun_resumes_and_only_computes_missing_results(quick, capsys):
+    """On the quick run's folder, in-process (the real entry point ran in ``quick``)."""
     out, _, _ = quick
     stamps = {n: os.path.getmtime(os.path.join(out, "results", f"{n}_seed0.json")) for n in ROWS}
     os.remove(os.path.join(out, "results", "evit_seed0.json"))
-    proc = run(["-m", "tokenprune.tools.ablation", "--output", out, "--scale", "quick"], timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"{len(ROWS) - 1} already done" in proc.stdout
-    assert "training" not in proc.stdout and "fine-tuning" not in proc.stdout
-    assert "evaluating evit seed 0" in proc.stdout
+    capsys.readouterr()
+    ablation_cli(["--output", out, "--scale", "quick"])
+    stdout = capsys.readouterr().out
+    assert f"{len(ROWS) - 1} already done" in stdout
+    assert "training" not in stdout and "fine-tuning" not in stdout
+    assert "evaluating evit seed 0" in stdout
     for n in ROWS:
         if n != "evit":
             assert os.path.getmtime(os.path.join(out, "results", f"{n}_seed0.json")) == stamps[n]

@@ -1,6 +1,7 @@
-"""``python -m tokenprune.tools.demo`` on a folder of mixed images (one of them broken):
-the files it writes, their formats, the summary and exit status 1; bad arguments: one line,
-exit status 2, nothing written."""
+"""``python -m tokenprune.tools.demo``: a good run as a subprocess (exit status 0, the
+project's own output only: no dependency warning on stderr); in-process (``cli(argv)``) on a
+folder of mixed images (one of them broken): the files it writes, their formats, the summary
+and exit status 1; bad arguments: one line, exit status 2, nothing written."""
 import csv
 import json
 import os
@@ -10,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import SVIT_CFG, TINY_SVIT, run
+from helpers import SVIT_CFG, TINY_SVIT, cli_error, run
 
 from tokenprune.engine.results import collect_inputs, output_stems
 from tokenprune.errors import InputError
+from tokenprune.tools import demo
 
 DEMO = ["-m", "tokenprune.tools.demo"]
 LIGHT = ["model.roi_heads.box_predictor.test_topk_per_image=5",
@@ -47,15 +49,32 @@ def _folder(tmp_path):
     return folder
 
 
-def test_demo_folder_with_a_broken_file(tmp_path, gated_checkpoint):
+def test_demo_good_run_shows_only_its_own_output(tmp_path, gated_checkpoint):
+    """The real entry point; the dependencies' warnings (timm, torch.jit, pkg_resources,
+    torch.meshgrid, fvcore, ...) are hidden, and shown with --verbose."""
     folder, out = _folder(tmp_path), tmp_path / "out"
-    proc = run(DEMO + ["--config-file", SVIT_CFG, "--input", str(folder), "--output", str(out),
+    proc = run(DEMO + ["--config-file", SVIT_CFG, "--input", str(folder / "a.jpg"),
+                       str(folder / "c.png"), "--output", str(out), "--device", "cpu",
+                       *TINY_SVIT, *LIGHT, f"train.init_checkpoint={gated_checkpoint}"],
+               env={"PYTHONWARNINGS": ""}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 image(s) in" in proc.stdout
+    assert not [ln for ln in proc.stderr.splitlines() if "Warning" in ln], proc.stderr[-3000:]
+    assert sorted(os.listdir(out)) == sorted(
+        ["keep_ratios.csv", "results.json", "a_detections.png", "a_keep.png",
+         "c_detections.png", "c_keep.png"])
+
+
+def test_demo_folder_with_a_broken_file(tmp_path, gated_checkpoint, capsys):
+    folder, out = _folder(tmp_path), tmp_path / "out"
+    status = demo.cli(["--config-file", SVIT_CFG, "--input", str(folder), "--output", str(out),
                        "--batch-size", "2", "--confidence-threshold", "0.05",
                        "--device", "cpu", *TINY_SVIT, *LIGHT,
-                       f"train.init_checkpoint={gated_checkpoint}"], timeout=300)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert f"skipped 1 of 4 input(s):\n  {folder / 'broken.png'}: " in proc.stderr
-    assert "3 image(s) in" in proc.stdout
+                       f"train.init_checkpoint={gated_checkpoint}"])
+    printed = capsys.readouterr()
+    assert status == 1, printed.err[-3000:]
+    assert f"skipped 1 of 4 input(s):\n  {folder / 'broken.png'}: " in printed.err
+    assert "3 image(s) in" in printed.out
     assert sorted(os.listdir(out)) == sorted(
         ["keep_ratios.csv", "results.json"]
         + [f"{s}_{k}.png" for s in "abc" for k in ("detections", "keep")])
@@ -98,15 +117,12 @@ def _load_with_pycocotools(results, rows, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing_input", "batch_zero"])
-def test_demo_bad_arguments(case, tmp_path):
+def test_demo_bad_arguments(case, tmp_path, capsys):
     out = tmp_path / "out"
     args = {"missing_input": ["--input", str(tmp_path / "nope.jpg")],
             "batch_zero": ["--input", str(tmp_path), "--batch-size", "0"]}[case]
-    proc = run(DEMO + ["--config-file", SVIT_CFG, *args, "--output", str(out),
-                       "--device", "cpu", *TINY_SVIT], timeout=120)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("tokenprune.tools.demo: error: "), lines
+    cli_error(demo.cli, ["--config-file", SVIT_CFG, *args, "--output", str(out),
+                         "--device", "cpu", *TINY_SVIT], "tokenprune.tools.demo", capsys)
     assert not out.exists()
 
 

@@ -11,12 +11,13 @@ import torch.nn.functional as F
 from detectron2.config import instantiate
 from detectron2.utils.analysis import FlopCountAnalysis as D2FlopCountAnalysis
 
-from helpers import DENSE_CFG, SVIT_CFG, run
+from helpers import DENSE_CFG, SVIT_CFG, cli_error, run
 from tokenprune.config import load_config
 from tokenprune.data import prepare_dataset
 from tokenprune.analysis import (BackboneSpec, block_cost, count_model_flops, flop_analysis,
                                  split_operators)
 from tokenprune.modeling import PrunedViT, find_pruned_vit
+from tokenprune.tools import flops as flops_tool
 
 # A 4-block ViTDet-Tiny (blocks 0 and 2 windowed) on the generated validation images; the
 # train split is pointed at the validation one so that only 64 images are generated.
@@ -206,7 +207,8 @@ def test_cli_writes_report(tmp_path):
 
 @pytest.mark.parametrize("case", ["zero_inputs", "negative_inputs", "missing_dataset",
                                   "unwritable_output"])
-def test_cli_bad_input(tmp_path, case):
+def test_cli_bad_input(tmp_path, case, capsys, monkeypatch):
+    """In-process (``cli(argv)``); the real entry point is test_cli_writes_report's."""
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     out = tmp_path / "flops.json"
@@ -219,10 +221,8 @@ def test_cli_bad_input(tmp_path, case):
         opts.append("dataloader.test.dataset.names=coco_2017_val")
     else:
         out = blocker / "flops.json"
-    proc = _flops_cli(["--config-file", DENSE_CFG, "--output", str(out), *flags, *opts],
-                      env={"DETECTRON2_DATASETS": str(tmp_path / "no_datasets")})
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("python -m tokenprune.tools.flops: error:"), lines
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "no_datasets"))
+    cli_error(flops_tool.cli, ["--config-file", DENSE_CFG, "--output", str(out), *flags, *opts],
+              "python -m tokenprune.tools.flops", capsys)
     assert not out.exists()
     assert sorted(os.listdir(tmp_path)) == ["a_file"]

@@ -1,8 +1,9 @@
 """The analysis tools ``python -m tokenprune.tools.benchmark`` and ``python -m tokenprune.tools.visualize``.
 
-Both run as subprocesses on a tiny model (outputs and their format, never timings), on
-every kind of bad input (one line on stderr, exit status 2, no result files), and the
-benchmark's analytic MAC model is checked against hand-computed counts and fvcore.
+Both run on a tiny model (outputs and their format, never timings), once each as a
+subprocess (the real entry point) and otherwise in-process (``cli(argv)``), on every kind
+of bad input (one line on stderr, exit status 2, no result files), and the benchmark's
+analytic MAC model is checked against hand-computed counts and fvcore.
 """
 import json
 import os
@@ -12,10 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import DENSE_CFG, SVIT_CFG, TINY, TINY_SVIT, TINY_VLTP, VLTP_CFG, run
+from helpers import DENSE_CFG, SVIT_CFG, TINY, TINY_SVIT, TINY_VLTP, VLTP_CFG, cli_error, run
 
 from tokenprune.analysis import (EXTRA_HANDLES, BackboneSpec, attention_groups, backbone_macs,
                                  block_macs, split_operators)
+from tokenprune.tools import benchmark, benchmark_summary, visualize
 
 BENCH = ["-m", "tokenprune.tools.benchmark"]
 VIS = ["-m", "tokenprune.tools.visualize"]
@@ -37,14 +39,6 @@ def _table_rows(md):
     rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
     assert rows[0].startswith("| variant |")
     return [[c.strip() for c in r.strip("|").split("|")] for r in rows[1:]]
-
-
-def _one_line_error(proc, prog):
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr[-2000:]
-    assert lines[0].startswith(f"{prog}: error: "), lines[0]
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- MAC model
@@ -126,7 +120,7 @@ def gated_checkpoint(tmp_path_factory):
     return str(path)
 
 
-def test_benchmark_outputs(tmp_path, gated_checkpoint):
+def test_benchmark_outputs(tmp_path, gated_checkpoint, capsys):
     out = tmp_path / "bench"
     proc = run(BENCH + ["--config-file", SVIT_CFG, "--keep-ratios", "1.0", "0.5",
                         "--schedule", "svit", "--weights", "checkpoint", "--device", "cpu",
@@ -190,19 +184,18 @@ def test_benchmark_outputs(tmp_path, gated_checkpoint):
     assert lines[2] == "| config | input | precision | variant | batch 1 | batch 2 |"
     assert sum(ln.startswith("| mask_rcnn_vitdet_t_svit.py | 64x64 | float32 | ")
                for ln in lines) == 2 * 7
-    bad = run(["-m", "tokenprune.tools.benchmark_summary", str(out / "results.md")], timeout=60)
-    assert "is not a benchmark results.json" in _one_line_error(
-        bad, "tokenprune.tools.benchmark_summary")
     _png_ok(out / "speedup.png")
+    line = cli_error(benchmark_summary.cli, [str(out / "results.md")],
+                     "tokenprune.tools.benchmark_summary", capsys)
+    assert "is not a benchmark results.json" in line
 
 
 def test_benchmark_dense_config_backbone_only_rss(tmp_path):
     """A dense config is converted to SViT's schedule; resident-set memory per process."""
     out = tmp_path / "bench"
-    proc = run(BENCH + ["--config-file", DENSE_CFG, "--keep-ratios", "0.5", "--backbone-only",
-                        "--memory", "rss", "--device", "cpu", "--output", str(out),
-                        "--attention", "sdpa", "flex", *FAST, *TINY], timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    benchmark.cli(["--config-file", DENSE_CFG, "--keep-ratios", "0.5", "--backbone-only",
+                   "--memory", "rss", "--device", "cpu", "--output", str(out),
+                   "--attention", "sdpa", "flex", *FAST, *TINY])
     res = json.loads((out / "results.json").read_text())
     assert res["converted_from_dense"] and res["pruned_blocks"] == [1, 2, 3]
     assert "fresh process" in res["memory_method"] and "VmHWM" in res["memory_method"]
@@ -252,17 +245,17 @@ def test_visualize_outputs(tmp_path, images):
     assert len(lines) == 2 and all("block 3 50%" in ln for ln in lines), proc.stdout
 
 
-def test_visualize_one_row_per_task(tmp_path, images):
+def test_visualize_one_row_per_task(tmp_path, images, capsys):
     """Several task ids: one PNG per image, with one row (and one stdout line) per task."""
     out = tmp_path / "vis"
-    proc = run(VIS + ["--config-file", VLTP_CFG, "--input", images[0], "--output", str(out),
-                      "--keep-ratio", "0.5", "--task-id", "0", "2", "--device", "cpu", "--",
-                      *TINY_VLTP], timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    visualize.cli(["--config-file", VLTP_CFG, "--input", images[0], "--output", str(out),
+                   "--keep-ratio", "0.5", "--task-id", "0", "2", "--device", "cpu", "--",
+                   *TINY_VLTP])
     assert len(os.listdir(out)) == 1
-    lines = [ln for ln in proc.stdout.splitlines() if "detections" in ln]
+    stdout = capsys.readouterr().out
+    lines = [ln for ln in stdout.splitlines() if "detections" in ln]
     assert [(" task 0:" in ln, " task 2:" in ln) for ln in lines] == [(True, False),
-                                                                      (False, True)], proc.stdout
+                                                                      (False, True)], stdout
     w, h = Image.open(next(out.iterdir())).size
     assert h > 0.5 * w / 2, "two rows expected"
 
@@ -274,7 +267,7 @@ VIS_BAD = ["not_an_image", "missing_image", "image_is_folder", "output_not_writa
 
 
 @pytest.mark.parametrize("case", BENCH_BAD)
-def test_benchmark_bad_input(case, tmp_path):
+def test_benchmark_bad_input(case, tmp_path, capsys):
     out = tmp_path / "out"
     flags, opts = ["--keep-ratios", "0.5"], list(TINY_SVIT)
     if case == "keep_zero":
@@ -286,9 +279,8 @@ def test_benchmark_bad_input(case, tmp_path):
         out = tmp_path / "file" / "out"
     elif case == "unregistered_dataset":
         opts.append("dataloader.test.dataset.names=no_such_dataset")
-    proc = run(BENCH + ["--config-file", SVIT_CFG, *flags, "--output", str(out), *FAST,
-                        "--", *opts], timeout=120)
-    line = _one_line_error(proc, "tokenprune.tools.benchmark")
+    line = cli_error(benchmark.cli, ["--config-file", SVIT_CFG, *flags, "--output", str(out),
+                                     *FAST, "--", *opts], "tokenprune.tools.benchmark", capsys)
     assert {"keep_zero": "keep ratio 0 is outside (0, 1]",
             "keep_above_one": "keep ratio 1.5 is outside (0, 1]",
             "output_not_writable": "cannot write to output folder",
@@ -297,9 +289,9 @@ def test_benchmark_bad_input(case, tmp_path):
 
 
 @pytest.mark.parametrize("case", VIS_BAD)
-def test_visualize_bad_input(case, tmp_path, images):
+def test_visualize_bad_input(case, tmp_path, images, capsys, monkeypatch):
     out = tmp_path / "out"
-    inputs, flags, opts, env = list(images), [], list(TINY_SVIT), {}
+    inputs, flags, opts = list(images), [], list(TINY_SVIT)
     if case == "not_an_image":
         (tmp_path / "notes.png").write_text("not an image\n")
         inputs.append(str(tmp_path / "notes.png"))
@@ -312,14 +304,14 @@ def test_visualize_bad_input(case, tmp_path, images):
         out = tmp_path / "file" / "out"
     elif case == "missing_dataset":
         opts.append("dataloader.test.dataset.names=coco_2017_val")
-        env["DETECTRON2_DATASETS"] = str(tmp_path / "no_datasets_here")
+        monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "no_datasets_here"))
     elif case == "keep_above_one":
         flags = ["--keep-ratio", "1.5"]
     elif case == "unpaired_prompts":
         flags = ["--prompt", "a", "b", "--task-id", "1"]
-    proc = run(VIS + ["--config-file", SVIT_CFG, "--input", *inputs, "--output", str(out),
-                      *flags, "--", *opts], env=env, timeout=120)
-    line = _one_line_error(proc, "tokenprune.tools.visualize")
+    line = cli_error(visualize.cli, ["--config-file", SVIT_CFG, "--input", *inputs,
+                                     "--output", str(out), *flags, "--", *opts],
+                     "tokenprune.tools.visualize", capsys)
     assert {"not_an_image": "is not an image file", "missing_image": "not found",
             "image_is_folder": "is a folder", "output_not_writable": "cannot write",
             "missing_dataset": "coco_2017_val",

@@ -1,4 +1,5 @@
-"""train_net.py end to end: training, evaluation, resume after a kill, DDP, bad input."""
+"""train_net.py end to end: training, evaluation, resume after a kill, DDP; bad input
+in-process (one check through the real entry point)."""
 import json
 import os
 import signal
@@ -9,7 +10,7 @@ import time
 import pytest
 import torch
 
-from helpers import DENSE_CFG, ROOT, SVIT_CFG, TINY, TINY_SVIT, train_net
+from helpers import DENSE_CFG, ROOT, SVIT_CFG, TINY, TINY_SVIT, one_line_error, train_net
 
 
 def _metrics(out_dir):
@@ -84,17 +85,60 @@ def _bad_checkpoint(path):
     return path
 
 
+@pytest.fixture(scope="module")
+def train_net_module():
+    """train_net.py loaded as a module, for in-process runs of its entry point."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_net", os.path.join(ROOT, "train_net.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _in_process_error(train_net_module, argv, capsys, monkeypatch, entry="invoke_main"):
+    """Run ``python train_net.py argv`` in this process (``invoke_main``, or ``main`` as
+    launch() runs it with one process) on a bad input; its one-line error."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        if entry == "invoke_main":
+            monkeypatch.setattr(sys, "argv", [os.path.join(ROOT, "train_net.py"), *argv])
+            train_net_module.invoke_main()
+        else:
+            train_net_module.main(train_net_module.argument_parser().parse_args(argv))
+    return one_line_error(stop.value.code, capsys.readouterr().err, "train_net.py")
+
+
+def test_bad_input_through_the_real_entry_point(tmp_path):
+    """The one subprocess of the bad-input checks: nothing but the line on stderr (no
+    dependency warning from the imports), nothing written."""
+    out = tmp_path / "out"
+    proc = train_net(str(tmp_path / "nope.py"), TINY + [f"train.output_dir={out}"],
+                     env={"PYTHONWARNINGS": ""}, timeout=120)
+    line = one_line_error(proc.returncode, proc.stderr, "train_net.py")
+    assert "nope.py" in line and not out.exists()
+
+
+def test_verbose_flag(train_net_module):
+    """--verbose shows the dependencies' warnings (tests/test_warnings_filter.py)."""
+    parser = train_net_module.argument_parser()
+    assert parser.parse_args(["--config-file", DENSE_CFG, "--verbose"]).verbose
+    assert not parser.parse_args(["--config-file", DENSE_CFG]).verbose
+
+
 @pytest.mark.parametrize("case", [
     "missing_config", "malformed_config", "unknown_key", "wrong_type", "missing_dataset",
     "missing_checkpoint", "mismatched_checkpoint", "unrelated_checkpoint",
     "eval_with_mismatched_heads", "unfetchable_checkpoint",
 ])
-def test_bad_input_one_line_error_and_outputs_untouched(case, tmp_path):
+def test_bad_input_one_line_error_and_outputs_untouched(case, tmp_path, train_net_module, capsys,
+                                                        monkeypatch):
+    """In-process (invoke_main under ``sys.argv``): fast."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "config.yaml").write_text("old\n")
     opts = TINY + [f"train.output_dir={out}"]
-    cfg, flags, env = DENSE_CFG, [], {}
+    cfg, flags = DENSE_CFG, []
     if case == "missing_config":
         cfg = str(tmp_path / "nope.py")
     elif case == "malformed_config":
@@ -104,9 +148,9 @@ def test_bad_input_one_line_error_and_outputs_untouched(case, tmp_path):
         opts.append("model.no_such_key=1")
     elif case == "wrong_type":
         opts.append("train.max_iter=1.5")
-    elif case == "missing_dataset":
+    elif case == "missing_dataset":  # Detectron2's dataset root is empty (conftest)
         opts.append("dataloader.test.dataset.names=coco_2017_val")
-        env["DETECTRON2_DATASETS"] = str(tmp_path / "no_datasets_here")
+        monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "no_datasets_here"))
     elif case == "missing_checkpoint":
         opts.append(f"train.init_checkpoint={tmp_path}/nope.pth")
         flags = ["--eval-only"]
@@ -123,16 +167,14 @@ def test_bad_input_one_line_error_and_outputs_untouched(case, tmp_path):
         opts.append(f"train.init_checkpoint={tmp_path}/other.pth")
     elif case == "unfetchable_checkpoint":
         opts.append("train.init_checkpoint=detectron2://no/such/model_final.pkl")
-        env["FVCORE_CACHE"] = str(tmp_path / "empty_cache")
-        env["HTTPS_PROXY"] = "http://127.0.0.1:9"  # fails fast, network or not
-    proc = train_net(cfg, opts, *flags, env=env, timeout=120)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("train_net.py: error: "), proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+        monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "empty_cache"))
+        monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # fails fast, network or not
+    line = _in_process_error(train_net_module, ["--config-file", cfg, *flags, *opts], capsys,
+                             monkeypatch)
     assert sorted(os.listdir(out)) == ["config.yaml"]
     assert (out / "config.yaml").read_text() == "old\n"
-    print(f"{case}: {lines[0]}")
+    with capsys.disabled():
+        print(f"\n{case}: {line}")
 
 
 _MODEL_ARGUMENT_CASES = {
@@ -146,29 +188,17 @@ _MODEL_ARGUMENT_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(_MODEL_ARGUMENT_CASES))
-def test_bad_model_and_train_arguments_one_line_before_writing(case, tmp_path, capsys):
+def test_bad_model_and_train_arguments_one_line_before_writing(case, tmp_path, train_net_module,
+                                                               capsys, monkeypatch):
     """In-process (train_net.main, as launch() runs it with one process): fast."""
-    import importlib.util
-
-    from detectron2.engine import default_argument_parser
-
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(ROOT, "train_net.py"))
-    train_net_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net_module)
     cfg, extra, flags = _MODEL_ARGUMENT_CASES[case]
     out = tmp_path / "out"
     opts = (TINY_SVIT if cfg == SVIT_CFG else TINY) + [f"train.output_dir={out}"] + extra
-    args = default_argument_parser().parse_args(["--config-file", cfg, *flags, *opts])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        train_net_module.main(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("train_net.py: error: "), err
+    line = _in_process_error(train_net_module, ["--config-file", cfg, *flags, *opts], capsys,
+                             monkeypatch, entry="main")
     assert not out.exists()
     with capsys.disabled():
-        print(f"\n{case}: {lines[0]}")
+        print(f"\n{case}: {line}")
 
 
 def test_dense_checkpoint_initialises_svit_with_only_gates_new(trained, tmp_path):

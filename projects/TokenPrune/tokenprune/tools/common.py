@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from typing import Any, Callable, Optional, Sequence
 
 from omegaconf import DictConfig
 
 from ..config import load_config
 from ..errors import TokenPruneError
+from .warnings_filter import VERBOSE_FLAG, hide_third_party_warnings, show_third_party_warnings
 
 __all__ = ["EXIT_BAD_INPUT", "OneLineErrorParser", "fail", "tool_parser", "run_tool",
-           "load_tool_config", "quiet_third_party_warnings"]
+           "load_tool_config"]
 
 EXIT_BAD_INPUT = 2
 
@@ -43,6 +43,8 @@ def tool_parser(prog: str, description: str, config: bool = True,
     :func:`~tokenprune.checkpoint.load_model`), ``--precision``."""
     parser = OneLineErrorParser(prog=prog, description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(VERBOSE_FLAG, action="store_true",
+                        help="also show the dependencies' warnings (hidden by default)")
     if precision:
         parser.add_argument("--precision", choices=["float32", "bfloat16", "float16"],
                             default="float32",
@@ -58,25 +60,19 @@ def tool_parser(prog: str, description: str, config: bool = True,
 
 def run_tool(prog: str, main: Callable[[argparse.Namespace], Any],
              parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> Any:
-    """Parse ``argv`` and run ``main``; a TokenPruneError becomes one line and exit 2."""
-    quiet_third_party_warnings()
+    """Parse ``argv`` and run ``main``; a TokenPruneError becomes one line and exit 2.
+    The dependencies' warnings are hidden unless ``--verbose`` is given."""
     args = parser.parse_args(argv)
+    if args.verbose:
+        show_third_party_warnings()
+    else:
+        hide_third_party_warnings()
     if getattr(args, "opts", None) and args.opts[0] == "--":  # "--keep-ratios 0.7 -- k=v"
         args.opts = args.opts[1:]
     try:
         return main(args)
     except TokenPruneError as e:
         fail(prog, str(e))
-
-
-def quiet_third_party_warnings() -> None:
-    """Hide dependency deprecation notices that say nothing about the user's input, so that
-    a bad input is reported as exactly one line."""
-    for message in (".*pkg_resources is deprecated.*",
-                    ".*Importing from timm.models.layers is deprecated.*",
-                    ".*torch.meshgrid: in an upcoming release.*",
-                    ".*`torch.jit.script` is deprecated.*"):
-        warnings.filterwarnings("ignore", message=message)
 
 
 def load_tool_config(args: argparse.Namespace, need_data: bool = True,

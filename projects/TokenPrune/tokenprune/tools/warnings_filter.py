@@ -1,0 +1,39 @@
+"""The commands show their own output: the dependencies' warnings are off unless asked for.
+
+``FutureWarning``, ``DeprecationWarning`` and ``UserWarning`` raised from any module outside
+tokenprune (timm, torch.jit, torch.meshgrid, pkg_resources, fvcore, iopath, ...) are hidden;
+``--verbose`` on a command shows them, and a ``PYTHONWARNINGS`` set by the user is left in
+charge. Standard library only, so that it can run before Detectron2 is imported (some of
+its dependencies warn on import): ``tokenprune.tools`` installs it when it is imported, and
+``train_net.py`` before its own imports.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Sequence
+
+__all__ = ["THIRD_PARTY_CATEGORIES", "OWN_MODULES", "VERBOSE_FLAG", "hide_third_party_warnings",
+           "show_third_party_warnings"]
+
+THIRD_PARTY_CATEGORIES = (FutureWarning, DeprecationWarning, UserWarning)
+OWN_MODULES = r"(tokenprune|__main__)(\.|$)"  # warnings the project's own code raises
+VERBOSE_FLAG = "--verbose"
+
+
+def hide_third_party_warnings(argv: Sequence[str] = ()) -> bool:
+    """Hide the dependencies' warnings of :data:`THIRD_PARTY_CATEGORIES`, unless ``argv``
+    holds ``--verbose`` or ``PYTHONWARNINGS`` is set; True if they are now hidden."""
+    if VERBOSE_FLAG in argv or os.environ.get("PYTHONWARNINGS"):
+        return False
+    for category in THIRD_PARTY_CATEGORIES:
+        warnings.filterwarnings("ignore", category=category)
+        warnings.filterwarnings("default", category=category, module=OWN_MODULES)  # checked first
+    return True
+
+
+def show_third_party_warnings() -> None:
+    """Undo :func:`hide_third_party_warnings` (``--verbose`` given to an in-process command)."""
+    if not os.environ.get("PYTHONWARNINGS"):
+        for category in THIRD_PARTY_CATEGORIES:
+            warnings.filterwarnings("default", category=category)
