@@ -21,10 +21,11 @@ from ..data import dataset_names, prepare_dataset
 from ..errors import ConfigError
 from ..modeling.meta_arch import find_pruned_vit
 from .amp import AMP_PRECISIONS, amp_dtype, build_trainer
+from .determinism import check_determinism_config, configure_run
 from .hooks import KeepRatioHook, build_flops_hook, build_gate_noise_hook
 
 __all__ = ["do_train", "do_test", "build_model", "verify_checkpoint", "prepare_datasets",
-           "checkpoint_to_load", "local_checkpoint_file", "check_train_config"]
+           "checkpoint_to_load", "local_checkpoint_file", "check_train_config", "configure_run"]
 
 logger = logging.getLogger("detectron2")
 
@@ -37,6 +38,7 @@ def prepare_datasets(cfg: DictConfig) -> None:
 
 def check_train_config(cfg: DictConfig) -> None:
     """Raise ConfigError for training options out of their range (before anything runs)."""
+    check_determinism_config(cfg)
     anneal = cfg.train.get("gate_noise_anneal", 0.0)
     if not isinstance(anneal, (int, float)) or isinstance(anneal, bool) \
             or not 0.0 <= anneal <= 1.0:
@@ -76,7 +78,12 @@ def do_test(cfg: DictConfig, model: torch.nn.Module) -> Dict[str, Any]:
 
 
 def do_train(cfg: DictConfig, model: torch.nn.Module, resume: bool = False) -> Dict[str, Any]:
-    """Train ``model`` as configured (Detectron2 trainer + hooks); return the last eval."""
+    """Train ``model`` as configured (Detectron2 trainer + hooks); return the last eval.
+
+    Starts from :func:`configure_run` (seeds, threads, deterministic kernels), so that the
+    training draws follow from ``train.seed`` alone, whatever ran since the model was built.
+    """
+    configure_run(cfg)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
