@@ -11,6 +11,11 @@ Sources of run-to-run difference on a CPU and what is done about each:
   on rank 0), the dataloader workers (seeded from torch's generator when the loader starts),
   the augmentations (numpy / python ``random`` in the worker or the main process) and the
   gates' Gumbel noise (torch's generator): all follow from the seeding above;
+* evaluation and FLOP counting during training: the test loader draws its worker seed from
+  torch's generator, a random-gate model draws its scores, so an evaluation every N
+  iterations (or FLOPs on rank 0 only) shifted every later RPN / ROI sample and Gumbel draw.
+  They run inside :func:`rng_preserved`, so the training draws do not depend on
+  ``train.eval_period`` or ``train.flops_period``;
 * the number of intra-op threads: a parallel reduction splits its sum by thread count, so
   1 and 2 threads give different bits. ``train.num_threads`` fixes it (0: PyTorch's choice,
   the machine's core count);
@@ -24,8 +29,14 @@ needs a seed >= 0 and a thread count >= 1 (:func:`check_determinism_config`).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
+import random
+from typing import Callable, Iterator, TypeVar
+
+import numpy as np
 
 import torch
 from omegaconf import DictConfig
@@ -35,11 +46,13 @@ from detectron2.utils.env import seed_all_rng
 
 from ..errors import ConfigError
 
-__all__ = ["check_determinism_config", "configure_run", "seed_run"]
+__all__ = ["check_determinism_config", "configure_run", "rng_preserved", "rng_preserving",
+           "seed_run"]
 
 logger = logging.getLogger("detectron2")
 
 _CUBLAS_WORKSPACE = ":4096:8"
+_F = TypeVar("_F", bound=Callable)
 
 
 def _is_int(value) -> bool:
@@ -88,3 +101,26 @@ def configure_run(cfg: DictConfig) -> None:
         logger.info(f"Deterministic run: seed {cfg.train.seed} (+ rank), "
                     f"{torch.get_num_threads()} threads, deterministic kernels")
     seed_run(cfg)
+
+
+@contextlib.contextmanager
+def rng_preserved() -> Iterator[None]:
+    """Run the body without moving python's, numpy's or torch's (CPU and CUDA) generators:
+    their states are restored on exit."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def rng_preserving(fn: _F) -> _F:
+    """``fn`` run inside :func:`rng_preserved`."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with rng_preserved():
+            return fn(*args, **kwargs)
+    return wrapper  # type: ignore[return-value]

@@ -21,7 +21,7 @@ from ..data import dataset_names, prepare_dataset
 from ..errors import ConfigError
 from ..modeling.meta_arch import find_pruned_vit
 from .amp import AMP_PRECISIONS, amp_dtype, build_trainer
-from .determinism import check_determinism_config, configure_run
+from .determinism import check_determinism_config, configure_run, rng_preserving
 from .hooks import KeepRatioHook, build_flops_hook, build_gate_noise_hook
 
 __all__ = ["do_train", "do_test", "build_model", "verify_checkpoint", "prepare_datasets",
@@ -91,6 +91,7 @@ def do_train(cfg: DictConfig, model: torch.nn.Module, resume: bool = False) -> D
     checkpointer = TokenPruneCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     results: Dict[str, Any] = {}
 
+    @rng_preserving  # an evaluation every eval_period iterations leaves the training draws alone
     def evaluate():
         results.clear()
         results.update(do_test(cfg, model))
@@ -105,7 +106,8 @@ def do_train(cfg: DictConfig, model: torch.nn.Module, resume: bool = False) -> D
         KeepRatioHook() if pruned else None,  # before EvalHook: it logs the training step
         hooks.EvalHook(cfg.train.eval_period, evaluate),
         build_gate_noise_hook(cfg) if pruned else None,
-        build_flops_hook(cfg, count_model_flops) if pruned and comm.is_main_process() else None,
+        rng_preserving(build_flops_hook)(cfg, rng_preserving(count_model_flops))
+        if pruned and comm.is_main_process() else None,
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
                              period=cfg.train.log_period)
         if comm.is_main_process() else None,
