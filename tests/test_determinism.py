@@ -1,7 +1,9 @@
 """Same seed, same numbers: with ``train.deterministic`` (the synthetic configs' default) two
 train_net.py runs of one seed write bit-identical losses to metrics.json and bit-identical
 weights, and another seed gives other ones. Dense and SViT in-process (``train_net.main``, as
-``launch()`` runs it with one process), and a 2-process gloo run."""
+``launch()`` runs it with one process), and a 2-process gloo run. The second run of a pair
+also evaluates (and counts FLOPs) every 5 iterations: that must not move the training's
+random draws either."""
 import importlib.util
 import json
 import logging
@@ -47,7 +49,9 @@ SMALL = [
     "train.eval_period=0",
     "train.checkpointer.period=1000",
     "train.flops_period=0",
+    "train.num_threads=1",  # 2 threads per process crawl on a busy 2-core machine
 ]
+EVERY_5 = ["train.eval_period=5", "train.flops_period=5"]
 SMALL_SVIT = SMALL + [  # block 1 of 2 pruned, random gates (no dense checkpoint)
     "model.backbone.net.pruned_blocks=[1]",
     "model.backbone.net.keep_ratios=[0.5]",
@@ -107,10 +111,11 @@ def train_in_process():
                          ids=["dense", "svit"])
 def test_same_seed_same_losses_and_weights(config, opts, train_in_process, tmp_path):
     runs = {}
-    for name, seed, iters in (("a", 0, ITERS), ("b", 0, ITERS), ("other_seed", 1, 2)):
+    for name, seed, iters, extra in (("a", 0, ITERS, []), ("b", 0, ITERS, EVERY_5),
+                                     ("other_seed", 1, 2, [])):
         out = str(tmp_path / name)
-        train_in_process(config, opts + [f"train.seed={seed}", f"train.max_iter={iters}",
-                                         f"train.output_dir={out}"])
+        train_in_process(config, opts + extra + [f"train.seed={seed}", f"train.max_iter={iters}",
+                                                 f"train.output_dir={out}"])
         runs[name] = out
     a, b, other = (_losses(runs[n]) for n in ("a", "b", "other_seed"))
     assert sorted(a) == list(range(ITERS))
@@ -122,16 +127,16 @@ def test_same_seed_same_losses_and_weights(config, opts, train_in_process, tmp_p
 
 
 def test_two_process_gloo_same_seed_same_losses(tmp_path):
-    def run(name, seed, iters):
+    def run(name, seed, iters, extra=()):
         out = str(tmp_path / name)
-        proc = train_net(SVIT_CFG, SMALL_SVIT + [
-            "dataloader.train.total_batch_size=2", "train.device=cpu", "train.num_threads=1",
+        proc = train_net(SVIT_CFG, SMALL_SVIT + [*extra,
+            "dataloader.train.total_batch_size=2", "train.device=cpu",
             f"train.seed={seed}", f"train.max_iter={iters}", f"train.output_dir={out}"],
             "--num-gpus", "2")
         assert proc.returncode == 0, proc.stderr[-3000:]
         return out
 
-    a, b, other = run("a", 0, ITERS), run("b", 0, ITERS), run("other_seed", 1, 2)
+    a, b, other = run("a", 0, ITERS), run("b", 0, ITERS, EVERY_5), run("other_seed", 1, 1)
     assert sorted(_losses(a)) == list(range(ITERS))
     assert _losses(a) == _losses(b)
     assert _same_weights(_weights(a), _weights(b))
