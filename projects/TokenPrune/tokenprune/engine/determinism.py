@@ -37,7 +37,6 @@ import random
 from typing import Callable, Iterator, TypeVar
 
 import numpy as np
-
 import torch
 from omegaconf import DictConfig
 
