@@ -25,8 +25,8 @@ from torch.multiprocessing import ProcessExitedException
 
 from tokenprune.config import load_config
 from tokenprune.engine import (
-    build_model, check_train_config, checkpoint_to_load, do_test, do_train, prepare_datasets,
-    verify_checkpoint,
+    build_model, check_train_config, checkpoint_to_load, configure_run, do_test, do_train,
+    prepare_datasets, verify_checkpoint,
 )
 from tokenprune.errors import CheckpointError, TokenPruneError
 from tokenprune.tools.common import fail
@@ -43,6 +43,7 @@ def main(args) -> None:
         cfg = load_config(args.config_file, args.opts)
         check_train_config(cfg)
         prepare_datasets(cfg)
+        configure_run(cfg)  # seeds before the model's initial weights are drawn
         model = build_model(cfg)
         ckpt = checkpoint_to_load(cfg, args.resume)
         if args.eval_only and not ckpt:

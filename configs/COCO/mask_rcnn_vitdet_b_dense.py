@@ -44,6 +44,11 @@ train.init_checkpoint = (
 train.output_dir = "output/coco_vitdet_b_dense"
 train.flops_period = 0
 train.gate_noise_anneal = 0.0  # SViT: Gumbel noise 1 throughout (GateNoiseHook)
+# a fresh seed each run, PyTorch's fastest kernels and thread count; for a reproducible run
+# (slower on a GPU) set train.seed=0 train.deterministic=True train.num_threads=N
+train.seed = -1
+train.deterministic = False
+train.num_threads = 0
 # 100 epochs: 184375 iterations of 64 images over COCO's 118k training images
 train.max_iter = 184375
 

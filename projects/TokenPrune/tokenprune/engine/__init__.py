@@ -2,13 +2,13 @@
 from .amp import AMP_PRECISIONS, AutocastModel, autocast_model, build_trainer
 from .hooks import FlopsHook, GateNoiseHook, KeepRatioHook, keep_ratio_scalars
 from .train_loop import (
-    build_model, check_train_config, checkpoint_to_load, do_test, do_train,
+    build_model, check_train_config, checkpoint_to_load, configure_run, do_test, do_train,
     local_checkpoint_file, prepare_datasets, verify_checkpoint,
 )
 
 __all__ = [
     "FlopsHook", "GateNoiseHook", "KeepRatioHook", "keep_ratio_scalars", "AMP_PRECISIONS",
-    "build_model", "check_train_config", "checkpoint_to_load", "do_test", "do_train",
-    "local_checkpoint_file", "prepare_datasets", "verify_checkpoint", "AutocastModel",
-    "autocast_model", "build_trainer",
+    "build_model", "check_train_config", "checkpoint_to_load", "configure_run", "do_test",
+    "do_train", "local_checkpoint_file", "prepare_datasets", "verify_checkpoint",
+    "AutocastModel", "autocast_model", "build_trainer",
 ]

@@ -21,10 +21,11 @@ from ..data import dataset_names, prepare_dataset
 from ..errors import ConfigError
 from ..modeling.meta_arch import find_pruned_vit
 from .amp import AMP_PRECISIONS, amp_dtype, build_trainer
+from .determinism import check_determinism_config, configure_run, rng_preserving
 from .hooks import KeepRatioHook, build_flops_hook, build_gate_noise_hook, gate_noise_anneal
 
 __all__ = ["do_train", "do_test", "build_model", "verify_checkpoint", "prepare_datasets",
-           "checkpoint_to_load", "local_checkpoint_file", "check_train_config"]
+           "checkpoint_to_load", "local_checkpoint_file", "check_train_config", "configure_run"]
 
 logger = logging.getLogger("detectron2")
 
@@ -37,6 +38,7 @@ def prepare_datasets(cfg: DictConfig) -> None:
 
 def check_train_config(cfg: DictConfig) -> None:
     """Raise ConfigError for training options out of their range (before anything runs)."""
+    check_determinism_config(cfg)
     gate_noise_anneal(cfg)
     amp = cfg.train.get("amp", {})
     precision = amp.get("precision", "float16")
@@ -73,7 +75,12 @@ def do_test(cfg: DictConfig, model: torch.nn.Module) -> Dict[str, Any]:
 
 
 def do_train(cfg: DictConfig, model: torch.nn.Module, resume: bool = False) -> Dict[str, Any]:
-    """Train ``model`` as configured (Detectron2 trainer + hooks); return the last eval."""
+    """Train ``model`` as configured (Detectron2 trainer + hooks); return the last eval.
+
+    Starts from :func:`configure_run` (seeds, threads, deterministic kernels), so that the
+    training draws follow from ``train.seed`` alone, whatever ran since the model was built.
+    """
+    configure_run(cfg)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
@@ -81,6 +88,7 @@ def do_train(cfg: DictConfig, model: torch.nn.Module, resume: bool = False) -> D
     checkpointer = TokenPruneCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     results: Dict[str, Any] = {}
 
+    @rng_preserving  # an evaluation every eval_period iterations leaves the training draws alone
     def evaluate():
         results.clear()
         results.update(do_test(cfg, model))
@@ -95,7 +103,8 @@ def do_train(cfg: DictConfig, model: torch.nn.Module, resume: bool = False) -> D
         KeepRatioHook() if pruned else None,  # before EvalHook: it logs the training step
         hooks.EvalHook(cfg.train.eval_period, evaluate),
         build_gate_noise_hook(cfg) if pruned else None,
-        build_flops_hook(cfg, count_model_flops) if pruned and comm.is_main_process() else None,
+        rng_preserving(build_flops_hook)(cfg, rng_preserving(count_model_flops))
+        if pruned and comm.is_main_process() else None,
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
                              period=cfg.train.log_period)
         if comm.is_main_process() else None,

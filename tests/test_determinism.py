@@ -1,0 +1,162 @@
+"""Same seed, same numbers: with ``train.deterministic`` (the synthetic configs' default) two
+train_net.py runs of one seed write bit-identical losses to metrics.json and bit-identical
+weights, and another seed gives other ones. Dense and SViT in-process (``train_net.main``, as
+``launch()`` runs it with one process), and a 2-process gloo run. The second run of a pair
+also evaluates (and counts FLOPs) every 5 iterations: that must not move the training's
+random draws either."""
+import importlib.util
+import json
+import logging
+import os
+import re
+import warnings
+
+import pytest
+import torch
+
+from detectron2.engine import default_argument_parser
+
+from helpers import DENSE_CFG, ROOT, SVIT_CFG, train_net
+from tokenprune.config import load_config
+from tokenprune.engine import check_train_config
+from tokenprune.errors import ConfigError
+
+ITERS = 20
+# A model small enough that 20 iterations take seconds on 2 cores: a 2-block ViT of 48
+# channels, a thin neck and heads, few proposals; the synthetic data, augmentation included.
+SMALL = [
+    "model.backbone.net.depth=2",
+    "model.backbone.net.embed_dim=48",
+    "model.backbone.net.num_heads=2",
+    "model.backbone.net.window_block_indexes=[0]",
+    "model.backbone.out_channels=32",
+    "model.proposal_generator.head.in_channels=32",
+    "model.proposal_generator.batch_size_per_image=64",
+    "model.proposal_generator.pre_nms_topk=[200,100]",
+    "model.proposal_generator.post_nms_topk=[50,50]",
+    "model.roi_heads.batch_size_per_image=32",
+    "model.roi_heads.box_head.input_shape.channels=32",
+    "model.roi_heads.box_head.fc_dims=[64,64]",
+    "model.roi_heads.box_predictor.input_shape.channels=64",
+    "model.roi_heads.box_predictor.test_topk_per_image=10",
+    "model.roi_heads.mask_head.input_shape.channels=32",
+    "model.roi_heads.mask_head.conv_dims=[32]",
+    "dataloader.train.total_batch_size=1",
+    "dataloader.train.num_workers=0",
+    "dataloader.test.num_workers=0",
+    "dataloader.test.dataset.names=synthetic_shapes_minival",
+    "train.log_period=1",
+    "train.eval_period=0",
+    "train.checkpointer.period=1000",
+    "train.flops_period=0",
+    "train.num_threads=1",  # 2 threads per process crawl on a busy 2-core machine
+]
+EVERY_5 = ["train.eval_period=5", "train.flops_period=5"]
+SMALL_SVIT = SMALL + [  # block 1 of 2 pruned, random gates (no dense checkpoint)
+    "model.backbone.net.pruned_blocks=[1]",
+    "model.backbone.net.keep_ratios=[0.5]",
+    "train.init_checkpoint=",
+]
+_LOGGERS = ("detectron2", "fvcore", "d2")
+
+
+def _losses(out_dir):
+    """{iteration: {loss name: value}} from metrics.json (the losses as JSONWriter smooths
+    them: the median of the last 20)."""
+    with open(os.path.join(out_dir, "metrics.json")) as f:
+        rows = [json.loads(line) for line in f if '"total_loss"' in line]
+    return {r["iteration"]: {k: v for k, v in r.items() if "loss" in k} for r in rows}
+
+
+def _weights(out_dir):
+    return torch.load(os.path.join(out_dir, "model_final.pth"), weights_only=False)["model"]
+
+
+def _same_weights(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture
+def train_in_process():
+    """Run train_net.main in this process; restores the torch settings and the loggers'
+    handlers a run changes."""
+    spec = importlib.util.spec_from_file_location("train_net", os.path.join(ROOT, "train_net.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads, algorithms = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    handlers = {name: list(logging.getLogger(name).handlers) for name in _LOGGERS}
+
+    def run(config, opts):
+        args = default_argument_parser().parse_args(["--config-file", config, *opts])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module.main(args)
+        lacking = [str(w.message) for w in caught if "deterministic implementation" in
+                   str(w.message)]
+        assert not lacking, lacking  # every op of the run has a deterministic CPU kernel
+
+    yield run
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(algorithms)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+    for name, kept in handlers.items():
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if h not in kept]:
+            logger.removeHandler(handler)
+            handler.close()
+
+
+@pytest.mark.parametrize("config,opts", [(DENSE_CFG, SMALL), (SVIT_CFG, SMALL_SVIT)],
+                         ids=["dense", "svit"])
+def test_same_seed_same_losses_and_weights(config, opts, train_in_process, tmp_path):
+    runs = {}
+    for name, seed, iters, extra in (("a", 0, ITERS, []), ("b", 0, ITERS, EVERY_5),
+                                     ("other_seed", 1, 2, [])):
+        out = str(tmp_path / name)
+        train_in_process(config, opts + extra + [f"train.seed={seed}", f"train.max_iter={iters}",
+                                                 f"train.output_dir={out}"])
+        runs[name] = out
+    a, b, other = (_losses(runs[n]) for n in ("a", "b", "other_seed"))
+    assert sorted(a) == list(range(ITERS))
+    assert a == b  # bit for bit: every loss at every iteration
+    assert _same_weights(_weights(runs["a"]), _weights(runs["b"]))
+    if config == SVIT_CFG:
+        assert "loss_keep_ratio" in a[0]
+    assert other[0] != a[0] and other[1] != a[1]  # other initial weights, data order, noise
+
+
+def test_two_process_gloo_same_seed_same_losses(tmp_path):
+    def run(name, seed, iters, extra=()):
+        out = str(tmp_path / name)
+        proc = train_net(SVIT_CFG, SMALL_SVIT + [*extra,
+            "dataloader.train.total_batch_size=2", "train.device=cpu",
+            f"train.seed={seed}", f"train.max_iter={iters}", f"train.output_dir={out}"],
+            "--num-gpus", "2")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return out
+
+    a, b, other = run("a", 0, ITERS), run("b", 0, ITERS, EVERY_5), run("other_seed", 1, 1)
+    assert sorted(_losses(a)) == list(range(ITERS))
+    assert _losses(a) == _losses(b)
+    assert _same_weights(_weights(a), _weights(b))
+    assert _losses(other)[0] != _losses(a)[0]
+
+
+@pytest.mark.parametrize("opts,message", [
+    (["train.seed=-1"], "train.deterministic=True needs train.seed >= 0"),
+    (["train.num_threads=0"], "needs a fixed train.num_threads"),
+    (["train.num_threads=-2"], "train.num_threads must be an integer >= 0"),
+])
+def test_deterministic_run_needs_a_seed_and_a_thread_count(opts, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_train_config(load_config(DENSE_CFG, opts))
+
+
+def test_coco_recipes_are_not_deterministic_unless_asked():
+    cfg = load_config(os.path.join(ROOT, "configs", "COCO", "mask_rcnn_vitdet_b_dense.py"), [])
+    assert (cfg.train.deterministic, cfg.train.seed, cfg.train.num_threads) == (False, -1, 0)
+    check_train_config(cfg)
+    check_train_config(load_config(
+        os.path.join(ROOT, "configs", "COCO", "mask_rcnn_vitdet_b_dense.py"),
+        ["train.deterministic=True", "train.seed=0", "train.num_threads=4"]))
