@@ -78,14 +78,15 @@ def _same_weights(a, b) -> bool:
 
 @pytest.fixture
 def train_in_process():
-    """Run train_net.main in this process; restores the torch settings and the loggers'
-    handlers a run changes."""
+    """Run train_net.main in this process; restores the torch settings, the environment
+    (PYTHONHASHSEED, CUBLAS_WORKSPACE_CONFIG) and the loggers' handlers a run changes."""
     spec = importlib.util.spec_from_file_location("train_net", os.path.join(ROOT, "train_net.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     threads, algorithms = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     handlers = {name: list(logging.getLogger(name).handlers) for name in _LOGGERS}
+    environ = dict(os.environ)
 
     def run(config, opts):
         args = default_argument_parser().parse_args(["--config-file", config, *opts])
@@ -100,6 +101,8 @@ def train_in_process():
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(algorithms)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+    os.environ.clear()
+    os.environ.update(environ)
     for name, kept in handlers.items():
         logger = logging.getLogger(name)
         for handler in [h for h in logger.handlers if h not in kept]:
