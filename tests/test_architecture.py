@@ -37,25 +37,19 @@ def test_import_contract_is_kept():
     assert "0 broken" in proc.stdout
 
 
-def test_import_contract_breaks_when_the_engine_imports_a_tool(tmp_path):
+@pytest.mark.parametrize("module,line,broken", [
+    ("engine/hooks.py", "from ..tools import common", "tokenprune.engine.hooks -> tokenprune.tools"),
+    ("analysis/timing.py", "import argparse", "tokenprune.analysis.timing -> argparse"),
+], ids=["engine_imports_a_tool", "analysis_imports_argparse"])
+def test_import_contract_breaks(tmp_path, module, line, broken):
+    """A copy of the package with one forbidden import added breaks the contract."""
     copy = tmp_path / "tokenprune"
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    hooks = copy / "engine" / "hooks.py"
-    hooks.write_text(hooks.read_text() + "\nfrom ..tools import common  # noqa\n")
+    path = copy / module
+    path.write_text(path.read_text() + f"\n{line}  # noqa\n")
     proc = _lint_imports(str(tmp_path))
     assert proc.returncode != 0
-    assert "BROKEN" in proc.stdout and "tokenprune.engine.hooks -> tokenprune.tools" \
-        in proc.stdout.replace("\n", " "), proc.stdout[-3000:]
-
-
-def test_import_contract_breaks_when_analysis_code_imports_argparse(tmp_path):
-    copy = tmp_path / "tokenprune"
-    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    timing = copy / "analysis" / "timing.py"
-    timing.write_text(timing.read_text() + "\nimport argparse  # noqa\n")
-    proc = _lint_imports(str(tmp_path))
-    assert proc.returncode != 0
-    assert "tokenprune.analysis.timing -> argparse" in proc.stdout.replace("\n", " "), \
+    assert "BROKEN" in proc.stdout and broken in proc.stdout.replace("\n", " "), \
         proc.stdout[-3000:]
 
 

@@ -174,7 +174,7 @@ class Scale:
 _TRAIN_DATA = "dataloader.train.dataset.names=synthetic_mixcolor_train"
 #: Keep targets per stage of three pruned blocks: SViT's geometric schedule with ratio 0.5
 #: instead of 0.7, so that the last stage keeps about as many tokens as this data's objects
-#: cover (9% of the tokens); see the README's ablation section.
+#: cover (9% of the tokens); see docs/study.md.
 KEEP_TARGETS = (0.5, 0.25, 0.125)
 _FULL_TARGETS = [k for k in KEEP_TARGETS for _ in range(3)]  # blocks 3-11, 3 per stage
 #: Data loading in the training process, so that no loader worker competes with the model
