@@ -221,3 +221,15 @@ def test_plot_labels_of_nearby_points_do_not_overlap():
     assert all(b - a >= 0.5 - 1e-9 for a, b in zip(close, close[1:]))
     assert sum(close) / 3 == pytest.approx(sum(ys[:3]) / 3)  # centred on the points
     assert heights[3] == 24.0  # a point on its own keeps its height
+
+
+def test_plot_leaves_out_a_variant_without_detections():
+    """A model with no detection has AP NaN (Detectron2's COCOEvaluator): the plot skips
+    that point instead of failing to draw its label."""
+    def row(name, gflops, box):
+        return dict(variant=name, backbone_gflops=gflops, box_ap=box, box_ap_sd=float("nan"),
+                    mask_ap=box, mask_ap_sd=float("nan"))
+
+    png = report._plot([row("dense", 1.0, 20.0), row("tome", 0.5, float("nan")),
+                        row("svit", 0.5, 19.0)])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"

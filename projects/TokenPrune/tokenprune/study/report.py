@@ -173,7 +173,8 @@ def _spread_labels(xs: Sequence[float], ys: Sequence[float], near: float,
 
 
 def _plot(rows: List[Dict[str, Any]]) -> bytes:
-    """Box and mask AP against backbone GFLOPs, one labelled point per variant."""
+    """Box and mask AP against backbone GFLOPs, one labelled point per variant (a variant
+    whose AP is NaN, a model with no detection at all, has no point in that panel)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -183,9 +184,11 @@ def _plot(rows: List[Dict[str, Any]]) -> bytes:
     xs = [r["backbone_gflops"] for r in rows]
     near = 0.1 * (max(xs) - min(xs) or 1.0)  # points this close in x share a label column
     for ax, key, title in ((axes[0], "box_ap", "box AP"), (axes[1], "mask_ap", "mask AP")):
-        ys = [r[key] for r in rows]
-        label_ys = _spread_labels(xs, ys, near, gap=0.045 * (max(ys) - min(ys) or 1.0))
-        for r, x, y, label_y in zip(rows, xs, ys, label_ys):
+        shown = [r for r in rows if not math.isnan(r[key])]
+        px, ys = [r["backbone_gflops"] for r in shown], [r[key] for r in shown]
+        spread = max(ys, default=0.0) - min(ys, default=0.0)
+        label_ys = _spread_labels(px, ys, near, gap=0.045 * (spread or 1.0))
+        for r, x, y, label_y in zip(shown, px, ys, label_ys):
             sd = r[f"{key}_sd"]
             ax.errorbar([x], [y], yerr=None if math.isnan(sd) else [sd], fmt="o",
                         capsize=3, color="black" if r["variant"] in ("dense", "dense_ft") else
