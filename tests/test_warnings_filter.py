@@ -2,6 +2,7 @@
 UserWarning hidden (tokenprune.tools.warnings_filter), the project's own shown; ``--verbose``
 on every command and a user's ``PYTHONWARNINGS`` show them. (The demo's real run, with no
 warning on stderr: tests/test_demo.py.)"""
+import logging
 import warnings
 
 import pytest
@@ -57,6 +58,17 @@ def test_verbose_or_pythonwarnings_shows_everything(monkeypatch):
     monkeypatch.setenv("PYTHONWARNINGS", "default")
     assert warnings_filter.hide_third_party_warnings() is False
     assert _shown(warnings_filter.hide_third_party_warnings, ALL) == set(ALL)
+
+
+def test_third_party_logged_warnings_follow_the_filter():
+    logger = logging.getLogger(warnings_filter.THIRD_PARTY_LOGGERS[0])
+    try:
+        warnings_filter.hide_third_party_warnings()
+        assert not logger.isEnabledFor(logging.WARNING) and logger.isEnabledFor(logging.ERROR)
+        warnings_filter.show_third_party_warnings()
+        assert logger.isEnabledFor(logging.WARNING)
+    finally:
+        logger.setLevel(logging.NOTSET)
 
 
 @pytest.mark.parametrize("verbose", [False, True])

@@ -1,7 +1,8 @@
 """The commands show their own output: the dependencies' warnings are off unless asked for.
 
 ``FutureWarning``, ``DeprecationWarning`` and ``UserWarning`` raised from any module outside
-tokenprune (timm, torch.jit, torch.meshgrid, pkg_resources, fvcore, iopath, ...) are hidden;
+tokenprune (timm, torch.jit, torch.meshgrid, pkg_resources, fvcore, iopath, ...) are hidden,
+and so are the warnings the dependencies log instead (:data:`THIRD_PARTY_LOGGERS`);
 ``--verbose`` on a command shows them, and a ``PYTHONWARNINGS`` set by the user is left in
 charge. Standard library only, so that it can run before Detectron2 is imported (some of
 its dependencies warn on import): ``tokenprune.tools`` installs it when it is imported, and
@@ -9,14 +10,18 @@ its dependencies warn on import): ``tokenprune.tools`` installs it when it is im
 """
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from typing import Sequence
 
-__all__ = ["THIRD_PARTY_CATEGORIES", "OWN_MODULES", "VERBOSE_FLAG", "hide_third_party_warnings",
+__all__ = ["THIRD_PARTY_CATEGORIES", "THIRD_PARTY_LOGGERS", "OWN_MODULES", "VERBOSE_FLAG", "hide_third_party_warnings",
            "show_third_party_warnings"]
 
 THIRD_PARTY_CATEGORIES = (FutureWarning, DeprecationWarning, UserWarning)
+#: Loggers of dependencies that log a warning the user can do nothing about (torch.fx: once per
+#: process, when Detectron2's ``is_fx_tracing`` runs during a FLOP count).
+THIRD_PARTY_LOGGERS = ("torch.fx._symbolic_trace",)
 OWN_MODULES = r"(tokenprune|__main__)(\.|$)"  # warnings the project's own code raises
 VERBOSE_FLAG = "--verbose"
 
@@ -29,6 +34,8 @@ def hide_third_party_warnings(argv: Sequence[str] = ()) -> bool:
     for category in THIRD_PARTY_CATEGORIES:
         warnings.filterwarnings("ignore", category=category)
         warnings.filterwarnings("default", category=category, module=OWN_MODULES)  # checked first
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     return True
 
 
@@ -37,3 +44,5 @@ def show_third_party_warnings() -> None:
     if not os.environ.get("PYTHONWARNINGS"):
         for category in THIRD_PARTY_CATEGORIES:
             warnings.filterwarnings("default", category=category)
+        for name in THIRD_PARTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
