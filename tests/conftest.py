@@ -1,14 +1,22 @@
 """Shared test set-up.
 
 * A missing Detectron2 is a failure with a clear message, never a skip.
+* ``train_net_module`` (train_net.py loaded as a module) and ``train_in_process`` (its
+  ``main`` run in this process, as ``launch()`` runs it with one process): the tests train
+  in-process; one subprocess test per real entry point.
 * Generated datasets go to a per-session temporary folder (``TOKENPRUNE_DATA``), and
   Detectron2's dataset root (``DETECTRON2_DATASETS``, read when Detectron2 is imported) is an
   empty one, both inherited by the subprocesses the tests start: tests never touch the
   user's data, and a COCO dataset is missing in-process as in a subprocess.
 """
+import importlib.util
+import logging
 import os
 import sys
 import tempfile
+import warnings
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "projects", "TokenPrune"))
@@ -24,3 +32,50 @@ except ImportError as e:  # pragma: no cover - exercised only on a broken enviro
         "Detectron2 is not installed in this environment; install it following "
         "https://detectron2.readthedocs.io/en/latest/tutorials/install.html"
     ) from e
+
+
+import torch  # noqa: E402  (after the check above, which names Detectron2 when it is missing)
+
+_LOGGERS = ("detectron2", "fvcore", "d2")
+
+
+@pytest.fixture(scope="session")
+def train_net_module():
+    """train_net.py loaded as a module, for in-process runs of its entry point."""
+    spec = importlib.util.spec_from_file_location("train_net", os.path.join(ROOT, "train_net.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def train_in_process(train_net_module):
+    """``run(config, opts, *flags)``: ``train_net.py --config-file config *flags *opts`` in
+    this process; returns the warnings it raised. Restores what a run changes: the torch
+    settings, the environment (PYTHONHASHSEED, CUBLAS_WORKSPACE_CONFIG) and the loggers'
+    handlers (its console handler writes to the test's captured stdout)."""
+    from detectron2.engine import default_argument_parser
+
+    threads, algorithms = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    handlers = {name: list(logging.getLogger(name).handlers) for name in _LOGGERS}
+    environ = dict(os.environ)
+
+    def run(config, opts, *flags):
+        args = default_argument_parser().parse_args(["--config-file", config, *flags, *opts])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train_net_module.main(args)
+        return [str(w.message) for w in caught]
+
+    yield run
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(algorithms)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+    os.environ.clear()
+    os.environ.update(environ)
+    for name, kept in handlers.items():
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if h not in kept]:
+            logger.removeHandler(handler)
+            handler.close()

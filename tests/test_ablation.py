@@ -76,17 +76,17 @@ def test_rerun_resumes_and_only_computes_missing_results(quick, capsys):
     """On the quick run's folder, in-process (the real entry point ran in ``quick``)."""
     out, _, _ = quick
     stamps = {n: os.path.getmtime(os.path.join(out, "results", f"{n}_seed0.json")) for n in ROWS}
-    os.remove(os.path.join(out, "results", "evit_seed0.json"))
+    os.remove(os.path.join(out, "results", "svit_fixed_rate_seed0.json"))
     capsys.readouterr()
     ablation_cli(["--output", out, "--scale", "quick"])
     stdout = capsys.readouterr().out
     assert f"{len(ROWS) - 1} already done" in stdout
     assert "training" not in stdout and "fine-tuning" not in stdout
-    assert "evaluating evit seed 0" in stdout
+    assert "evaluating svit_fixed_rate seed 0" in stdout
     for n in ROWS:
-        if n != "evit":
+        if n != "svit_fixed_rate":
             assert os.path.getmtime(os.path.join(out, "results", f"{n}_seed0.json")) == stamps[n]
-    assert os.path.isfile(os.path.join(out, "results", "evit_seed0.json"))
+    assert os.path.isfile(os.path.join(out, "results", "svit_fixed_rate_seed0.json"))
 
 
 def test_every_variant_is_a_config_override_of_the_same_pruned_vit():

@@ -4,17 +4,12 @@ weights, and another seed gives other ones. Dense and SViT in-process (``train_n
 ``launch()`` runs it with one process), and a 2-process gloo run. The second run of a pair
 also evaluates (and counts FLOPs) every 5 iterations: that must not move the training's
 random draws either."""
-import importlib.util
 import json
-import logging
 import os
 import re
-import warnings
 
 import pytest
 import torch
-
-from detectron2.engine import default_argument_parser
 
 from helpers import DENSE_CFG, ROOT, SVIT_CFG, train_net
 from tokenprune.config import load_config
@@ -57,7 +52,6 @@ SMALL_SVIT = SMALL + [  # block 1 of 2 pruned, random gates (no dense checkpoint
     "model.backbone.net.keep_ratios=[0.5]",
     "train.init_checkpoint=",
 ]
-_LOGGERS = ("detectron2", "fvcore", "d2")
 
 
 def _losses(out_dir):
@@ -76,40 +70,6 @@ def _same_weights(a, b) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.fixture
-def train_in_process():
-    """Run train_net.main in this process; restores the torch settings, the environment
-    (PYTHONHASHSEED, CUBLAS_WORKSPACE_CONFIG) and the loggers' handlers a run changes."""
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(ROOT, "train_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    threads, algorithms = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    handlers = {name: list(logging.getLogger(name).handlers) for name in _LOGGERS}
-    environ = dict(os.environ)
-
-    def run(config, opts):
-        args = default_argument_parser().parse_args(["--config-file", config, *opts])
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            module.main(args)
-        lacking = [str(w.message) for w in caught if "deterministic implementation" in
-                   str(w.message)]
-        assert not lacking, lacking  # every op of the run has a deterministic CPU kernel
-
-    yield run
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(algorithms)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
-    os.environ.clear()
-    os.environ.update(environ)
-    for name, kept in handlers.items():
-        logger = logging.getLogger(name)
-        for handler in [h for h in logger.handlers if h not in kept]:
-            logger.removeHandler(handler)
-            handler.close()
-
-
 @pytest.mark.parametrize("config,opts", [(DENSE_CFG, SMALL), (SVIT_CFG, SMALL_SVIT)],
                          ids=["dense", "svit"])
 def test_same_seed_same_losses_and_weights(config, opts, train_in_process, tmp_path):
@@ -117,8 +77,10 @@ def test_same_seed_same_losses_and_weights(config, opts, train_in_process, tmp_p
     for name, seed, iters, extra in (("a", 0, ITERS, []), ("b", 0, ITERS, EVERY_5),
                                      ("other_seed", 1, 2, [])):
         out = str(tmp_path / name)
-        train_in_process(config, opts + extra + [f"train.seed={seed}", f"train.max_iter={iters}",
-                                                 f"train.output_dir={out}"])
+        caught = train_in_process(config, opts + extra + [
+            f"train.seed={seed}", f"train.max_iter={iters}", f"train.output_dir={out}"])
+        lacking = [m for m in caught if "deterministic implementation" in m]
+        assert not lacking, lacking  # every op of the run has a deterministic CPU kernel
         runs[name] = out
     a, b, other = (_losses(runs[n]) for n in ("a", "b", "other_seed"))
     assert sorted(a) == list(range(ITERS))
@@ -130,20 +92,30 @@ def test_same_seed_same_losses_and_weights(config, opts, train_in_process, tmp_p
 
 
 def test_two_process_gloo_same_seed_same_losses(tmp_path):
+    """Also the 2-process run of the training options DDP brings: bfloat16 autocast and
+    fp16 gradient compression (the same seed still gives the same numbers under both)."""
     def run(name, seed, iters, extra=()):
         out = str(tmp_path / name)
         proc = train_net(SVIT_CFG, SMALL_SVIT + [*extra,
             "dataloader.train.total_batch_size=2", "train.device=cpu",
+            "train.ddp.fp16_compression=True", "train.amp.enabled=True",
+            "train.amp.precision=bfloat16",
             f"train.seed={seed}", f"train.max_iter={iters}", f"train.output_dir={out}"],
             "--num-gpus", "2")
         assert proc.returncode == 0, proc.stderr[-3000:]
-        return out
+        return out, proc
 
-    a, b, other = run("a", 0, ITERS), run("b", 0, ITERS, EVERY_5), run("other_seed", 1, 1)
-    assert sorted(_losses(a)) == list(range(ITERS))
-    assert _losses(a) == _losses(b)
+    (a, proc), (b, _), (other, _) = (run("a", 0, ITERS), run("b", 0, ITERS, EVERY_5),
+                                     run("other_seed", 1, 1))
+    assert "Rank of current process: 0" in proc.stdout + proc.stderr
+    losses = _losses(a)
+    assert sorted(losses) == list(range(ITERS))
+    assert all(0 < r["total_loss"] < 1e3 and "loss_keep_ratio" in r for r in losses.values())
+    with open(os.path.join(a, "metrics.json")) as f:
+        assert all("keep_ratio/mean" in json.loads(line) for line in f if "total_loss" in line)
+    assert losses == _losses(b)
     assert _same_weights(_weights(a), _weights(b))
-    assert _losses(other)[0] != _losses(a)[0]
+    assert _losses(other)[0] != losses[0]
 
 
 @pytest.mark.parametrize("opts,message", [

@@ -1,5 +1,6 @@
-"""train_net.py end to end: training, evaluation, resume after a kill, DDP; bad input
-in-process (one check through the real entry point)."""
+"""train_net.py end to end: training (the real entry point, a subprocess), resume after a kill;
+evaluation and the SViT start from a dense checkpoint in-process; bad input in-process (one
+check through the real entry point)."""
 import json
 import os
 import signal
@@ -41,12 +42,11 @@ def test_training_writes_metrics_config_checkpoint_and_evaluates(trained):
     assert f"metrics: {out}/metrics.json" in proc.stdout
 
 
-def test_eval_only_prints_box_and_mask_ap(trained, tmp_path):
+def test_eval_only_prints_box_and_mask_ap(trained, tmp_path, train_in_process, capsys):
     out, _ = trained
-    proc = train_net(DENSE_CFG, TINY + [f"train.init_checkpoint={out}/model_final.pth",
+    train_in_process(DENSE_CFG, TINY + [f"train.init_checkpoint={out}/model_final.pth",
                                         f"train.output_dir={tmp_path}"], "--eval-only")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    log = proc.stdout + proc.stderr
+    log = capsys.readouterr().out
     assert "copypaste: Task: bbox" in log and "copypaste: Task: segm" in log
 
 
@@ -83,17 +83,6 @@ def test_resume_after_kill_continues_from_last_checkpoint(tmp_path):
 def _bad_checkpoint(path):
     torch.save({"model": {"backbone.net.pos_embed": torch.zeros(1, 3, 3)}}, path)
     return path
-
-
-@pytest.fixture(scope="module")
-def train_net_module():
-    """train_net.py loaded as a module, for in-process runs of its entry point."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(ROOT, "train_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _in_process_error(train_net_module, argv, capsys, monkeypatch, entry="invoke_main"):
@@ -201,16 +190,14 @@ def test_bad_model_and_train_arguments_one_line_before_writing(case, tmp_path, t
         print(f"\n{case}: {line}")
 
 
-def test_dense_checkpoint_initialises_svit_with_only_gates_new(trained, tmp_path):
-    from helpers import SVIT_CFG, TINY_SVIT
-
+def test_dense_checkpoint_initialises_svit_with_only_gates_new(trained, tmp_path,
+                                                               train_in_process, capsys):
     out, _ = trained
     opts = [o for o in TINY_SVIT if not o.startswith("train.init_checkpoint")] + [
         f"train.init_checkpoint={out}/model_final.pth", "train.max_iter=1",
         f"train.output_dir={tmp_path}", "train.flops_period=0"]
-    proc = train_net(SVIT_CFG, opts)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(ln for ln in (proc.stdout + proc.stderr).splitlines()
+    train_in_process(SVIT_CFG, opts)
+    line = next(ln for ln in capsys.readouterr().out.splitlines()
                 if "model_final.pth: loaded" in ln)
     new = line.split("; new ")[1]
     assert new.startswith("18 (") and "backbone.net.gates.1" in new and "gates.3" in new

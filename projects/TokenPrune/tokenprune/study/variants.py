@@ -187,10 +187,10 @@ _TINY = (
 )
 
 SCALES: Dict[str, Scale] = {
-    "quick": Scale(dense_iters=20, finetune_iters=4, overrides=_TINY,
+    "quick": Scale(dense_iters=6, finetune_iters=2, overrides=_TINY,
                    svit_overrides=(f"{NET}.pruned_blocks=[1,2,3]",
                                    f"{NET}.keep_ratios={list(KEEP_TARGETS)}"),
-                   flops_images=1, latency_images=2, latency_rounds=5, seeds=1, log_period=10,
+                   flops_images=1, latency_images=1, latency_rounds=3, seeds=1, log_period=2,
                    description="4-block 96-wide ViT, blocks 1-3 pruned at 0.5/0.25/0.125, "
                                "mixed-colour minival (8 images): a smoke test, the numbers "
                                "mean nothing"),
