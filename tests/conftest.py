@@ -4,6 +4,7 @@
 * ``train_net_module`` (train_net.py loaded as a module) and ``train_in_process`` (its
   ``main`` run in this process, as ``launch()`` runs it with one process): the tests train
   in-process; one subprocess test per real entry point.
+* ``gated_checkpoint``: weights of the tiny SViT model whose gates prune on their own.
 * Generated datasets go to a per-session temporary folder (``TOKENPRUNE_DATA``), and
   Detectron2's dataset root (``DETECTRON2_DATASETS``, read when Detectron2 is imported) is an
   empty one, both inherited by the subprocesses the tests start: tests never touch the
@@ -79,3 +80,20 @@ def train_in_process(train_net_module):
         for handler in [h for h in logger.handlers if h not in kept]:
             logger.removeHandler(handler)
             handler.close()
+
+
+@pytest.fixture(scope="session")
+def gated_checkpoint(tmp_path_factory) -> str:
+    """A checkpoint of the tiny SViT model (helpers.TINY_SVIT), random weights, its gates
+    made to prune some tokens on their own (helpers.prune_some)."""
+    from detectron2.config import instantiate
+
+    from helpers import SVIT_CFG, TINY_SVIT, prune_some
+    from tokenprune.config import load_config
+
+    torch.manual_seed(0)
+    model = instantiate(load_config(SVIT_CFG, TINY_SVIT).model)
+    prune_some(model)
+    path = tmp_path_factory.mktemp("ckpt") / "gated.pth"
+    torch.save({"model": model.state_dict()}, path)
+    return str(path)

@@ -66,3 +66,15 @@ TINY_VLTP = TINY_SVIT + [
     "dataloader.test.dataset.names=synthetic_tasks_minival",
     "model.roi_heads.box_predictor.test_topk_per_image=20",
 ]
+
+
+def prune_some(model, seed: int = 3) -> None:
+    """Gate weights that make the gates of a pruned model prune some tokens on their own."""
+    import torch
+
+    from tokenprune.modeling import find_pruned_vit
+
+    torch.manual_seed(seed)
+    for gate in find_pruned_vit(model).gates.values():
+        torch.nn.init.normal_(gate.fc2.weight, std=2.0)
+        torch.nn.init.zeros_(gate.fc2.bias)

@@ -8,7 +8,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from helpers import SVIT_CFG, TINY_SVIT, cli_error, run
@@ -20,21 +19,6 @@ from tokenprune.tools import demo
 DEMO = ["-m", "tokenprune.tools.demo"]
 LIGHT = ["model.roi_heads.box_predictor.test_topk_per_image=5",
          "model.proposal_generator.post_nms_topk=[100,50]"]
-
-
-@pytest.fixture(scope="module")
-def gated_checkpoint(tmp_path_factory):
-    from detectron2.config import instantiate
-
-    from test_predictor import prune_some
-    from tokenprune.config import load_config
-
-    torch.manual_seed(0)
-    model = instantiate(load_config(SVIT_CFG, TINY_SVIT).model)
-    prune_some(model)
-    path = tmp_path_factory.mktemp("ckpt") / "gated.pth"
-    torch.save({"model": model.state_dict()}, path)
-    return str(path)
 
 
 def _folder(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import SVIT_CFG, TINY_SVIT, TINY_VLTP, VLTP_CFG
+from helpers import SVIT_CFG, TINY_SVIT, TINY_VLTP, VLTP_CFG, prune_some
 
 from tokenprune.engine.predictor import Predictor, read_image
 from tokenprune.engine.results import coco_results
@@ -16,16 +16,6 @@ from tokenprune.errors import BadImageError, InputError
 
 LIGHT = ["model.roi_heads.box_predictor.test_topk_per_image=5",
          "model.proposal_generator.post_nms_topk=[100,50]"]
-
-
-def prune_some(model, seed=3):
-    """Gate weights that make the gates prune some tokens on their own."""
-    from tokenprune.modeling import find_pruned_vit
-
-    torch.manual_seed(seed)
-    for gate in find_pruned_vit(model).gates.values():
-        torch.nn.init.normal_(gate.fc2.weight, std=2.0)
-        torch.nn.init.zeros_(gate.fc2.bias)
 
 
 @pytest.fixture(scope="module")

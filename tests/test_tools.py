@@ -102,24 +102,6 @@ def test_dense_macs_match_fvcore_and_spec_from_vit():
 
 
 # --------------------------------------------------------------------------- benchmark
-@pytest.fixture(scope="module")
-def gated_checkpoint(tmp_path_factory):
-    """Weights of the tiny SViT model whose gates prune some tokens on their own."""
-    from detectron2.config import instantiate
-
-    from tokenprune.config import load_config
-    from tokenprune.modeling import find_pruned_vit
-
-    torch.manual_seed(3)
-    model = instantiate(load_config(SVIT_CFG, TINY_SVIT).model)
-    for gate in find_pruned_vit(model).gates.values():
-        torch.nn.init.normal_(gate.fc2.weight, std=2.0)
-        torch.nn.init.zeros_(gate.fc2.bias)
-    path = tmp_path_factory.mktemp("ckpt") / "gated.pth"
-    torch.save({"model": model.state_dict()}, path)
-    return str(path)
-
-
 def test_benchmark_outputs(tmp_path, gated_checkpoint, capsys):
     out = tmp_path / "bench"
     proc = run(BENCH + ["--config-file", SVIT_CFG, "--keep-ratios", "1.0", "0.5",
