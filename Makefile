@@ -18,6 +18,9 @@ D2_SOURCE := $(if $(DETECTRON2_SRC),$(DETECTRON2_SRC),$(D2_GIT))
 D2_MANUAL = $(PYTHON) -m pip install $(D2_BUILD_REQS) && $(PYTHON) -m pip install --no-build-isolation '$(1)'
 REQS := $(VENV)/tokenprune-requirements.txt
 DEMO_DIR ?= output/synthetic_dense
+# pytest worker processes (pytest-xdist); a test file's tests stay in one worker, so its
+# module fixtures (a trained model, the quick ablation) are built once
+TEST_WORKERS ?= 2
 export PYTHONPATH := $(CURDIR)/projects/TokenPrune$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: demo test env
@@ -49,4 +52,4 @@ demo: env
 	  train.output_dir=$(DEMO_DIR)
 
 test: env
-	"$(PYTHON)" -m pytest -q tests
+	"$(PYTHON)" -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests

@@ -37,6 +37,9 @@ except ImportError as e:  # pragma: no cover - exercised only on a broken enviro
 
 import torch  # noqa: E402  (after the check above, which names Detectron2 when it is missing)
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # make test: 2 workers on the cores, one thread each
+    torch.set_num_threads(1)
+
 _LOGGERS = ("detectron2", "fvcore", "d2")
 
 
