@@ -21,12 +21,42 @@ TINY = [
     "dataloader.test.num_workers=0",
     "dataloader.test.dataset.names=synthetic_shapes_minival",
     "train.log_period=1",
+    "train.num_threads=1",  # make test: one thread per pytest worker, one worker per core
 ]
 # SViT schedule for the 4-block tiny model: block 1 dense... blocks 1-3 pruned.
 TINY_SVIT = TINY + [
     "model.backbone.net.pruned_blocks=[1,2,3]",
     "model.backbone.net.keep_ratios=[0.7,0.49,0.343]",
     "train.init_checkpoint=",
+]
+# A model small enough that 20 iterations take seconds on 2 cores: a 2-block ViT of 48
+# channels, a thin neck and heads, few proposals; the synthetic data, augmentation included.
+SMALL = [
+    "model.backbone.net.depth=2",
+    "model.backbone.net.embed_dim=48",
+    "model.backbone.net.num_heads=2",
+    "model.backbone.net.window_block_indexes=[0]",
+    "model.backbone.out_channels=32",
+    "model.proposal_generator.head.in_channels=32",
+    "model.proposal_generator.batch_size_per_image=64",
+    "model.proposal_generator.pre_nms_topk=[200,100]",
+    "model.proposal_generator.post_nms_topk=[50,50]",
+    "model.roi_heads.batch_size_per_image=32",
+    "model.roi_heads.box_head.input_shape.channels=32",
+    "model.roi_heads.box_head.fc_dims=[64,64]",
+    "model.roi_heads.box_predictor.input_shape.channels=64",
+    "model.roi_heads.box_predictor.test_topk_per_image=10",
+    "model.roi_heads.mask_head.input_shape.channels=32",
+    "model.roi_heads.mask_head.conv_dims=[32]",
+    "dataloader.train.total_batch_size=1",
+    "dataloader.train.num_workers=0",
+    "dataloader.test.num_workers=0",
+    "dataloader.test.dataset.names=synthetic_shapes_minival",
+    "train.log_period=1",
+    "train.eval_period=0",
+    "train.checkpointer.period=1000",
+    "train.flops_period=0",
+    "train.num_threads=1",
 ]
 
 

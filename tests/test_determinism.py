@@ -11,41 +11,12 @@ import re
 import pytest
 import torch
 
-from helpers import DENSE_CFG, ROOT, SVIT_CFG, train_net
+from helpers import DENSE_CFG, ROOT, SMALL, SVIT_CFG, train_net
 from tokenprune.config import load_config
 from tokenprune.engine import check_train_config
 from tokenprune.errors import ConfigError
 
 ITERS = 20
-# A model small enough that 20 iterations take seconds on 2 cores: a 2-block ViT of 48
-# channels, a thin neck and heads, few proposals; the synthetic data, augmentation included.
-SMALL = [
-    "model.backbone.net.depth=2",
-    "model.backbone.net.embed_dim=48",
-    "model.backbone.net.num_heads=2",
-    "model.backbone.net.window_block_indexes=[0]",
-    "model.backbone.out_channels=32",
-    "model.proposal_generator.head.in_channels=32",
-    "model.proposal_generator.batch_size_per_image=64",
-    "model.proposal_generator.pre_nms_topk=[200,100]",
-    "model.proposal_generator.post_nms_topk=[50,50]",
-    "model.roi_heads.batch_size_per_image=32",
-    "model.roi_heads.box_head.input_shape.channels=32",
-    "model.roi_heads.box_head.fc_dims=[64,64]",
-    "model.roi_heads.box_predictor.input_shape.channels=64",
-    "model.roi_heads.box_predictor.test_topk_per_image=10",
-    "model.roi_heads.mask_head.input_shape.channels=32",
-    "model.roi_heads.mask_head.conv_dims=[32]",
-    "dataloader.train.total_batch_size=1",
-    "dataloader.train.num_workers=0",
-    "dataloader.test.num_workers=0",
-    "dataloader.test.dataset.names=synthetic_shapes_minival",
-    "train.log_period=1",
-    "train.eval_period=0",
-    "train.checkpointer.period=1000",
-    "train.flops_period=0",
-    "train.num_threads=1",  # 2 threads per process crawl on a busy 2-core machine
-]
 EVERY_5 = ["train.eval_period=5", "train.flops_period=5"]
 SMALL_SVIT = SMALL + [  # block 1 of 2 pruned, random gates (no dense checkpoint)
     "model.backbone.net.pruned_blocks=[1]",

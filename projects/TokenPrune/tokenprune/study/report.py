@@ -204,11 +204,14 @@ def _plot(rows: List[Dict[str, Any]]) -> bytes:
     return figure_png(fig, dpi=110)
 
 
-def write_outputs(output: str, state: Dict[str, Any], found: Dict[str, List[dict]]) -> None:
-    """table.md, results.csv and ap_vs_flops.png of the results found so far."""
+def write_outputs(output: str, state: Dict[str, Any], found: Dict[str, List[dict]],
+                  plot: bool = True) -> None:
+    """table.md and results.csv of the results found so far, and ap_vs_flops.png with
+    ``plot`` (a second or so of matplotlib: the runner draws it once, at the end)."""
     rows = summarize(found)
     if not rows:
         return
     atomic_write_text(os.path.join(output, "results.csv"), _csv(rows))
-    atomic_write_bytes(os.path.join(output, "ap_vs_flops.png"), _plot(rows))
+    if plot:
+        atomic_write_bytes(os.path.join(output, "ap_vs_flops.png"), _plot(rows))
     atomic_write_text(os.path.join(output, "table.md"), _markdown(rows, state))

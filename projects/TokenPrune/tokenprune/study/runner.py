@@ -346,7 +346,7 @@ def run_ablation(output: str, scale_name: str = "quick", seeds: Optional[int] = 
                      f"{res['mask_ap']:.1f}, backbone {res['backbone_gflops']:.3f} GFLOPs "
                      f"({res['backbone_flops_ratio']:.2f} x dense), keep {res['keep_ratio']:.2f}, "
                      f"{res['backbone_ms']:.1f} ms vs {res['dense_backbone_ms']:.1f} ms dense")
-            write_outputs(output, study.state, study.found())
+            write_outputs(output, study.state, study.found(), plot=False)
     study.state["seconds"]["last_run"] = time.perf_counter() - started
     atomic_write_json(os.path.join(output, "ablation.json"), study.state)
     rows = summarize(study.found())
