@@ -4,7 +4,8 @@
 * ``train_net_module`` (train_net.py loaded as a module) and ``train_in_process`` (its
   ``main`` run in this process, as ``launch()`` runs it with one process): the tests train
   in-process; one subprocess test per real entry point.
-* ``gated_checkpoint``: weights of the tiny SViT model whose gates prune on their own.
+* ``gated_checkpoint``: weights of the tiny SViT model whose gates prune on their own;
+  ``gateless_checkpoint``: the same without the gates (refused at inference).
 * Generated datasets go to a per-session temporary folder (``TOKENPRUNE_DATA``), and
   Detectron2's dataset root (``DETECTRON2_DATASETS``, read when Detectron2 is imported) is an
   empty one, both inherited by the subprocesses the tests start: tests never touch the
@@ -58,15 +59,14 @@ def train_in_process(train_net_module):
     this process; returns the warnings it raised. Restores what a run changes: the torch
     settings, the environment (PYTHONHASHSEED, CUBLAS_WORKSPACE_CONFIG) and the loggers'
     handlers (its console handler writes to the test's captured stdout)."""
-    from detectron2.engine import default_argument_parser
-
     threads, algorithms = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     handlers = {name: list(logging.getLogger(name).handlers) for name in _LOGGERS}
     environ = dict(os.environ)
 
     def run(config, opts, *flags):
-        args = default_argument_parser().parse_args(["--config-file", config, *flags, *opts])
+        args = train_net_module.argument_parser().parse_args(
+            ["--config-file", config, *flags, *opts])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             train_net_module.main(args)
@@ -99,4 +99,13 @@ def gated_checkpoint(tmp_path_factory) -> str:
     prune_some(model)
     path = tmp_path_factory.mktemp("ckpt") / "gated.pth"
     torch.save({"model": model.state_dict()}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def gateless_checkpoint(gated_checkpoint, tmp_path_factory) -> str:
+    """``gated_checkpoint`` without its gate tensors: a pruned model whose gates are new."""
+    state = torch.load(gated_checkpoint, weights_only=False)["model"]
+    path = tmp_path_factory.mktemp("ckpt") / "gateless.pth"
+    torch.save({"model": {k: v for k, v in state.items() if ".gates." not in k}}, path)
     return str(path)

@@ -43,6 +43,7 @@ def test_demo_good_run_shows_only_its_own_output(tmp_path, gated_checkpoint):
                env={"PYTHONWARNINGS": ""}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 image(s) in" in proc.stdout
+    assert f"{gated_checkpoint}: loaded " in proc.stdout and "; new 0" in proc.stdout
     assert not [ln for ln in proc.stderr.splitlines() if "Warning" in ln], proc.stderr[-3000:]
     assert sorted(os.listdir(out)) == sorted(
         ["keep_ratios.csv", "results.json", "a_detections.png", "a_keep.png",

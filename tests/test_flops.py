@@ -195,7 +195,7 @@ def _flops_cli(args, **kw):
 def test_cli_writes_report(tmp_path):
     out = tmp_path / "report" / "flops.json"
     proc = _flops_cli(["--config-file", SVIT_CFG, "--num-inputs", "1", "--depth", "3",
-                       "--output", str(out), *TINY_SVIT])
+                       "--output", str(out), "--allow-untrained-gates", *TINY_SVIT])
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert set(report["columns"]) == {"configured", "keep_all"}

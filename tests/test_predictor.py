@@ -21,7 +21,8 @@ LIGHT = ["model.roi_heads.box_predictor.test_topk_per_image=5",
 @pytest.fixture(scope="module")
 def predictor():
     torch.manual_seed(0)
-    p = Predictor(SVIT_CFG, overrides=TINY_SVIT + LIGHT, device="cpu")
+    p = Predictor(SVIT_CFG, overrides=TINY_SVIT + LIGHT, device="cpu",
+                  allow_untrained_gates=True)  # gates set by prune_some
     prune_some(p.model)
     return p
 
@@ -76,7 +77,8 @@ def test_batch_equals_single_calls(predictor):
 
 def test_score_threshold():
     torch.manual_seed(0)
-    p = Predictor(SVIT_CFG, overrides=TINY_SVIT + LIGHT, device="cpu", score_threshold=0.3)
+    p = Predictor(SVIT_CFG, overrides=TINY_SVIT + LIGHT, device="cpu", score_threshold=0.3,
+                  allow_untrained_gates=True)
     scores = p(_rgb(100, 100)).instances.scores
     assert bool((scores >= 0.3).all())
     with pytest.raises(InputError, match="score threshold"):
@@ -155,7 +157,8 @@ def test_bad_images_one_clear_error(predictor, tmp_path):
 
 def test_task_guided_model_takes_task_id():
     torch.manual_seed(0)
-    p = Predictor(VLTP_CFG, overrides=TINY_VLTP + LIGHT, device="cpu")
+    p = Predictor(VLTP_CFG, overrides=TINY_VLTP + LIGHT, device="cpu",
+                  allow_untrained_gates=True)
     image = _rgb(120, 160)
     a, b = p(image, task_id=0), p(image, task_id=3)
     assert a.instances.image_size == (120, 160) and sorted(a.keep_ratios) == [1, 2, 3]
@@ -201,8 +204,10 @@ def test_precision_runs_the_forward_under_autocast(predictor):
     from tokenprune.errors import ConfigError
 
     with pytest.raises(ConfigError, match="float16 autocast needs CUDA"):
-        Predictor(SVIT_CFG, overrides=TINY_SVIT + LIGHT, device="cpu", precision="float16")
-    bf16 = Predictor(predictor.cfg, device="cpu", precision="bfloat16")
+        Predictor(SVIT_CFG, overrides=TINY_SVIT + LIGHT, device="cpu", precision="float16",
+                  allow_untrained_gates=True)
+    bf16 = Predictor(predictor.cfg, device="cpu", precision="bfloat16",
+                     allow_untrained_gates=True)
     bf16.model.load_state_dict(predictor.model.state_dict())
     image = _rgb(150, 200, 7)
     dtypes = []

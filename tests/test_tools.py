@@ -111,6 +111,7 @@ def test_benchmark_outputs(tmp_path, gated_checkpoint, capsys):
                timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(os.listdir(out)) == ["results.json", "results.md", "speedup.png"]
+    assert f"{gated_checkpoint}: loaded " in proc.stdout  # the load summary
     res = json.loads((out / "results.json").read_text())
     assert res["input_size"] == 64 and res["token_grid"] == [4, 4]
     assert res["batch_sizes"] == [1, 2] and [r["batch_size"] for r in res["runs"]] == [1, 2]
@@ -216,7 +217,8 @@ def test_visualize_outputs(tmp_path, images):
     out = tmp_path / "vis"
     proc = run(VIS + ["--config-file", SVIT_CFG, "--input", *images, "--output", str(out),
                       "--score-thresh", "0.2", "--keep-ratio", "0.5", "--prompt", "shapes",
-                      "--task-id", "1", "--device", "cpu", "--precision", "bfloat16", "--",
+                      "--task-id", "1", "--device", "cpu", "--precision", "bfloat16",
+                      "--allow-untrained-gates", "--",
                       *TINY_SVIT], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = sorted(os.listdir(out))
@@ -231,7 +233,8 @@ def test_visualize_one_row_per_task(tmp_path, images, capsys):
     """Several task ids: one PNG per image, with one row (and one stdout line) per task."""
     out = tmp_path / "vis"
     visualize.cli(["--config-file", VLTP_CFG, "--input", images[0], "--output", str(out),
-                   "--keep-ratio", "0.5", "--task-id", "0", "2", "--device", "cpu", "--",
+                   "--keep-ratio", "0.5", "--task-id", "0", "2", "--device", "cpu",
+                   "--allow-untrained-gates", "--",
                    *TINY_VLTP])
     assert len(os.listdir(out)) == 1
     stdout = capsys.readouterr().out
@@ -292,7 +295,8 @@ def test_visualize_bad_input(case, tmp_path, images, capsys, monkeypatch):
     elif case == "unpaired_prompts":
         flags = ["--prompt", "a", "b", "--task-id", "1"]
     line = cli_error(visualize.cli, ["--config-file", SVIT_CFG, "--input", *inputs,
-                                     "--output", str(out), *flags, "--", *opts],
+                                     "--output", str(out), "--allow-untrained-gates", *flags,
+                                     "--", *opts],
                      "tokenprune.tools.visualize", capsys)
     assert {"not_an_image": "is not an image file", "missing_image": "not found",
             "image_is_folder": "is a folder", "output_not_writable": "cannot write",

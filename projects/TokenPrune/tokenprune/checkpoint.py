@@ -14,9 +14,10 @@ names, the project's own ``.pth``) plus three rules:
 * every load leaves a :class:`LoadReport` (what was loaded, resized, left new, unused).
 
 :func:`check_backbone_loaded` turns a report into an error when a ViT backbone tensor other
-than the gates was left at its initialisation. :func:`load_model` (build the config's
-model, load and check ``train.init_checkpoint``) is the one way the tools, the study and the
-predictor get a model with its weights.
+than the gates was left at its initialisation, :func:`check_gates_loaded` when the gates
+(SViT) or pruning decoders (VLTP) were (inference). :func:`load_model` (build the config's
+model, load and check ``train.init_checkpoint``, print the load summary) is the one way the
+tools, the study and the predictor get a model with its weights.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ from .errors import CheckpointError, ConfigError
 from .modeling.attention import resize_rel_pos
 from .modeling.autocast import autocast_model
 
-__all__ = ["TokenPruneCheckpointer", "LoadReport", "check_backbone_loaded", "is_resizable",
+__all__ = ["TokenPruneCheckpointer", "LoadReport", "check_backbone_loaded", "check_gates_loaded",
+           "is_resizable",
            "resize_to", "build_model", "local_checkpoint_file", "verify_checkpoint",
            "load_model"]
 
@@ -205,6 +207,19 @@ def check_backbone_loaded(model: torch.nn.Module, report: LoadReport) -> None:
             + (f", e.g. {report.unused[0]}" if report.unused else ""))
 
 
+def check_gates_loaded(report: LoadReport) -> None:
+    """Raise CheckpointError if the checkpoint left gates (SViT's gates, VLTP's pruning
+    decoders: ``gates.*``) at their initialisation: at inference they would prune at random."""
+    new = [k for k in report.new if _is_gate_key(k)]
+    if new:
+        module = new[0].rsplit(".", 1)[0]
+        raise CheckpointError(
+            f"checkpoint {report.path} holds no weights for {len(new)} gate tensors of the "
+            f"pruned model (e.g. {module}): untrained gates prune at random; load a "
+            f"fine-tuned checkpoint, or pass --allow-untrained-gates "
+            f"(Python: allow_untrained_gates=True) if that is meant")
+
+
 def build_model(cfg: DictConfig) -> torch.nn.Module:
     """Instantiate ``cfg.model`` on ``train.device``; a model argument out of its range
     (a ValueError of a constructor, e.g. ``keep_ratios=[1.5, ...]``) is a ConfigError."""
@@ -250,17 +265,18 @@ def _quiet_logging():
         logging.disable(previous)
 
 
-def verify_checkpoint(model: torch.nn.Module, path: str, *,
-                      strict: bool) -> Optional[LoadReport]:
+def verify_checkpoint(model: torch.nn.Module, path: str, *, strict: bool,
+                      require_gates: bool = False) -> Optional[LoadReport]:
     """Load checkpoint ``path`` into ``model`` (weights only) and check that it fits.
 
     Returns the :class:`~tokenprune.checkpoint.LoadReport` (None when ``path`` is empty).
     Raises CheckpointError for a missing, unfetchable or unreadable file, a file none of
-    whose tensors fits the model, or (``strict``, e.g. for evaluation) any model tensor the
-    file lacks or holds in another shape. Without ``strict`` (initialising a fine-tune from
-    a dense model or a pretrain) tensors of another shape are skipped like Detectron2 does
-    (e.g. heads for another class count), but no ViT backbone tensor other than the gates
-    may be left at its initialisation (:func:`~tokenprune.checkpoint.check_backbone_loaded`).
+    whose tensors fits the model, with ``require_gates`` (inference) for gates the file
+    lacks (:func:`check_gates_loaded`), or (``strict``, e.g. for evaluation) any other model
+    tensor the file lacks or holds in another shape. Without ``strict`` (initialising a
+    fine-tune from a dense model or a pretrain) tensors of another shape are skipped like
+    Detectron2 does (e.g. heads for another class count), but no ViT backbone tensor other
+    than the gates may be left at its initialisation (:func:`check_backbone_loaded`).
     Position tables of another size are resized on loading.
     """
     if not path:
@@ -278,31 +294,44 @@ def verify_checkpoint(model: torch.nn.Module, path: str, *,
     if not report.loaded:
         raise CheckpointError(f"checkpoint {path} does not match the model: none of its "
                               f"{len(report.unused)} tensors fits {type(model).__name__}")
-    if strict and report.new:
+    if require_gates:
+        check_gates_loaded(report)
+    new = [k for k in report.new if not _is_gate_key(k)]  # new gates: checked above, or meant
+    if strict and new:
         bad = report.mismatched[0] if report.mismatched else None
         example = (f"{bad[0]} {tuple(bad[1])} vs {tuple(bad[2])}" if bad
-                   else f"{report.new[0]} is missing")
+                   else f"{new[0]} is missing")
         raise CheckpointError(f"checkpoint {path} does not match the model: "
                               f"{len(report.mismatched)} tensors differ in shape and "
-                              f"{len(report.new) - len(report.mismatched)} are missing, "
+                              f"{len(new) - len(report.mismatched)} are missing, "
                               f"e.g. {example}")
     if not strict:
         check_backbone_loaded(model, report)
     return report
 
 
-def load_model(cfg: DictConfig, device: Optional[str] = None,
-               precision: Optional[str] = None) -> torch.nn.Module:
-    """The config's model in eval mode, with ``train.init_checkpoint`` loaded if it is set.
+def load_model(cfg: DictConfig, device: Optional[str] = None, precision: Optional[str] = None,
+               *, allow_untrained_gates: bool = False) -> torch.nn.Module:
+    """The config's model in eval mode for inference, ``train.init_checkpoint`` loaded.
 
-    ``device`` overrides ``cfg.train.device``. Without a checkpoint the weights are random
-    (fine for FLOPs and latency). ``precision`` ("bfloat16", "float16"; None or "float32":
-    off) runs the forward pass under autocast
+    Prints the load summary (:meth:`LoadReport.summary`: loaded / resized / new tensors).
+    Raises CheckpointError when no checkpoint is set, or when the checkpoint lacks the gates
+    of a pruned model (:func:`check_gates_loaded`), unless ``allow_untrained_gates``: then
+    the gates may be new, and without a checkpoint every weight is random (fine for FLOPs
+    and latency). ``device`` overrides ``cfg.train.device``. ``precision`` ("bfloat16",
+    "float16"; None or "float32": off) runs the forward pass under autocast
     (:class:`~tokenprune.modeling.autocast.AutocastModel`, which forwards attribute look-ups
     to the model).
     """
     if device:
         cfg.train.device = device
+    path = cfg.train.init_checkpoint
+    if not path and not allow_untrained_gates:
+        raise CheckpointError("no checkpoint: set train.init_checkpoint=PATH (or --checkpoint "
+                              "FILE); random weights only with --allow-untrained-gates "
+                              "(Python: allow_untrained_gates=True)")
     model = build_model(cfg)
-    verify_checkpoint(model, cfg.train.init_checkpoint, strict=False)  # loads it, if set
+    report = verify_checkpoint(model, path, strict=False, require_gates=not allow_untrained_gates)
+    print(report.summary() if report else "no checkpoint: random weights "
+          "(untrained gates allowed)", flush=True)
     return autocast_model(model.eval(), precision, cfg.train.device).eval()

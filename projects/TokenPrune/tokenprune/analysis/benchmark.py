@@ -45,7 +45,8 @@ one bucket (every group padded to the fullest, as before bucketing) and with the
 A dense config (a plain ViT backbone) is converted in memory into a PrunedViT with SViT's
 schedule (``tokenprune.modeling.svit_schedule``); the parameter names are the same, so
 ``--weights checkpoint`` loads the dense checkpoint into it (the gates stay random, so
-only forced rates are measured).
+only forced rates are measured). A pruned config's checkpoint without its gates is refused
+unless ``--allow-untrained-gates`` (then ``learned gates`` measures untrained gates).
 
 Weights: ``--weights random`` (default; a fixed seed, identical across variants and
 processes) or ``--weights checkpoint`` (``train.init_checkpoint``). The fixed-rate variants
@@ -194,11 +195,11 @@ def prepare_config(cfg, options: BenchmarkOptions):
     return cfg, converted, size
 
 
-def _build(cfg, device: str):
+def _build(cfg, device: str, allow_untrained_gates: bool):
     """The model (random weights seeded, or the checkpoint), every head at full work."""
     torch.manual_seed(0)  # random weights: identical in every process
     try:
-        model = load_model(cfg, device)
+        model = load_model(cfg, device, allow_untrained_gates=allow_untrained_gates)
     except (OSError, RuntimeError) as e:  # e.g. a remote checkpoint that cannot be fetched
         if cfg.train.init_checkpoint:
             raise CheckpointError(f"cannot load {cfg.train.init_checkpoint}: "
@@ -265,7 +266,9 @@ def setup(cfg, options: BenchmarkOptions) -> Bench:
     """Build the model of ``prepare_config``'s config (``bench.input_size``: the input side
     ``options.input_size`` or the model's)."""
     cfg, converted, size = prepare_config(cfg, options)
-    model, vit = _build(cfg, options.device)
+    # random weights, and the gates of a converted dense model, are meant to be untrained
+    model, vit = _build(cfg, options.device, options.weights == "random" or converted
+                        or options.allow_untrained_gates)
     _, x, guidance = _inputs(model, size, 1, options.prompt, options.task_id)
     grid = (x.shape[-2] // vit.patch_embed.proj.stride[0],
             x.shape[-1] // vit.patch_embed.proj.stride[1])

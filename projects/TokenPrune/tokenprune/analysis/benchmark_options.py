@@ -32,6 +32,7 @@ class BenchmarkOptions:
         repeats, warmup: timed and untimed rounds. weights: "random" or "checkpoint".
         backbone_only: time the ViT only. memory: "tensors", "rss" or "off".
         profile: also profile one forward per variant. prompt, task_id: model inputs.
+        allow_untrained_gates: a pruned config's checkpoint may lack its gates.
     """
 
     config_file: str
@@ -52,6 +53,7 @@ class BenchmarkOptions:
     profile: bool = False
     prompt: Optional[str] = None
     task_id: Optional[int] = None
+    allow_untrained_gates: bool = False
 
     def check(self) -> None:
         """InputError for settings out of range (before anything is built)."""

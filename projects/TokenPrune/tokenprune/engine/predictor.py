@@ -184,18 +184,22 @@ class Predictor:
 
     Args:
         config: a LazyConfig file path or an already loaded config (copied, not changed).
-        checkpoint: weights to load; None: the config's ``train.init_checkpoint`` (random
-            weights when that is empty too).
+        checkpoint: weights to load; None: the config's ``train.init_checkpoint``. The load
+            summary is printed; no checkpoint at all, or one without the gates (SViT) or
+            pruning decoders (VLTP) of a pruned model, is a CheckpointError.
         overrides: ``key=value`` config overrides (strict, as on the command line).
         device: "cpu", "cuda", ...; None: the config's ``train.device``.
         score_threshold: detections below it are dropped before resizing their masks.
         precision: "float32" (or None), "bfloat16" or "float16" (CUDA): the forward pass
             under ``torch.autocast`` at that dtype.
+        allow_untrained_gates: run with gates the checkpoint lacks (they prune at random),
+            or with random weights when there is no checkpoint.
     """
 
     def __init__(self, config: Union[str, DictConfig], checkpoint: Optional[str] = None,
                  overrides: Sequence[str] = (), device: Optional[str] = None,
-                 score_threshold: float = 0.0, precision: Optional[str] = None):
+                 score_threshold: float = 0.0, precision: Optional[str] = None,
+                 allow_untrained_gates: bool = False):
         from ..checkpoint import load_model
 
         if isinstance(config, str):
@@ -214,7 +218,7 @@ class Predictor:
         device = device or cfg.train.device
         self._device_type = torch.device(device).type
         self._amp = None if precision in (None, "float32") else amp_dtype(precision, device)
-        self.model = load_model(cfg, device)
+        self.model = load_model(cfg, device, allow_untrained_gates=allow_untrained_gates)
         vit = find_pruned_vit(self.model)
         self.patch_size = int(vit.patch_embed.proj.stride[0]) if vit is not None else 16
 

@@ -30,7 +30,7 @@ PROG = "tokenprune.tools.benchmark"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = tool_parser(PROG, __doc__.split("\n\n")[0], precision=True)
+    parser = tool_parser(PROG, __doc__.split("\n\n")[0], precision=True, weights=True)
     parser.add_argument("--keep-ratios", type=float, nargs="+", metavar="R",
                         help="forced keep ratios, one variant each, in (0, 1]")
     parser.add_argument("--schedule", choices=["svit"], default=None,
@@ -75,7 +75,8 @@ def options_from(args: argparse.Namespace) -> BenchmarkOptions:
         batch_sizes=tuple(args.batch_size), attention=tuple(args.attention),
         threads=args.threads, repeats=args.repeats, warmup=args.warmup, weights=args.weights,
         backbone_only=args.backbone_only, memory=args.memory, profile=args.profile,
-        prompt=args.prompt, task_id=args.task_id)
+        prompt=args.prompt, task_id=args.task_id,
+        allow_untrained_gates=args.allow_untrained_gates)
 
 
 def main(args: argparse.Namespace) -> dict:

@@ -37,10 +37,11 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def tool_parser(prog: str, description: str, config: bool = True,
-                precision: bool = False) -> argparse.ArgumentParser:
+                precision: bool = False, weights: bool = False) -> argparse.ArgumentParser:
     """An argument parser; with ``config``, ``--config-file`` and trailing overrides; with
     ``precision`` (tools that pass ``args.precision`` to
-    :func:`~tokenprune.checkpoint.load_model`), ``--precision``."""
+    :func:`~tokenprune.checkpoint.load_model`), ``--precision``; with ``weights`` (tools that
+    load a checkpoint), ``--allow-untrained-gates``."""
     parser = OneLineErrorParser(prog=prog, description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(VERBOSE_FLAG, action="store_true",
@@ -50,6 +51,11 @@ def tool_parser(prog: str, description: str, config: bool = True,
                             default="float32",
                             help="inference precision: autocast to bfloat16 (CPU or GPU) or "
                                  "float16 (GPU only); default float32")
+    if weights:
+        parser.add_argument("--allow-untrained-gates", action="store_true",
+                            help="run a pruned model whose gates (SViT) or pruning decoders "
+                                 "(VLTP) the checkpoint lacks (they prune at random), or "
+                                 "random weights without a checkpoint; default: refused")
     if config:
         parser.add_argument("--config-file", required=True, metavar="FILE",
                             help="LazyConfig file")

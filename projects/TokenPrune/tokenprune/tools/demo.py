@@ -8,7 +8,8 @@
 Writes into ``--output``, per image, ``<name>_detections.png`` and ``<name>_keep.png`` (the
 tokens each pruned block kept), and for all images ``results.json`` (COCO results) and
 ``keep_ratios.csv`` (keep ratios and latency per image); see
-:mod:`tokenprune.engine.results`. Weights: ``train.init_checkpoint`` (or ``--checkpoint``).
+:mod:`tokenprune.engine.results`. Weights: ``train.init_checkpoint`` (or ``--checkpoint``);
+a pruned model's checkpoint must hold its gates unless ``--allow-untrained-gates``.
 Bad arguments stop with one line (exit 2) before anything is written; unreadable images
 are skipped and listed at the end (exit 1).
 """
@@ -29,7 +30,7 @@ PROG = "tokenprune.tools.demo"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = tool_parser(PROG, __doc__.split("\n\n")[0])
+    parser = tool_parser(PROG, __doc__.split("\n\n")[0], weights=True)
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
                         help="image files, folders of images, glob patterns")
     parser.add_argument("--output", required=True, metavar="DIR")
@@ -53,7 +54,8 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"--device {args.device}: CUDA is not available on this machine")
     paths = collect_inputs(args.input)
     predictor = Predictor(args.config_file, args.checkpoint, args.opts, device=args.device,
-                          score_threshold=args.confidence_threshold)
+                          score_threshold=args.confidence_threshold,
+                          allow_untrained_gates=args.allow_untrained_gates)
     out_dir = make_output_dir(args.output)
     guidance = {k: v for k, v in (("task_id", args.task_id), ("prompt", args.prompt))
                 if v is not None}

@@ -28,7 +28,7 @@ PROG = "python -m tokenprune.tools.flops"
 def build_parser() -> argparse.ArgumentParser:
     parser = tool_parser(PROG, "Count the FLOPs of a model (fvcore: 1 multiply-add = 1 flop) "
                                "on the first images of its test set; for a pruned backbone "
-                               "side by side with every token kept.")
+                               "side by side with every token kept.", weights=True)
     parser.add_argument("--num-inputs", type=int, default=4, metavar="N",
                         help="analyse the first N test images (default 4)")
     parser.add_argument("--depth", type=int, default=4, metavar="D",
@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
         raise InputError(f"--depth must be 0 or more, got {args.depth}")
     cfg = load_tool_config(args)
     output = resolve_output(cfg.train.output_dir, args.output)
-    model = load_model(cfg)
+    model = load_model(cfg, allow_untrained_gates=args.allow_untrained_gates)
     inputs = first_test_inputs(cfg, args.num_inputs)
     report = {"config_file": args.config_file, "overrides": list(args.opts),
               **flops_report(model, inputs, args.config_file, args.num_inputs, args.depth)}

@@ -27,7 +27,7 @@ PROG = "tokenprune.tools.visualize"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = tool_parser(PROG, __doc__.split("\n\n")[0], precision=True)
+    parser = tool_parser(PROG, __doc__.split("\n\n")[0], precision=True, weights=True)
     parser.add_argument("--input", nargs="+", required=True, metavar="IMG",
                         help="JPEG/PNG images (one output PNG each)")
     parser.add_argument("--output", required=True, metavar="DIR")
@@ -54,9 +54,10 @@ def main(args: argparse.Namespace) -> List[str]:
     cfg = load_tool_config(args, splits=("test",))  # its metadata names the classes
     preprocessing = TestPreprocessing(cfg)
     images = [(path, preprocessing.read(path)) for path in args.input]  # all readable first
-    out_dir = make_output_dir(args.output)
     predictor = Predictor(cfg, device=args.device, score_threshold=args.score_thresh,
-                          precision=args.precision)
+                          precision=args.precision,
+                          allow_untrained_gates=args.allow_untrained_gates)
+    out_dir = make_output_dir(args.output)
     written = visualize(predictor, images, out_dir, options)
     print(f"{PROG}: wrote {len(written)} image(s) to {out_dir}", flush=True)
     return written
