@@ -4,6 +4,7 @@
     python train_net.py --config-file configs/Synthetic/mask_rcnn_vitdet_t_dense.py \
         train.max_iter=20 train.output_dir=output/dense
     python train_net.py --config-file CFG --eval-only train.init_checkpoint=PATH
+        # a pruned model's checkpoint must hold its gates (--allow-untrained-gates: it may not)
     python train_net.py --config-file CFG --resume          # continue from last checkpoint
     python train_net.py --config-file CFG --num-gpus 2      # 2 processes (gloo on a CPU)
 
@@ -25,7 +26,7 @@ from torch.multiprocessing import ProcessExitedException
 
 from tokenprune.config import load_config
 from tokenprune.engine import (
-    build_model, check_train_config, checkpoint_to_load, configure_run, do_test, do_train,
+    build_model, check_train_config, checkpoint_to_load, configure_run, do_eval_only, do_train,
     prepare_datasets, verify_checkpoint,
 )
 from tokenprune.errors import CheckpointError, TokenPruneError
@@ -49,14 +50,15 @@ def main(args) -> None:
         if args.eval_only and not ckpt:
             raise CheckpointError("--eval-only needs a checkpoint: set train.init_checkpoint=PATH "
                                   "(or --resume with a last_checkpoint in train.output_dir)")
-        report = verify_checkpoint(model, ckpt, strict=args.eval_only)  # loads the weights
+        report = verify_checkpoint(model, ckpt, strict=args.eval_only,  # loads the weights
+                                   require_gates=args.eval_only and not args.allow_untrained_gates)
     except TokenPruneError as e:
         _fail(str(e))
     default_setup(cfg, args)  # logging, seeds, saves config.yaml: input is valid from here on
     if report is not None:
         logger.info(report.summary())
     if args.eval_only:
-        do_test(cfg, model)
+        do_eval_only(cfg, model)
         return
     do_train(cfg, model, resume=args.resume)
     if comm.is_main_process():
@@ -67,10 +69,14 @@ def main(args) -> None:
 
 
 def argument_parser():
-    """Detectron2's ``default_argument_parser`` with ``--verbose``."""
+    """Detectron2's ``default_argument_parser`` with ``--verbose`` and
+    ``--allow-untrained-gates``."""
     parser = default_argument_parser()
     parser.add_argument(VERBOSE_FLAG, action="store_true",
                         help="also show the dependencies' warnings (hidden by default)")
+    parser.add_argument("--allow-untrained-gates", action="store_true",
+                        help="--eval-only: evaluate a pruned model whose gates (SViT) or "
+                             "pruning decoders (VLTP) the checkpoint lacks (default: refused)")
     return parser
 
 

@@ -67,13 +67,15 @@ def test_svit_training_logs_keep_ratios_flops_loss_and_gate_noise(tmp_path, trai
         "keep_ratio/mean", "loss_keep_ratio", "flops/backbone_gflops", "flops/total_gflops",
         "flops/backbone_ratio", "keep_ratio_min/layer1", "keep_ratio_max/layer3"}
     assert wanted <= keys, wanted - keys
-    train_recs = [r for r in records if "keep_ratio/mean" in r]
-    assert len(train_recs) == 4  # every iteration
+    train_recs = [r for r in records if "total_loss" in r]
+    assert len(train_recs) == 4 and all("keep_ratio/mean" in r for r in train_recs)
+    # the evaluation after the last step: its kept fractions, under the same names
+    assert "keep_ratio/mean" in records[-1] and "bbox/AP" in records[-1]
     assert all(0 < r["keep_ratio/mean"] <= 1 for r in train_recs)
     # the noise falls linearly to 0 over the first half of the 4 iterations
     assert [r["gate_noise"] for r in train_recs] == [1.0, 0.5, 0.0, 0.0]
     flops = [r for r in records if "flops/backbone_ratio" in r]
-    assert [r["iteration"] for r in flops] == [1, 3]
+    assert [r["iteration"] for r in flops] == [1, 3, 4]  # FlopsHook, then the evaluation
     assert all(0 < r["flops/backbone_ratio"] < 1.5 and r["flops/backbone_gflops"] > 0
                for r in flops)
 

@@ -197,9 +197,41 @@ def test_dense_checkpoint_initialises_svit_with_only_gates_new(trained, tmp_path
         f"train.init_checkpoint={out}/model_final.pth", "train.max_iter=1",
         f"train.output_dir={tmp_path}", "train.flops_period=0"]
     train_in_process(SVIT_CFG, opts)
-    line = next(ln for ln in capsys.readouterr().out.splitlines()
-                if "model_final.pth: loaded" in ln)
+    log = capsys.readouterr().out
+    line = next(ln for ln in log.splitlines() if "model_final.pth: loaded" in ln)
     new = line.split("; new ")[1]
     assert new.startswith("18 (") and "backbone.net.gates.1" in new and "gates.3" in new
     assert all(name.strip(" ()").startswith("backbone.net.gates.")
                for name in new.split(" (", 1)[1].split(","))
+    assert "keep_ratio/mean: " in log.split(" iter: 0 ")[1].splitlines()[0]  # the console line
+    assert "Pruning over " in log  # the evaluation after the last iteration
+
+
+def test_eval_only_refuses_untrained_gates(gateless_checkpoint, tmp_path, train_net_module,
+                                           capsys, monkeypatch):
+    out = tmp_path / "out"
+    opts = TINY_SVIT + [f"train.init_checkpoint={gateless_checkpoint}", f"train.output_dir={out}"]
+    line = _in_process_error(train_net_module, ["--config-file", SVIT_CFG, "--eval-only", *opts],
+                             capsys, monkeypatch, entry="main")
+    assert "holds no weights for 18 gate tensors" in line and "--allow-untrained-gates" in line
+    assert not out.exists()
+
+
+def test_eval_only_pruning_figures_in_console_and_metrics(gateless_checkpoint, tmp_path,
+                                                          train_in_process, capsys):
+    """--allow-untrained-gates evaluates a checkpoint without gates; the kept fractions and
+    GFLOPs of the evaluation reach the console and metrics.json."""
+    opts = TINY_SVIT + [f"train.init_checkpoint={gateless_checkpoint}",
+                        f"train.output_dir={tmp_path}", "train.flops_num_images=1"]
+    train_in_process(SVIT_CFG, opts, "--eval-only", "--allow-untrained-gates")
+    log = capsys.readouterr().out
+    assert "; new 18 (backbone.net.gates.1" in log
+    line = next(ln for ln in log.splitlines() if "Pruning over " in ln)
+    assert "keep_ratio/mean" in line and "GFLOPs" in line and "first 1 test images" in line
+    (record,) = _metrics(tmp_path)
+    layers = [record[f"keep_ratio/layer{i}"] for i in (1, 2, 3)]
+    assert record["keep_ratio/mean"] == pytest.approx(sum(layers) / 3)
+    assert all(0 <= r <= 1 for r in layers)
+    assert record["flops/backbone_gflops"] < record["flops/total_gflops"]
+    assert 0 < record["flops/backbone_ratio"] < 1.5  # untrained gates: their cost may exceed 1
+    assert "bbox/AP" in record and "segm/AP" in record

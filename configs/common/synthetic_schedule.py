@@ -19,6 +19,7 @@ train.seed = 0
 train.deterministic = True
 train.num_threads = 2
 train.flops_period = 0
+train.flops_num_images = 2  # FLOPs (FlopsHook, evaluation) on the first N test images
 train.amp.precision = "bfloat16"  # with train.amp.enabled=True: autocast (also on a CPU)
 train.gate_noise_anneal = 0.0  # SViT: Gumbel noise 1 throughout (GateNoiseHook)
 

@@ -1,14 +1,18 @@
 """Training loop, evaluation and trainer hooks (Detectron2 engine based)."""
 from .amp import AMP_PRECISIONS, AutocastModel, autocast_model, build_trainer
-from .hooks import FlopsHook, GateNoiseHook, KeepRatioHook, keep_ratio_scalars
+from .eval_pruning import KeepRatioMeter, report_eval_pruning
+from .hooks import FlopsHook, GateNoiseHook, KeepRatioHook, flops_scalars, keep_ratio_scalars
 from .train_loop import (
-    build_model, check_train_config, checkpoint_to_load, configure_run, do_test, do_train,
-    local_checkpoint_file, prepare_datasets, verify_checkpoint,
+    build_model, check_train_config, checkpoint_to_load, configure_run, do_eval_only, do_test,
+    do_train, local_checkpoint_file, prepare_datasets, verify_checkpoint,
 )
+from .writers import KeepRatioPrinter, training_writers
 
 __all__ = [
-    "FlopsHook", "GateNoiseHook", "KeepRatioHook", "keep_ratio_scalars", "AMP_PRECISIONS",
-    "build_model", "check_train_config", "checkpoint_to_load", "configure_run", "do_test",
-    "do_train", "local_checkpoint_file", "prepare_datasets", "verify_checkpoint",
+    "FlopsHook", "GateNoiseHook", "KeepRatioHook", "keep_ratio_scalars", "flops_scalars",
+    "KeepRatioMeter", "report_eval_pruning", "KeepRatioPrinter", "training_writers",
+    "AMP_PRECISIONS", "build_model", "check_train_config", "checkpoint_to_load",
+    "configure_run", "do_eval_only", "do_test", "do_train", "local_checkpoint_file",
+    "prepare_datasets", "verify_checkpoint",
     "AutocastModel", "autocast_model", "build_trainer",
 ]

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..modeling.autocast import unwrap_model
 from ..modeling.meta_arch import find_pruned_vit
 
-__all__ = ["KeepRatioHook", "FlopsHook", "GateNoiseHook", "keep_ratio_scalars",
+__all__ = ["KeepRatioHook", "FlopsHook", "GateNoiseHook", "keep_ratio_scalars", "flops_scalars",
            "gate_noise_anneal", "build_gate_noise_hook", "build_flops_hook"]
 
 logger = logging.getLogger("detectron2")
@@ -40,6 +40,15 @@ def keep_ratio_scalars(keep_ratios: Dict[int, Tensor]) -> Dict[str, float]:
         scalars["keep_ratio/mean"] = sum(
             scalars[f"keep_ratio/layer{i}"] for i in keep_ratios) / len(keep_ratios)
     return scalars
+
+
+def flops_scalars(pruned: Any, dense: Any) -> Dict[str, float]:
+    """Two :func:`~tokenprune.analysis.count_model_flops` counts (the model as it prunes,
+    every token kept) -> ``flops/backbone_gflops``, ``flops/total_gflops`` (of ``pruned``)
+    and ``flops/backbone_ratio`` (pruned over dense backbone)."""
+    return {"flops/backbone_gflops": pruned.backbone / 1e9,
+            "flops/total_gflops": pruned.total / 1e9,
+            "flops/backbone_ratio": pruned.backbone / max(dense.backbone, 1.0)}
 
 
 class KeepRatioHook(HookBase):
@@ -131,11 +140,8 @@ class FlopsHook(HookBase):
                     self._dense = self._count(model, self._probe, keep_all=True)
         finally:
             model.train(was_training)
-        storage = self.trainer.storage
-        storage.put_scalar("flops/backbone_gflops", pruned.backbone / 1e9, smoothing_hint=False)
-        storage.put_scalar("flops/total_gflops", pruned.total / 1e9, smoothing_hint=False)
-        storage.put_scalar("flops/backbone_ratio", pruned.backbone / max(self._dense.backbone, 1.0),
-                           smoothing_hint=False)
+        self.trainer.storage.put_scalars(**flops_scalars(pruned, self._dense),
+                                         smoothing_hint=False)
         self.seconds += time.perf_counter() - start
 
     def after_step(self) -> None:

@@ -9,22 +9,28 @@ import torch
 from omegaconf import DictConfig
 
 from detectron2.config import instantiate
-from detectron2.engine import default_writers, hooks
-from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
+from detectron2.engine import hooks
+from detectron2.evaluation import (
+    DatasetEvaluators, inference_on_dataset, print_csv_format,
+)
+from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils import comm
+from detectron2.utils.events import EventStorage, JSONWriter
 
 from ..analysis import count_model_flops
 from ..checkpoint import (
     TokenPruneCheckpointer, build_model, local_checkpoint_file, verify_checkpoint,
 )
-from ..data import dataset_names, prepare_dataset
+from ..data import dataset_names, first_test_inputs, prepare_dataset
 from ..errors import ConfigError
 from ..modeling.meta_arch import find_pruned_vit
 from .amp import AMP_PRECISIONS, amp_dtype, build_trainer
 from .determinism import check_determinism_config, configure_run, rng_preserving
+from .eval_pruning import KeepRatioMeter, report_eval_pruning
 from .hooks import KeepRatioHook, build_flops_hook, build_gate_noise_hook, gate_noise_anneal
+from .writers import training_writers
 
-__all__ = ["do_train", "do_test", "build_model", "verify_checkpoint", "prepare_datasets",
+__all__ = ["do_train", "do_test", "do_eval_only", "build_model", "verify_checkpoint", "prepare_datasets",
            "checkpoint_to_load", "local_checkpoint_file", "check_train_config", "configure_run"]
 
 logger = logging.getLogger("detectron2")
@@ -62,15 +68,39 @@ def checkpoint_to_load(cfg: DictConfig, resume: bool) -> str:
 
 
 def do_test(cfg: DictConfig, model: torch.nn.Module) -> Dict[str, Any]:
-    """Run the configured evaluator(s) on the test loader; print and return the results."""
+    """Run the configured evaluator(s) on the test loader; print and return the results.
+
+    For a pruned model also the kept fraction per block and its mean over the evaluated
+    images, and the GFLOPs on the first ``train.flops_num_images`` (default 2; 0: not
+    counted) test images: logged, and put in the active EventStorage
+    (:func:`~.eval_pruning.report_eval_pruning`).
+    """
     if "evaluator" not in cfg.dataloader:
         return {}
     evaluator = instantiate(cfg.dataloader.evaluator)
     if isinstance(evaluator, (list, tuple)):
         evaluator = DatasetEvaluators(list(evaluator))
-    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
+    meter = KeepRatioMeter(model)
+    try:
+        results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
+    finally:
+        ratios = meter.close()
     if comm.is_main_process():
         print_csv_format(results)
+        if ratios:
+            num = cfg.train.get("flops_num_images", 2)
+            report_eval_pruning(model, ratios, first_test_inputs(cfg, num) if num else [])
+    return results
+
+
+def do_eval_only(cfg: DictConfig, model: torch.nn.Module) -> Dict[str, Any]:
+    """:func:`do_test` once (``train_net.py --eval-only``); its results and pruning figures
+    appended to ``train.output_dir``/metrics.json, as the training's evaluations are."""
+    with EventStorage() as storage:
+        results = do_test(cfg, model)
+        if comm.is_main_process():
+            storage.put_scalars(**flatten_results_dict(results), smoothing_hint=False)
+            JSONWriter(os.path.join(cfg.train.output_dir, "metrics.json")).write()
     return results
 
 
@@ -105,7 +135,7 @@ def do_train(cfg: DictConfig, model: torch.nn.Module, resume: bool = False) -> D
         build_gate_noise_hook(cfg) if pruned else None,
         rng_preserving(build_flops_hook)(cfg, rng_preserving(count_model_flops))
         if pruned and comm.is_main_process() else None,
-        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
+        hooks.PeriodicWriter(training_writers(cfg.train.output_dir, cfg.train.max_iter),
                              period=cfg.train.log_period)
         if comm.is_main_process() else None,
     ])

@@ -21,10 +21,9 @@ import torch
 from ..analysis import count_model_flops, interleaved_times
 from ..checkpoint import load_model
 from ..data import dataset_names, first_test_inputs, prepare_dataset
-from ..engine import build_model, do_test, do_train
+from ..engine import KeepRatioMeter, build_model, do_test, do_train, keep_ratio_scalars
 from ..errors import InputError
 from ..fileio import atomic_write_json, make_output_dir
-from ..modeling.meta_arch import find_pruned_vit
 from .report import summarize, write_outputs
 from .variants import (GATE_LR_FACTOR, GATE_NOISE_ANNEAL, SCALES, VARIANTS, Scale, Variant,
                        seeds_of, study_configs, variant_config)
@@ -120,25 +119,6 @@ def backbone_latency(reference: torch.nn.Module, model: torch.nn.Module,
     return 1e3 * statistics.median(ref), 1e3 * statistics.median(own)
 
 
-class _KeepRatioMeter:
-    """Mean kept fraction of the tokens over pruned blocks and images, during a test run."""
-
-    def __init__(self, model):
-        self.values: List[float] = []
-        self.vit = find_pruned_vit(model)
-        self.handle = None if self.vit is None else self.vit.register_forward_hook(self._hook)
-
-    def _hook(self, module, inputs, outputs):
-        if module.last_keep_ratios:
-            ratios = torch.stack([r.float() for r in module.last_keep_ratios.values()])
-            self.values.extend(ratios.mean(dim=0).tolist())
-
-    def close(self) -> float:
-        if self.handle is not None:
-            self.handle.remove()
-        return float(sum(self.values) / len(self.values)) if self.values else 1.0
-
-
 def _ap(results: Dict[str, Any], task: str) -> float:
     value = results.get(task, {}).get("AP", float("nan"))
     return float(value) if value is not None else float("nan")
@@ -153,11 +133,12 @@ def _evaluate(variant: Variant, seed: int, cfg, checkpoint: str, out_dir: str,
     seed_all_rng(seed)
     model = _load(cfg, checkpoint)
     cfg.dataloader.evaluator.output_dir = out_dir
-    meter = _KeepRatioMeter(model)
+    cfg.train.flops_num_images = 0  # do_test counts no FLOPs: the study counts its own below
+    meter = KeepRatioMeter(model)
     with open(log_path, "a") as log, contextlib.redirect_stdout(log):  # pycocotools prints
         with torch.no_grad():
             results = do_test(cfg, model)
-    keep = meter.close()
+    keep = keep_ratio_scalars(meter.close()).get("keep_ratio/mean", 1.0)
     with warnings_quiet():
         flops = count_model_flops(model, dense["flops_inputs"])
     dense_ms, ms = backbone_latency(dense["model"].backbone.net, model.backbone.net,
