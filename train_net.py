@@ -15,7 +15,8 @@ import logging
 import os
 import sys
 
-from tokenprune.tools.warnings_filter import VERBOSE_FLAG, hide_third_party_warnings
+from tokenprune.tools.warnings_filter import (VERBOSE_FLAG, hide_third_party_warnings,
+                                              verbose_among_overrides)
 
 hide_third_party_warnings(sys.argv[1:])  # before Detectron2's imports, some of which warn
 
@@ -76,6 +77,7 @@ def argument_parser():
 
 def invoke_main() -> None:
     args = argument_parser().parse_args()
+    verbose_among_overrides(args)
     try:
         check_train_config(load_config(args.config_file, args.opts))  # before any process starts
     except TokenPruneError as e:

@@ -91,3 +91,10 @@ def test_run_tool_follows_verbose(verbose):
                          ids=lambda m: m.__name__.rsplit(".", 1)[1])
 def test_every_command_has_verbose(tool):
     assert "--verbose" in tool.build_parser().format_help()
+
+
+def test_verbose_after_the_overrides_is_the_flag_not_an_override():
+    parser = tool_parser("prog", "a command")
+    seen = run_tool("prog", lambda args: args, parser,
+                    ["--config-file", "c.py", "train.max_iter=3", "--verbose", "train.seed=1"])
+    assert seen.verbose and seen.opts == ["train.max_iter=3", "train.seed=1"]

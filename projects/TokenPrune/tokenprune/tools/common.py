@@ -15,7 +15,8 @@ from omegaconf import DictConfig
 
 from ..config import load_config
 from ..errors import TokenPruneError
-from .warnings_filter import VERBOSE_FLAG, hide_third_party_warnings, show_third_party_warnings
+from .warnings_filter import (VERBOSE_FLAG, hide_third_party_warnings, show_third_party_warnings,
+                              verbose_among_overrides)
 
 __all__ = ["EXIT_BAD_INPUT", "OneLineErrorParser", "fail", "tool_parser", "run_tool",
            "load_tool_config"]
@@ -63,6 +64,7 @@ def run_tool(prog: str, main: Callable[[argparse.Namespace], Any],
     """Parse ``argv`` and run ``main``; a TokenPruneError becomes one line and exit 2.
     The dependencies' warnings are hidden unless ``--verbose`` is given."""
     args = parser.parse_args(argv)
+    verbose_among_overrides(args)
     if args.verbose:
         show_third_party_warnings()
     else:
