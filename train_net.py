@@ -20,14 +20,14 @@ from tokenprune.tools.warnings_filter import (VERBOSE_FLAG, hide_third_party_war
 
 hide_third_party_warnings(sys.argv[1:])  # before Detectron2's imports, some of which warn
 
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
 from torch.multiprocessing import ProcessExitedException
 
 from tokenprune.config import load_config
 from tokenprune.engine import (
-    build_model, check_train_config, checkpoint_to_load, configure_run, do_test, do_train,
-    prepare_datasets, verify_checkpoint,
+    build_model, check_train_config, checkpoint_to_load, configure_run, default_setup_plain,
+    do_test, do_train, prepare_datasets, verify_checkpoint,
 )
 from tokenprune.errors import CheckpointError, TokenPruneError
 from tokenprune.tools.common import fail
@@ -53,7 +53,7 @@ def main(args) -> None:
         report = verify_checkpoint(model, ckpt, strict=args.eval_only)  # loads the weights
     except TokenPruneError as e:
         _fail(str(e))
-    default_setup(cfg, args)  # logging, seeds, saves config.yaml: input is valid from here on
+    default_setup_plain(cfg, args)  # logging, seeds, config.yaml: input is valid from here on
     if report is not None:
         logger.info(report.summary())
     if args.eval_only:
@@ -67,9 +67,32 @@ def main(args) -> None:
               f"config: {os.path.join(out, 'config.yaml')}", flush=True)
 
 
+EPILOG = """Examples (LazyConfig: key=value overrides after the options):
+
+Train the synthetic dense model, then fine-tune SViT from it:
+    python train_net.py --config-file configs/Synthetic/mask_rcnn_vitdet_t_dense.py \\
+        train.max_iter=100 train.output_dir=output/synthetic_dense
+    python train_net.py --config-file configs/Synthetic/mask_rcnn_vitdet_t_svit.py \\
+        train.init_checkpoint=output/synthetic_dense/model_final.pth \\
+        "model.backbone.net.keep_ratios=[0.7,0.7,0.7,0.49,0.49,0.49,0.343,0.343,0.343]"
+
+Evaluate a checkpoint:
+    python train_net.py --config-file configs/Synthetic/mask_rcnn_vitdet_t_svit.py \\
+        --eval-only train.init_checkpoint=output/synthetic_svit/model_final.pth
+
+Continue an interrupted run, or train on 8 GPUs:
+    python train_net.py --config-file CFG --resume train.output_dir=DIR
+    python train_net.py --config-file configs/COCO/mask_rcnn_vitdet_b_svit.py --num-gpus 8
+
+Several machines (on each, its rank):
+    python train_net.py --config-file CFG --num-gpus 8 --num-machines 2 \\
+        --machine-rank 0 --dist-url tcp://HOST:PORT
+"""
+
+
 def argument_parser():
-    """Detectron2's ``default_argument_parser`` with ``--verbose``."""
-    parser = default_argument_parser()
+    """Detectron2's ``default_argument_parser`` with LazyConfig examples and ``--verbose``."""
+    parser = default_argument_parser(epilog=EPILOG)
     parser.add_argument(VERBOSE_FLAG, action="store_true",
                         help="also show the dependencies' warnings (hidden by default)")
     return parser

@@ -49,6 +49,11 @@ def test_eval_only_prints_box_and_mask_ap(trained, tmp_path, train_in_process, c
                                         f"train.output_dir={tmp_path}"], "--eval-only")
     log = capsys.readouterr().out
     assert "copypaste: Task: bbox" in log and "copypaste: Task: segm" in log
+    # log.txt is plain text (the console's highlighted config included), each line once
+    text = (tmp_path / "log.txt").read_text()
+    assert "\x1b[" not in text and "\x1b[" in log
+    assert "from ..common.vitdet_tiny_model import model" in text
+    assert text.count("Full config saved to") == 1
 
 
 def test_resume_after_kill_continues_from_last_checkpoint(tmp_path):
@@ -106,6 +111,15 @@ def test_bad_input_through_the_real_entry_point(tmp_path):
                      env={"PYTHONWARNINGS": ""}, timeout=120)
     line = one_line_error(proc.returncode, proc.stderr, "train_net.py")
     assert "nope.py" in line and not out.exists()
+
+
+def test_help_shows_lazyconfig_examples(train_net_module, capsys):
+    with pytest.raises(SystemExit):
+        train_net_module.argument_parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "train.max_iter=100" in text and "model.backbone.net.keep_ratios=[" in text
+    assert "--eval-only train.init_checkpoint=" in text and "--num-gpus 8" in text
+    assert "MODEL.WEIGHTS" not in text and "SOLVER.BASE_LR" not in text
 
 
 def test_verbose_flag(train_net_module):

@@ -23,7 +23,8 @@ class BenchmarkOptions:
 
     Attributes:
         config_file, overrides: the LazyConfig and its ``key=value`` overrides.
-        keep_ratios: forced keep ratios, one variant each, in (0, 1].
+        sweep: uniform forced keep ratios, one variant each, in (0, 1].
+        keep_ratio: one forced variant: one ratio for every pruned block or one per block.
         schedule: "svit": also the config's per-block targets; None: not.
         device: "cpu" or "cuda[:N]". precision: "float32", "bfloat16" or "float16".
         input_size: square input side in pixels; None: the model's ``square_pad``.
@@ -36,7 +37,8 @@ class BenchmarkOptions:
 
     config_file: str
     overrides: Tuple[str, ...] = ()
-    keep_ratios: Tuple[float, ...] = ()
+    sweep: Tuple[float, ...] = ()
+    keep_ratio: Tuple[float, ...] = ()
     schedule: Optional[str] = None
     device: str = "cpu"
     precision: str = "float32"
@@ -45,7 +47,7 @@ class BenchmarkOptions:
     attention: Tuple[str, ...] = (DEFAULT_ATTENTION,)
     threads: Optional[int] = None
     repeats: int = 5
-    warmup: int = 1
+    warmup: int = 3
     weights: str = "random"
     backbone_only: bool = False
     memory: str = "tensors"
@@ -55,7 +57,7 @@ class BenchmarkOptions:
 
     def check(self) -> None:
         """InputError for settings out of range (before anything is built)."""
-        for r in self.keep_ratios:
+        for r in self.sweep + self.keep_ratio:
             if not (0.0 < r <= 1.0) or math.isnan(r):
                 raise InputError(f"keep ratio {r:g} is outside (0, 1]")
         for name, value, low in (("--repeats", self.repeats, 1), ("--warmup", self.warmup, 0),

@@ -1,5 +1,6 @@
 """Training loop, evaluation and trainer hooks (Detectron2 engine based)."""
 from .amp import AMP_PRECISIONS, AutocastModel, autocast_model, build_trainer
+from .logs import PlainFormatter, default_setup_plain
 from .hooks import FlopsHook, GateNoiseHook, KeepRatioHook, keep_ratio_scalars
 from .train_loop import (
     build_model, check_train_config, checkpoint_to_load, configure_run, do_test, do_train,
@@ -10,5 +11,5 @@ __all__ = [
     "FlopsHook", "GateNoiseHook", "KeepRatioHook", "keep_ratio_scalars", "AMP_PRECISIONS",
     "build_model", "check_train_config", "checkpoint_to_load", "configure_run", "do_test",
     "do_train", "local_checkpoint_file", "prepare_datasets", "verify_checkpoint",
-    "AutocastModel", "autocast_model", "build_trainer",
+    "AutocastModel", "autocast_model", "build_trainer", "PlainFormatter", "default_setup_plain",
 ]

@@ -21,7 +21,7 @@ import torch
 from ..analysis import count_model_flops, interleaved_times
 from ..checkpoint import load_model
 from ..data import dataset_names, first_test_inputs, prepare_dataset
-from ..engine import build_model, do_test, do_train
+from ..engine import PlainFormatter, build_model, do_test, do_train
 from ..errors import InputError
 from ..fileio import atomic_write_json, make_output_dir
 from ..modeling.meta_arch import find_pruned_vit
@@ -47,9 +47,8 @@ class _OnlyTrainingLines(logging.Filter):
 @contextlib.contextmanager
 def _logging_to(path: str):
     """Detectron2 / fvcore logs to ``path``; the periodic training lines also to the console."""
-    fmt = logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s", "%m/%d %H:%M:%S")
     file_handler = logging.FileHandler(path)
-    file_handler.setFormatter(fmt)
+    file_handler.setFormatter(PlainFormatter())
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(logging.Formatter("  %(message)s"))
     console.addFilter(_OnlyTrainingLines())

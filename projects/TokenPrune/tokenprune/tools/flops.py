@@ -1,7 +1,7 @@
 """FLOPs of a Detectron2 model (dense or token-pruned) counted with fvcore.
 
-    python -m tokenprune.tools.flops --config-file CFG [--num-inputs N] [--depth D]
-                                     [--output FILE.json] [key=value ...]
+    python -m tokenprune.tools.flops --config-file CFG [--checkpoint FILE] [--num-inputs N]
+        [--depth D] [--keep-ratio R ...] [--output FILE.json] [-- key=value ...]
 
 Counts (:mod:`tokenprune.analysis.flops`) on the first N test images, per module and per
 region (backbone / neck / heads), fvcore's convention (one multiply-add = 1 flop); for a
@@ -28,11 +28,12 @@ PROG = "python -m tokenprune.tools.flops"
 def build_parser() -> argparse.ArgumentParser:
     parser = tool_parser(PROG, "Count the FLOPs of a model (fvcore: 1 multiply-add = 1 flop) "
                                "on the first images of its test set; for a pruned backbone "
-                               "side by side with every token kept.")
+                               "side by side with every token kept.",
+                         options=("--checkpoint", "--keep-ratio"))
     parser.add_argument("--num-inputs", type=int, default=4, metavar="N",
-                        help="analyse the first N test images (default 4)")
+                        help="analyse the first N test images")
     parser.add_argument("--depth", type=int, default=4, metavar="D",
-                        help="module depth of the per-module table (default 4)")
+                        help="module depth of the per-module table")
     parser.add_argument("--output", default=None, metavar="FILE.json",
                         help="JSON report (default: OUTPUT_DIR/flops.json, "
                              "OUTPUT_DIR = train.output_dir)")

@@ -1,7 +1,8 @@
 """Which tokens a pruned ViTDet keeps, block by block, and what it detects.
 
     python -m tokenprune.tools.visualize --config-file configs/Synthetic/mask_rcnn_vitdet_t_svit.py \\
-        --input img1.png img2.jpg --output out/vis [--score-thresh 0.5] [--keep-ratio 0.5] \\
+        --input img1.png img2.jpg --output out/vis [--checkpoint FILE] \\
+        [--confidence-threshold 0.5] [--keep-ratio 0.5] \\
         [--prompt "red shapes" "the largest object" | --task-id 0 2] [-- key=value ...]
 
 One PNG per input image (:mod:`tokenprune.engine.visualize`): the detections and, per
@@ -27,26 +28,24 @@ PROG = "tokenprune.tools.visualize"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = tool_parser(PROG, __doc__.split("\n\n")[0], precision=True)
+    parser = tool_parser(PROG, __doc__.split("\n\n")[0],
+                         options=("--checkpoint", "--keep-ratio", "--confidence-threshold",
+                                  "--device", "--precision"))
     parser.add_argument("--input", nargs="+", required=True, metavar="IMG",
                         help="JPEG/PNG images (one output PNG each)")
-    parser.add_argument("--output", required=True, metavar="DIR")
-    parser.add_argument("--score-thresh", type=float, default=0.5,
-                        help="minimum score of the drawn detections")
-    parser.add_argument("--keep-ratio", type=float, default=None, metavar="R",
-                        help="force a top-k keep ratio in (0, 1] in every pruned block")
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the PNGs")
     parser.add_argument("--prompt", nargs="+", default=None, metavar="TEXT",
                         help="input 'prompt' (task-guided models); several: one row each")
     parser.add_argument("--task-id", nargs="+", type=int, default=None, metavar="ID",
                         help="input 'task_id'; several: one row each")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser
 
 
 def main(args: argparse.Namespace) -> List[str]:
-    if not 0.0 <= args.score_thresh <= 1.0:
-        raise InputError(f"--score-thresh must lie in [0, 1], got {args.score_thresh:g}")
-    options = VisualizeOptions(keep_ratio=args.keep_ratio, prompts=tuple(args.prompt or ()),
+    if not 0.0 <= args.confidence_threshold <= 1.0:
+        raise InputError(f"--confidence-threshold must lie in [0, 1], "
+                         f"got {args.confidence_threshold:g}")
+    options = VisualizeOptions(prompts=tuple(args.prompt or ()),
                                task_ids=tuple(args.task_id or ()))
     options.check()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -55,8 +54,8 @@ def main(args: argparse.Namespace) -> List[str]:
     preprocessing = TestPreprocessing(cfg)
     images = [(path, preprocessing.read(path)) for path in args.input]  # all readable first
     out_dir = make_output_dir(args.output)
-    predictor = Predictor(cfg, device=args.device, score_threshold=args.score_thresh,
-                          precision=args.precision)
+    predictor = Predictor(cfg, device=args.device, precision=args.precision,
+                          confidence_threshold=args.confidence_threshold)
     written = visualize(predictor, images, out_dir, options)
     print(f"{PROG}: wrote {len(written)} image(s) to {out_dir}", flush=True)
     return written
