@@ -196,7 +196,7 @@ class Predictor:
     def __init__(self, config: Union[str, DictConfig], checkpoint: Optional[str] = None,
                  overrides: Sequence[str] = (), device: Optional[str] = None,
                  score_threshold: float = 0.0, precision: Optional[str] = None):
-        from ..checkpoint import load_model
+        from ..checkpoint import check_device, load_model
 
         if isinstance(config, str):
             cfg = load_config(config, overrides)
@@ -212,6 +212,7 @@ class Predictor:
         self.metadata = self.preprocessing.metadata
         self.score_threshold = score_threshold
         device = device or cfg.train.device
+        check_device(device)
         self._device_type = torch.device(device).type
         self._amp = None if precision in (None, "float32") else amp_dtype(precision, device)
         self.model = load_model(cfg, device)

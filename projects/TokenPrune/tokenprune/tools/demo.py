@@ -21,6 +21,7 @@ import torch
 
 from typing import Optional, Sequence
 
+from ..checkpoint import check_device
 from ..errors import InputError
 from ..fileio import make_output_dir
 from .common import run_tool, tool_parser
@@ -49,8 +50,7 @@ def main(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {args.device}: CUDA is not available on this machine")
+    check_device(args.device, "--device")
     paths = collect_inputs(args.input)
     predictor = Predictor(args.config_file, args.checkpoint, args.opts, device=args.device,
                           score_threshold=args.confidence_threshold)
