@@ -12,7 +12,7 @@ from helpers import SVIT_CFG, TINY_SVIT, TINY_VLTP, VLTP_CFG, prune_some
 
 from tokenprune.engine.predictor import Predictor, read_image
 from tokenprune.engine.results import coco_results
-from tokenprune.errors import BadImageError, InputError
+from tokenprune.errors import BadImageError, DeviceError, InputError
 
 LIGHT = ["model.roi_heads.box_predictor.test_topk_per_image=5",
          "model.proposal_generator.post_nms_topk=[100,50]"]
@@ -81,6 +81,14 @@ def test_score_threshold():
     assert bool((scores >= 0.3).all())
     with pytest.raises(InputError, match="score threshold"):
         Predictor(SVIT_CFG, overrides=TINY_SVIT, device="cpu", score_threshold=2.0)
+
+
+def test_a_device_this_machine_lacks_is_one_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on this machine
+    with pytest.raises(DeviceError, match="device=cuda: CUDA is not available on this machine"):
+        Predictor(SVIT_CFG, overrides=TINY_SVIT, device="cuda")
+    with pytest.raises(DeviceError, match="device=gpu: not a device"):
+        Predictor(SVIT_CFG, overrides=TINY_SVIT, device="gpu")
 
 
 def _image_files(folder):

@@ -112,10 +112,9 @@ class PrunedViT(ViT):
         """
         Args:
             pruned_blocks: indices of the blocks that get a gate.
-            keep_ratios: target keep ratio per pruned block (or one for all), in (0, 1].
-                None: SViT's schedule at ``keep_base``, or 0.7 for all without it.
-            keep_base: SViT's schedule over the pruned blocks (:func:`.svit_ratios`: base x3,
-                base^2 x3, base^3 x3 for 9 blocks), instead of ``keep_ratios``.
+            keep_ratios: target keep ratio per pruned block (or one for all), in (0, 1];
+                None: SViT's schedule from ``keep_base`` (:func:`.svit_ratios`), else 0.7.
+            keep_base: that schedule's base (base x3, base^2 x3, base^3 x3 for 9 blocks).
             gate: a name in GATE_REGISTRY ("mlp" = "MLPGate"); gate_kwargs go to it.
                 A gate with ``learned = False`` decides in training as at inference (hard,
                 no keep-ratio loss); one with ``needs_block = True`` also receives
