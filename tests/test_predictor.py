@@ -13,7 +13,7 @@ from helpers import SVIT_CFG, TINY_SVIT, TINY_VLTP, VLTP_CFG, prune_some
 
 from tokenprune.engine.predictor import CONFIDENCE_THRESHOLD, Predictor, read_image
 from tokenprune.engine.results import coco_results
-from tokenprune.errors import BadImageError, InputError
+from tokenprune.errors import BadImageError, DeviceError, InputError
 from tokenprune.modeling import find_pruned_vit
 
 LIGHT = ["model.roi_heads.box_predictor.test_topk_per_image=5",
@@ -84,6 +84,14 @@ def test_confidence_threshold():
     assert bool((scores >= 0.3).all())
     with pytest.raises(InputError, match="confidence threshold"):
         Predictor(SVIT_CFG, overrides=TINY_SVIT, device="cpu", confidence_threshold=2.0)
+
+
+def test_a_device_this_machine_lacks_is_one_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on this machine
+    with pytest.raises(DeviceError, match="device=cuda: CUDA is not available on this machine"):
+        Predictor(SVIT_CFG, overrides=TINY_SVIT, device="cuda")
+    with pytest.raises(DeviceError, match="device=gpu: not a device"):
+        Predictor(SVIT_CFG, overrides=TINY_SVIT, device="gpu")
 
 
 def _image_files(folder):

@@ -246,16 +246,21 @@ def test_visualize_one_row_per_task(tmp_path, images, capsys):
 
 
 # --------------------------------------------------------------------------- bad input
-BENCH_BAD = ["keep_zero", "keep_above_one", "output_not_writable", "unregistered_dataset"]
+BENCH_BAD = ["keep_zero", "keep_above_one", "output_not_writable", "unregistered_dataset",
+             "cuda_missing"]
 VIS_BAD = ["not_an_image", "missing_image", "image_is_folder", "output_not_writable",
-           "missing_dataset", "keep_above_one", "unpaired_prompts"]
+           "missing_dataset", "keep_above_one", "unpaired_prompts", "cuda_missing"]
+CUDA_MISSING = "--device=cuda: CUDA is not available on this machine"
 
 
 @pytest.mark.parametrize("case", BENCH_BAD)
-def test_benchmark_bad_input(case, tmp_path, capsys):
+def test_benchmark_bad_input(case, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     flags, opts = ["--sweep", "0.5"], list(TINY_SVIT)
-    if case == "keep_zero":
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on this machine
+    if case == "cuda_missing":
+        flags += ["--device", "cuda"]
+    elif case == "keep_zero":
         flags = ["--sweep", "0.7", "0"]
     elif case == "keep_above_one":
         flags = ["--keep-ratio", "1.5"]
@@ -269,8 +274,10 @@ def test_benchmark_bad_input(case, tmp_path, capsys):
     assert {"keep_zero": "keep ratio 0 is outside (0, 1]",
             "keep_above_one": "keep ratio 1.5 is outside (0, 1]",
             "output_not_writable": "cannot write to output folder",
-            "unregistered_dataset": "'no_such_dataset' is not registered"}[case] in line
+            "unregistered_dataset": "'no_such_dataset' is not registered",
+            "cuda_missing": CUDA_MISSING}[case] in line
     assert not (out.exists() and RESULT_FILES & set(os.listdir(out)))
+    assert case != "cuda_missing" or not out.exists()
 
 
 @pytest.mark.parametrize("case", VIS_BAD)
@@ -294,6 +301,9 @@ def test_visualize_bad_input(case, tmp_path, images, capsys, monkeypatch):
         flags = ["--keep-ratio", "1.5"]
     elif case == "unpaired_prompts":
         flags = ["--prompt", "a", "b", "--task-id", "1"]
+    elif case == "cuda_missing":
+        flags = ["--device", "cuda"]
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on this machine
     line = cli_error(visualize.cli, ["--config-file", SVIT_CFG, "--input", *inputs,
                                      "--output", str(out), *flags, "--", *opts],
                      "tokenprune.tools.visualize", capsys)
@@ -301,8 +311,10 @@ def test_visualize_bad_input(case, tmp_path, images, capsys, monkeypatch):
             "image_is_folder": "is a folder", "output_not_writable": "cannot write",
             "missing_dataset": "coco_2017_val",
             "keep_above_one": "keep ratio 1.5 is outside (0, 1]",
-            "unpaired_prompts": "2 --prompt values and 1 --task-id values"}[case] in line
+            "unpaired_prompts": "2 --prompt values and 1 --task-id values",
+            "cuda_missing": CUDA_MISSING}[case] in line
     assert not (out.exists() and any(n.endswith(".png") for n in os.listdir(out)))
+    assert case != "cuda_missing" or not out.exists()
 
 
 # --------------------------------------------------------------------------- shared options

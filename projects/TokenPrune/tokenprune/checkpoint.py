@@ -39,12 +39,12 @@ from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.config import instantiate
 from detectron2.modeling.backbone.vit import ViT
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DeviceError
 from .modeling.attention import resize_rel_pos
 from .modeling.autocast import autocast_model
 
 __all__ = ["TokenPruneCheckpointer", "LoadReport", "check_backbone_loaded", "is_resizable",
-           "resize_to", "build_model", "local_checkpoint_file", "verify_checkpoint",
+           "resize_to", "check_device", "build_model", "local_checkpoint_file", "verify_checkpoint",
            "load_model"]
 
 # Model buffers Detectron2 fills from the config, not from checkpoints.
@@ -205,9 +205,29 @@ def check_backbone_loaded(model: torch.nn.Module, report: LoadReport) -> None:
             + (f", e.g. {report.unused[0]}" if report.unused else ""))
 
 
+def check_device(device: str, name: str = "device") -> None:
+    """DeviceError unless this machine has ``device`` ("cpu", "cuda", "cuda:1", ...);
+    ``name``: how the caller's user gave it ("train.device", "--device")."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DeviceError(f"{name}={device}: not a device (cpu, cuda, cuda:N)") from e
+    if dev.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        why = "built without CUDA" if torch.version.cuda is None else "finds no GPU"
+        raise DeviceError(f"{name}={device}: CUDA is not available on this machine (PyTorch "
+                          f"{torch.__version__} {why}); use {name}=cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeviceError(f"{name}={device}: this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s)")
+
+
 def build_model(cfg: DictConfig) -> torch.nn.Module:
-    """Instantiate ``cfg.model`` on ``train.device``; a model argument out of its range
-    (a ValueError of a constructor, e.g. ``keep_ratios=[1.5, ...]``) is a ConfigError."""
+    """Instantiate ``cfg.model`` on ``train.device`` (checked by :func:`check_device`); a
+    model argument out of its range (a ValueError of a constructor, e.g.
+    ``keep_ratios=1.5``) is a ConfigError."""
+    check_device(cfg.train.device, "train.device")
     try:
         model = instantiate(cfg.model)
     except ValueError as e:

@@ -8,8 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
-import torch
-
+from ..checkpoint import check_device
 from ..errors import ConfigError, InputError
 from ..modeling.attention import DEFAULT_ATTENTION
 from ..modeling.autocast import amp_dtype
@@ -56,7 +55,8 @@ class BenchmarkOptions:
     task_id: Optional[int] = None
 
     def check(self) -> None:
-        """InputError for settings out of range (before anything is built)."""
+        """InputError for settings out of range, DeviceError for a device this machine
+        lacks (before anything is built)."""
         for r in self.sweep + self.keep_ratio:
             if not (0.0 < r <= 1.0) or math.isnan(r):
                 raise InputError(f"keep ratio {r:g} is outside (0, 1]")
@@ -68,8 +68,7 @@ class BenchmarkOptions:
             raise InputError(f"--threads must be at least 1, got {self.threads}")
         if self.input_size is not None and self.input_size <= 0:
             raise InputError(f"--input-size must be positive, got {self.input_size}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise InputError(f"--device {self.device}: CUDA is not available on this machine")
+        check_device(self.device, "--device")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise InputError(f"--device must be cpu or cuda[:N], got {self.device}")
         if self.memory == "rss" and self.device != "cpu":

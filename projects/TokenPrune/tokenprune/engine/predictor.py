@@ -200,7 +200,7 @@ class Predictor:
     def __init__(self, config: Union[str, DictConfig], checkpoint: Optional[str] = None,
                  overrides: Sequence[str] = (), device: Optional[str] = None,
                  confidence_threshold: float = CONFIDENCE_THRESHOLD, precision: Optional[str] = None):
-        from ..checkpoint import load_model
+        from ..checkpoint import check_device, load_model
 
         if isinstance(config, str):
             cfg = load_config(config, overrides)
@@ -217,6 +217,7 @@ class Predictor:
         self.metadata = self.preprocessing.metadata
         self.confidence_threshold = confidence_threshold
         device = device or cfg.train.device
+        check_device(device)
         self._device_type = torch.device(device).type
         self._amp = None if precision in (None, "float32") else amp_dtype(precision, device)
         self.model = load_model(cfg, device)

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..checkpoint import check_device
 from ..errors import InputError
 from ..fileio import make_output_dir
 from .common import load_tool_config, run_tool, tool_parser
@@ -48,8 +49,7 @@ def main(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {args.device}: CUDA is not available on this machine")
+    check_device(args.device, "--device")
     paths = collect_inputs(args.input)
     cfg = load_tool_config(args, need_data=False, splits=("test",))  # metadata: class names
     predictor = Predictor(cfg, device=args.device, precision=args.precision,

@@ -46,8 +46,8 @@ def main(args: argparse.Namespace) -> Dict[str, Any]:
     if args.depth < 0:
         raise InputError(f"--depth must be 0 or more, got {args.depth}")
     cfg = load_tool_config(args)
-    output = resolve_output(cfg.train.output_dir, args.output)
     model = load_model(cfg)
+    output = resolve_output(cfg.train.output_dir, args.output)
     inputs = first_test_inputs(cfg, args.num_inputs)
     report = {"config_file": args.config_file, "overrides": list(args.opts),
               **flops_report(model, inputs, args.config_file, args.num_inputs, args.depth)}

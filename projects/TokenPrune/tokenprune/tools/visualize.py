@@ -16,6 +16,7 @@ from typing import Any, List, Optional, Sequence
 
 import torch
 
+from ..checkpoint import check_device
 from ..engine.predictor import Predictor, TestPreprocessing
 from ..engine.visualize import VisualizeOptions, visualize
 from ..errors import InputError
@@ -48,8 +49,7 @@ def main(args: argparse.Namespace) -> List[str]:
     options = VisualizeOptions(prompts=tuple(args.prompt or ()),
                                task_ids=tuple(args.task_id or ()))
     options.check()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {args.device}: CUDA is not available on this machine")
+    check_device(args.device, "--device")
     cfg = load_tool_config(args, splits=("test",))  # its metadata names the classes
     preprocessing = TestPreprocessing(cfg)
     images = [(path, preprocessing.read(path)) for path in args.input]  # all readable first
