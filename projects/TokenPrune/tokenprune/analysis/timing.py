@@ -1,12 +1,14 @@
-"""Latency: the one interleaved median timer of the benchmark and the ablation."""
+"""Latency: the one interleaved median timer of the benchmark, the ablation and the
+trade-off sweep, and its paired form (a reference against a variant)."""
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["interleaved_times"]
+__all__ = ["interleaved_times", "paired_latency"]
 
 
 def interleaved_times(calls: Sequence[Callable[[], object]], rounds: int, warmup: int = 1,
@@ -38,3 +40,20 @@ def interleaved_times(calls: Sequence[Callable[[], object]], rounds: int, warmup
             if after_call is not None:
                 after_call(i)
     return wall, cpu
+
+
+def paired_latency(reference: Sequence[Callable[[], object]],
+                   variant: Sequence[Callable[[], object]], rounds: int, warmup: int = 1,
+                   cuda: bool = False) -> Tuple[float, float]:
+    """Median milliseconds of the calls of ``reference`` and of ``variant`` (one call per
+    input each, the two lists in the same input order), interleaved reference / variant
+    input by input (:func:`interleaved_times`), without gradients, so that slow drift of the
+    machine affects both alike. Returns (reference ms, variant ms)."""
+    if len(reference) != len(variant) or not reference:
+        raise ValueError("paired_latency needs one reference and one variant call per input")
+    calls = [c for pair in zip(reference, variant) for c in pair]
+    with torch.no_grad():
+        wall, _ = interleaved_times(calls, rounds, warmup=warmup, cuda=cuda)
+    ref = [t for ts in wall[0::2] for t in ts]
+    own = [t for ts in wall[1::2] for t in ts]
+    return 1e3 * statistics.median(ref), 1e3 * statistics.median(own)

@@ -1,5 +1,6 @@
 """Training loop, evaluation and trainer hooks (Detectron2 engine based)."""
 from .amp import AMP_PRECISIONS, AutocastModel, autocast_model, build_trainer
+from .evaluate import KeepRatioMeter, evaluate_with_keep, result_metric, warnings_quiet
 from .hooks import FlopsHook, GateNoiseHook, KeepRatioHook, keep_ratio_scalars
 from .train_loop import (
     build_model, check_train_config, checkpoint_to_load, configure_run, do_test, do_train,
@@ -10,5 +11,6 @@ __all__ = [
     "FlopsHook", "GateNoiseHook", "KeepRatioHook", "keep_ratio_scalars", "AMP_PRECISIONS",
     "build_model", "check_train_config", "checkpoint_to_load", "configure_run", "do_test",
     "do_train", "local_checkpoint_file", "prepare_datasets", "verify_checkpoint",
-    "AutocastModel", "autocast_model", "build_trainer",
+    "AutocastModel", "autocast_model", "build_trainer", "KeepRatioMeter", "evaluate_with_keep",
+    "result_metric", "warnings_quiet",
 ]
