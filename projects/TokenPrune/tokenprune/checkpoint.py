@@ -312,17 +312,18 @@ def verify_checkpoint(model: torch.nn.Module, path: str, *,
 
 
 def load_model(cfg: DictConfig, device: Optional[str] = None,
-               precision: Optional[str] = None) -> torch.nn.Module:
+               precision: Optional[str] = None, strict: bool = False) -> torch.nn.Module:
     """The config's model in eval mode, with ``train.init_checkpoint`` loaded if it is set.
 
     ``device`` overrides ``cfg.train.device``. Without a checkpoint the weights are random
     (fine for FLOPs and latency). ``precision`` ("bfloat16", "float16"; None or "float32":
     off) runs the forward pass under autocast
     (:class:`~tokenprune.modeling.autocast.AutocastModel`, which forwards attribute look-ups
-    to the model).
+    to the model). ``strict``: every model tensor must come from the checkpoint (see
+    :func:`verify_checkpoint`; for evaluating a trained model).
     """
     if device:
         cfg.train.device = device
     model = build_model(cfg)
-    verify_checkpoint(model, cfg.train.init_checkpoint, strict=False)  # loads it, if set
+    verify_checkpoint(model, cfg.train.init_checkpoint, strict=strict)  # loads it, if set
     return autocast_model(model.eval(), precision, cfg.train.device).eval()

@@ -1,5 +1,6 @@
-"""Latency: the one interleaved median timer of the benchmark and the ablation, the
-spread of its rounds and the busy-machine warning."""
+"""Latency: the one interleaved median timer of the benchmark, the ablation and the
+trade-off sweep, its paired form (a reference against a variant), the spread of its rounds
+and the busy-machine warning."""
 from __future__ import annotations
 
 import statistics
@@ -8,7 +9,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["BUSY_SPREAD", "interleaved_times", "spread", "busy_warning"]
+__all__ = ["BUSY_SPREAD", "interleaved_times", "paired_latency", "spread", "busy_warning"]
 
 # max / min of a dense reference's timed rounds above which the machine counts as busy
 BUSY_SPREAD = 1.3
@@ -43,6 +44,23 @@ def interleaved_times(calls: Sequence[Callable[[], object]], rounds: int, warmup
             if after_call is not None:
                 after_call(i)
     return wall, cpu
+
+
+def paired_latency(reference: Sequence[Callable[[], object]],
+                   variant: Sequence[Callable[[], object]], rounds: int, warmup: int = 1,
+                   cuda: bool = False) -> Tuple[float, float]:
+    """Median milliseconds of the calls of ``reference`` and of ``variant`` (one call per
+    input each, the two lists in the same input order), interleaved reference / variant
+    input by input (:func:`interleaved_times`), without gradients, so that slow drift of the
+    machine affects both alike. Returns (reference ms, variant ms)."""
+    if len(reference) != len(variant) or not reference:
+        raise ValueError("paired_latency needs one reference and one variant call per input")
+    calls = [c for pair in zip(reference, variant) for c in pair]
+    with torch.no_grad():
+        wall, _ = interleaved_times(calls, rounds, warmup=warmup, cuda=cuda)
+    ref = [t for ts in wall[0::2] for t in ts]
+    own = [t for ts in wall[1::2] for t in ts]
+    return 1e3 * statistics.median(ref), 1e3 * statistics.median(own)
 
 
 def spread(seconds: Sequence[float]) -> Dict[str, float]:
