@@ -16,21 +16,22 @@ import logging
 import os
 import sys
 
-from tokenprune.tools.warnings_filter import VERBOSE_FLAG, hide_third_party_warnings
+from tokenprune.tools.warnings_filter import (VERBOSE_FLAG, hide_third_party_warnings,
+                                              verbose_among_overrides)
 
 hide_third_party_warnings(sys.argv[1:])  # before Detectron2's imports, some of which warn
 
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
 from torch.multiprocessing import ProcessExitedException
 
 from tokenprune.config import load_config
 from tokenprune.engine import (
-    build_model, check_train_config, checkpoint_to_load, configure_run, do_eval_only, do_train,
-    prepare_datasets, verify_checkpoint,
+    build_model, check_train_config, checkpoint_to_load, configure_run, default_setup_plain,
+    do_eval_only, do_train, prepare_datasets, verify_checkpoint,
 )
 from tokenprune.errors import CheckpointError, TokenPruneError
-from tokenprune.tools.common import fail
+from tokenprune.tools.common import add_shared_option, fail
 
 logger = logging.getLogger("detectron2")
 
@@ -54,7 +55,7 @@ def main(args) -> None:
                                    require_gates=args.eval_only and not args.allow_untrained_gates)
     except TokenPruneError as e:
         _fail(str(e))
-    default_setup(cfg, args)  # logging, seeds, saves config.yaml: input is valid from here on
+    default_setup_plain(cfg, args)  # logging, seeds, config.yaml: input is valid from here on
     if report is not None:
         logger.info(report.summary())
     if args.eval_only:
@@ -68,20 +69,45 @@ def main(args) -> None:
               f"config: {os.path.join(out, 'config.yaml')}", flush=True)
 
 
+EPILOG = """Examples (LazyConfig: key=value overrides after the options):
+
+Train the synthetic dense model, then fine-tune SViT from it:
+    python train_net.py --config-file configs/Synthetic/mask_rcnn_vitdet_t_dense.py \\
+        train.max_iter=100 train.output_dir=output/synthetic_dense
+    python train_net.py --config-file configs/Synthetic/mask_rcnn_vitdet_t_svit.py \\
+        train.init_checkpoint=output/synthetic_dense/model_final.pth \\
+        "model.backbone.net.keep_ratios=[0.7,0.7,0.7,0.49,0.49,0.49,0.343,0.343,0.343]"
+
+Evaluate a checkpoint (AP, kept fractions and GFLOPs appended to metrics.json; a pruned
+model's checkpoint must hold its gates unless --allow-untrained-gates is given):
+    python train_net.py --config-file configs/Synthetic/mask_rcnn_vitdet_t_svit.py \\
+        --eval-only train.init_checkpoint=output/synthetic_svit/model_final.pth
+
+Continue an interrupted run, or train on 8 GPUs:
+    python train_net.py --config-file CFG --resume train.output_dir=DIR
+    python train_net.py --config-file configs/COCO/mask_rcnn_vitdet_b_svit.py --num-gpus 8
+
+Several machines (on each, its rank):
+    python train_net.py --config-file CFG --num-gpus 8 --num-machines 2 \\
+        --machine-rank 0 --dist-url tcp://HOST:PORT
+"""
+
+
 def argument_parser():
-    """Detectron2's ``default_argument_parser`` with ``--verbose`` and
-    ``--allow-untrained-gates``."""
-    parser = default_argument_parser()
+    """Detectron2's ``default_argument_parser`` with LazyConfig examples, ``--verbose`` and
+    ``--allow-untrained-gates`` (the tools' shared option)."""
+    parser = default_argument_parser(epilog=EPILOG)
     parser.add_argument(VERBOSE_FLAG, action="store_true",
                         help="also show the dependencies' warnings (hidden by default)")
-    parser.add_argument("--allow-untrained-gates", action="store_true",
-                        help="--eval-only: evaluate a pruned model whose gates (SViT) or "
-                             "pruning decoders (VLTP) the checkpoint lacks (default: refused)")
+    add_shared_option(parser, "--allow-untrained-gates",
+                      help="--eval-only: evaluate a pruned model whose gates (SViT) or "
+                           "pruning decoders (VLTP) the checkpoint lacks (default: refused)")
     return parser
 
 
 def invoke_main() -> None:
     args = argument_parser().parse_args()
+    verbose_among_overrides(args)
     try:
         check_train_config(load_config(args.config_file, args.opts))  # before any process starts
     except TokenPruneError as e:

@@ -62,3 +62,26 @@ def test_dict_override_replaces_the_dict():
     cfg = load_config(VLTP_CFG, ["model.backbone.net.gate=mlp",
                                  "model.backbone.net.gate_kwargs={}"])
     assert dict(cfg.model.backbone.net.gate_kwargs) == {}
+
+
+def test_one_number_for_a_list_where_the_target_takes_a_float():
+    """keep_ratios (float or list) takes one number; pruned_blocks (ints) does not."""
+    cfg = load_config(SVIT_CFG, ["model.backbone.net.keep_ratios=0.5"])
+    assert cfg.model.backbone.net.keep_ratios == 0.5
+    with pytest.raises(ConfigError, match="pruned_blocks=3': expected list"):
+        load_config(SVIT_CFG, ["model.backbone.net.pruned_blocks=3"])
+
+
+def test_keep_base_override_replaces_the_keep_ratios():
+    net = load_config(SVIT_CFG, ["model.backbone.net.keep_base=0.6"]).model.backbone.net
+    assert net.keep_base == 0.6 and net.keep_ratios is None
+    net = load_config(SVIT_CFG, ["model.backbone.net.keep_base=0.6",  # the last one given
+                                 "model.backbone.net.keep_base=0.5"]).model.backbone.net
+    assert net.keep_base == 0.5 and net.keep_ratios is None
+
+
+@pytest.mark.parametrize("first, second", [("keep_base=0.6", "keep_ratios=0.5"),
+                                           ("keep_ratios=[0.5]", "keep_base=0.6")])
+def test_keep_base_and_keep_ratios_together_is_an_error(first, second):
+    with pytest.raises(ConfigError, match="give one of keep_ratios or keep_base, not both"):
+        load_config(SVIT_CFG, [f"model.backbone.net.{first}", f"model.backbone.net.{second}"])

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from helpers import SVIT_CFG, TINY_SVIT, cli_error, run
@@ -101,13 +102,22 @@ def _load_with_pycocotools(results, rows, tmp_path):
     assert all(a["area"] > 0 for a in ann)  # from the RLE masks
 
 
-@pytest.mark.parametrize("case", ["missing_input", "batch_zero"])
-def test_demo_bad_arguments(case, tmp_path, capsys):
+@pytest.mark.parametrize("case", ["missing_input", "batch_zero", "cuda_missing", "unknown_gate"])
+def test_demo_bad_arguments(case, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
-    args = {"missing_input": ["--input", str(tmp_path / "nope.jpg")],
-            "batch_zero": ["--input", str(tmp_path), "--batch-size", "0"]}[case]
-    cli_error(demo.cli, ["--config-file", SVIT_CFG, *args, "--output", str(out),
-                         "--device", "cpu", *TINY_SVIT], "tokenprune.tools.demo", capsys)
+    images = str(_folder(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on this machine
+    args, device, opts, message = {
+        "missing_input": ([str(tmp_path / "nope.jpg")], "cpu", [], "not found"),
+        "batch_zero": ([images, "--batch-size", "0"], "cpu", [], "--batch-size"),
+        "cuda_missing": ([images], "cuda", [],
+                         "--device=cuda: CUDA is not available on this machine"),
+        "unknown_gate": ([images], "cpu", ["model.backbone.net.gate=mlpp"],
+                         "unknown gate 'mlpp' (did you mean mlp?)")}[case]
+    line = cli_error(demo.cli, ["--config-file", SVIT_CFG, "--output", str(out), "--device",
+                                device, "--input", *args, "--", *TINY_SVIT, *opts],
+                     "tokenprune.tools.demo", capsys)
+    assert message in line
     assert not out.exists()
 
 

@@ -1,6 +1,7 @@
 """``tokenprune.engine.predictor.Predictor`` on the tiny SViT model (random weights, gates
 that prune): same output as the model, batches as single calls, every kind of image file,
 COCO results that pycocotools loads."""
+import inspect
 import json
 
 import numpy as np
@@ -10,9 +11,10 @@ from PIL import Image
 
 from helpers import SVIT_CFG, TINY_SVIT, TINY_VLTP, VLTP_CFG, prune_some
 
-from tokenprune.engine.predictor import Predictor, read_image
+from tokenprune.engine.predictor import CONFIDENCE_THRESHOLD, Predictor, read_image
 from tokenprune.engine.results import coco_results
-from tokenprune.errors import BadImageError, InputError
+from tokenprune.errors import BadImageError, DeviceError, InputError
+from tokenprune.modeling import find_pruned_vit
 
 LIGHT = ["model.roi_heads.box_predictor.test_topk_per_image=5",
          "model.proposal_generator.post_nms_topk=[100,50]"]
@@ -21,7 +23,7 @@ LIGHT = ["model.roi_heads.box_predictor.test_topk_per_image=5",
 @pytest.fixture(scope="module")
 def predictor():
     torch.manual_seed(0)
-    p = Predictor(SVIT_CFG, overrides=TINY_SVIT + LIGHT, device="cpu",
+    p = Predictor(SVIT_CFG, overrides=TINY_SVIT + LIGHT, device="cpu", confidence_threshold=0.0,
                   allow_untrained_gates=True)  # gates set by prune_some
     prune_some(p.model)
     return p
@@ -45,8 +47,6 @@ def _same_instances(a, b, atol=0.0):
 def test_equals_model_inference(predictor):
     """The test resize (ResizeShortestEdge 256) by hand, then the meta-arch's own inference."""
     import detectron2.data.transforms as T
-
-    from tokenprune.modeling import find_pruned_vit
 
     image = _rgb(150, 200)
     pred = predictor(image)
@@ -75,14 +75,25 @@ def test_batch_equals_single_calls(predictor):
         assert b.keep_ratios == pytest.approx(single.keep_ratios)
 
 
-def test_score_threshold():
+def test_confidence_threshold():
+    """The commands' default (``--confidence-threshold``) is the Predictor's."""
+    assert inspect.signature(Predictor).parameters["confidence_threshold"].default \
+        == CONFIDENCE_THRESHOLD == 0.5
     torch.manual_seed(0)
-    p = Predictor(SVIT_CFG, overrides=TINY_SVIT + LIGHT, device="cpu", score_threshold=0.3,
+    p = Predictor(SVIT_CFG, overrides=TINY_SVIT + LIGHT, device="cpu", confidence_threshold=0.3,
                   allow_untrained_gates=True)
     scores = p(_rgb(100, 100)).instances.scores
     assert bool((scores >= 0.3).all())
-    with pytest.raises(InputError, match="score threshold"):
-        Predictor(SVIT_CFG, overrides=TINY_SVIT, device="cpu", score_threshold=2.0)
+    with pytest.raises(InputError, match="confidence threshold"):
+        Predictor(SVIT_CFG, overrides=TINY_SVIT, device="cpu", confidence_threshold=2.0)
+
+
+def test_a_device_this_machine_lacks_is_one_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on this machine
+    with pytest.raises(DeviceError, match="device=cuda: CUDA is not available on this machine"):
+        Predictor(SVIT_CFG, overrides=TINY_SVIT, device="cuda")
+    with pytest.raises(DeviceError, match="device=gpu: not a device"):
+        Predictor(SVIT_CFG, overrides=TINY_SVIT, device="gpu")
 
 
 def _image_files(folder):
@@ -157,7 +168,7 @@ def test_bad_images_one_clear_error(predictor, tmp_path):
 
 def test_task_guided_model_takes_task_id():
     torch.manual_seed(0)
-    p = Predictor(VLTP_CFG, overrides=TINY_VLTP + LIGHT, device="cpu",
+    p = Predictor(VLTP_CFG, overrides=TINY_VLTP + LIGHT, device="cpu", confidence_threshold=0.0,
                   allow_untrained_gates=True)
     image = _rgb(120, 160)
     a, b = p(image, task_id=0), p(image, task_id=3)
@@ -225,8 +236,8 @@ def test_visualize_draws_the_predictors_outputs(predictor, tmp_path, capsys):
     from tokenprune.engine.visualize import VisualizeOptions, visualize
 
     images = [("a/x.png", _rgb(150, 200, 8)), ("b/x.png", _rgb(90, 120, 9))]
-    options = VisualizeOptions(keep_ratio=0.5, task_ids=(0, 2))
-    written = visualize(predictor, images, str(tmp_path), options)
+    with find_pruned_vit(predictor.model).pruning(keep_ratio=0.5):
+        written = visualize(predictor, images, str(tmp_path), VisualizeOptions(task_ids=(0, 2)))
     assert [p.rsplit("/", 1)[1] for p in written] == ["x.png", "x_1.png"]
     for path in written:
         with Image.open(path) as im:
@@ -235,5 +246,3 @@ def test_visualize_draws_the_predictors_outputs(predictor, tmp_path, capsys):
     assert [ln.split(":")[0] for ln in lines] == ["a/x.png task 0", "a/x.png task 2",
                                                  "b/x.png task 0", "b/x.png task 2"]
     assert all("kept: block 1 50%, block 2 50%, block 3 50%" in ln for ln in lines), lines
-    with pytest.raises(InputError, match="keep ratio 1.5 is outside"):
-        visualize(predictor, images, str(tmp_path), VisualizeOptions(keep_ratio=1.5))

@@ -165,6 +165,24 @@ def test_constructor_switches_become_the_configured_policy():
         forced.reactivate = True  # configuration: constructor arguments, or pruning()
 
 
+def test_keep_targets_one_number_a_list_or_svit_base():
+    blocks = [1, 2, 3, 4, 5]
+    one = PrunedViT(pruned_blocks=blocks, keep_ratios=0.5, **TINY)
+    assert one.keep_ratios == dict.fromkeys(blocks, 0.5)
+    assert PrunedViT(pruned_blocks=blocks, **TINY).keep_ratios == dict.fromkeys(blocks, 0.7)
+    base = PrunedViT(pruned_blocks=blocks, keep_base=0.6, **TINY)  # stages of 5 // 3 blocks
+    assert base.keep_ratios == {1: 0.6, 2: 0.6, 3: 0.36, 4: 0.36, 5: 0.216}
+    for kwargs, message in [
+            (dict(keep_ratios=0.5, keep_base=0.6), "give keep_ratios or keep_base, not both"),
+            (dict(keep_base=1.2), r"keep_base must lie in \(0, 1\], got 1.2"),
+            (dict(keep_ratios=1.5), r"keep_ratios must lie in \(0, 1\], got 1.5"),
+            # the range is checked before the count
+            (dict(keep_ratios=[1.5, 0.5]), r"must lie in \(0, 1\], got \[1.5, 0.5\]"),
+            (dict(keep_ratios=[0.5, 0.5]), "2 entries for 5 pruned blocks")]:
+        with pytest.raises(ValueError, match=message):
+            PrunedViT(pruned_blocks=blocks, **kwargs, **TINY)
+
+
 def test_pruning_takes_a_policy_and_swaps_one_settings_object():
     _, pruned = _pair(**CONFIGS["window_relpos"])
     configured = pruned.inference_settings

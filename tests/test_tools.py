@@ -104,7 +104,7 @@ def test_dense_macs_match_fvcore_and_spec_from_vit():
 # --------------------------------------------------------------------------- benchmark
 def test_benchmark_outputs(tmp_path, gated_checkpoint, capsys):
     out = tmp_path / "bench"
-    proc = run(BENCH + ["--config-file", SVIT_CFG, "--keep-ratios", "1.0", "0.5",
+    proc = run(BENCH + ["--config-file", SVIT_CFG, "--sweep", "1.0", "0.5",
                         "--schedule", "svit", "--weights", "checkpoint", "--device", "cpu",
                         "--batch-size", "1", "2", "--output", str(out), *FAST, "--",
                         *TINY_SVIT, *LIGHT_HEADS, f"train.init_checkpoint={gated_checkpoint}"],
@@ -124,6 +124,7 @@ def test_benchmark_outputs(tmp_path, gated_checkpoint, capsys):
     for x in v.values():
         for scope in ("backbone", "model"):
             assert x[scope]["median_ms"] > 0 and len(x[scope]["times_ms"]) == 1
+            assert x[scope]["min_ms"] == x[scope]["median_ms"] == x[scope]["max_ms"]
             assert x[scope]["speedup"] > 0 and x[scope]["throughput_img_s"] > 0
             assert x[scope]["cpu_time_median_ms"] > 0 and x[scope]["cpu_time_speedup"] > 0
             assert x["peak_memory_mib"][scope] >= 0
@@ -157,6 +158,8 @@ def test_benchmark_outputs(tmp_path, gated_checkpoint, capsys):
     assert [r[0] for r in rows] == ["dense (Detectron2)", "dense (SDPA)", "keep 1", "keep 0.5",
                                     "svit schedule", "learned gates"]
     assert all(len(r) == 12 and r[4].endswith("x") and r[8].endswith("x") for r in rows)
+    assert all(len(r[3].split(" / ")) == 3 and len(r[7].split(" / ")) == 3 for r in rows)
+    assert "busy_warning" in run1 and "min / median / max" in md
     assert rows[4][1] == "1: 0.75, 2: 0.5, 3: 0.375"
     assert "## Batch sizes" in md and "svit schedule, unequal" in md
     # one table of several results.json (the GPU script's summary)
@@ -176,7 +179,7 @@ def test_benchmark_outputs(tmp_path, gated_checkpoint, capsys):
 def test_benchmark_dense_config_backbone_only_rss(tmp_path):
     """A dense config is converted to SViT's schedule; resident-set memory per process."""
     out = tmp_path / "bench"
-    benchmark.cli(["--config-file", DENSE_CFG, "--keep-ratios", "0.5", "--backbone-only",
+    benchmark.cli(["--config-file", DENSE_CFG, "--sweep", "0.5", "--backbone-only",
                    "--memory", "rss", "--device", "cpu", "--output", str(out),
                    "--attention", "sdpa", "flex", *FAST, *TINY])
     res = json.loads((out / "results.json").read_text())
@@ -216,7 +219,7 @@ def images(tmp_path_factory):
 def test_visualize_outputs(tmp_path, images):
     out = tmp_path / "vis"
     proc = run(VIS + ["--config-file", SVIT_CFG, "--input", *images, "--output", str(out),
-                      "--score-thresh", "0.2", "--keep-ratio", "0.5", "--prompt", "shapes",
+                      "--confidence-threshold", "0.2", "--keep-ratio", "0.5", "--prompt", "shapes",
                       "--task-id", "1", "--device", "cpu", "--precision", "bfloat16",
                       "--allow-untrained-gates", "--",
                       *TINY_SVIT], timeout=300)
@@ -246,19 +249,24 @@ def test_visualize_one_row_per_task(tmp_path, images, capsys):
 
 
 # --------------------------------------------------------------------------- bad input
-BENCH_BAD = ["keep_zero", "keep_above_one", "output_not_writable", "unregistered_dataset"]
+BENCH_BAD = ["keep_zero", "keep_above_one", "output_not_writable", "unregistered_dataset",
+             "cuda_missing"]
 VIS_BAD = ["not_an_image", "missing_image", "image_is_folder", "output_not_writable",
-           "missing_dataset", "keep_above_one", "unpaired_prompts"]
+           "missing_dataset", "keep_above_one", "unpaired_prompts", "cuda_missing"]
+CUDA_MISSING = "--device=cuda: CUDA is not available on this machine"
 
 
 @pytest.mark.parametrize("case", BENCH_BAD)
-def test_benchmark_bad_input(case, tmp_path, capsys):
+def test_benchmark_bad_input(case, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
-    flags, opts = ["--keep-ratios", "0.5"], list(TINY_SVIT)
-    if case == "keep_zero":
-        flags = ["--keep-ratios", "0.7", "0"]
+    flags, opts = ["--sweep", "0.5"], list(TINY_SVIT)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on this machine
+    if case == "cuda_missing":
+        flags += ["--device", "cuda"]
+    elif case == "keep_zero":
+        flags = ["--sweep", "0.7", "0"]
     elif case == "keep_above_one":
-        flags = ["--keep-ratios", "1.5"]
+        flags = ["--keep-ratio", "1.5"]
     elif case == "output_not_writable":
         (tmp_path / "file").write_text("x")
         out = tmp_path / "file" / "out"
@@ -269,8 +277,10 @@ def test_benchmark_bad_input(case, tmp_path, capsys):
     assert {"keep_zero": "keep ratio 0 is outside (0, 1]",
             "keep_above_one": "keep ratio 1.5 is outside (0, 1]",
             "output_not_writable": "cannot write to output folder",
-            "unregistered_dataset": "'no_such_dataset' is not registered"}[case] in line
+            "unregistered_dataset": "'no_such_dataset' is not registered",
+            "cuda_missing": CUDA_MISSING}[case] in line
     assert not (out.exists() and RESULT_FILES & set(os.listdir(out)))
+    assert case != "cuda_missing" or not out.exists()
 
 
 @pytest.mark.parametrize("case", VIS_BAD)
@@ -294,6 +304,9 @@ def test_visualize_bad_input(case, tmp_path, images, capsys, monkeypatch):
         flags = ["--keep-ratio", "1.5"]
     elif case == "unpaired_prompts":
         flags = ["--prompt", "a", "b", "--task-id", "1"]
+    elif case == "cuda_missing":
+        flags = ["--device", "cuda"]
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on this machine
     line = cli_error(visualize.cli, ["--config-file", SVIT_CFG, "--input", *inputs,
                                      "--output", str(out), "--allow-untrained-gates", *flags,
                                      "--", *opts],
@@ -302,5 +315,139 @@ def test_visualize_bad_input(case, tmp_path, images, capsys, monkeypatch):
             "image_is_folder": "is a folder", "output_not_writable": "cannot write",
             "missing_dataset": "coco_2017_val",
             "keep_above_one": "keep ratio 1.5 is outside (0, 1]",
-            "unpaired_prompts": "2 --prompt values and 1 --task-id values"}[case] in line
+            "unpaired_prompts": "2 --prompt values and 1 --task-id values",
+            "cuda_missing": CUDA_MISSING}[case] in line
     assert not (out.exists() and any(n.endswith(".png") for n in os.listdir(out)))
+    assert case != "cuda_missing" or not out.exists()
+
+
+# --------------------------------------------------------------------------- shared options
+def _help_entries(cli, capsys):
+    """{flag: its help text} of ``cli(["--help"])``'s options."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        cli(["--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out.split("\noptions:\n", 1)[1]
+    entries = {}
+    for line in text.splitlines():
+        if line.startswith("  -"):
+            flag, _, rest = line.strip().partition(" ")
+            entries[flag.rstrip(",")] = rest
+            last = flag.rstrip(",")
+        elif line.startswith("    "):
+            entries[last] += " " + line.strip()
+        else:
+            break
+    return entries
+
+
+SHARED = {"--checkpoint", "--allow-untrained-gates", "--keep-ratio", "--confidence-threshold",
+          "--device", "--precision", "--batch-size"}
+
+
+@pytest.mark.parametrize("name,shared", [
+    ("demo", SHARED),
+    ("visualize", SHARED - {"--batch-size"}),
+    ("flops", {"--checkpoint", "--allow-untrained-gates", "--keep-ratio"}),
+    ("benchmark", SHARED - {"--confidence-threshold"}),
+    ("tradeoff", {"--checkpoint", "--allow-untrained-gates", "--precision", "--batch-size"}),
+])
+def test_one_option_set_with_help_and_defaults(name, shared, capsys):
+    """The shared options where they apply, and every option's help names its default."""
+    import importlib
+
+    entries = _help_entries(importlib.import_module(f"tokenprune.tools.{name}").cli, capsys)
+    assert shared <= set(entries), sorted(entries)
+    assert "--score-thresh" not in entries
+    if name != "tradeoff":  # its --keep-ratios: one point each (not the benchmark's old flag)
+        assert "--keep-ratios" not in entries
+    required = {"-h", "--config-file"} | ({"--input", "--output"} if name in ("demo",
+                                                                           "visualize") else set())
+    for flag, text in entries.items():
+        assert flag in required or "default" in text, (flag, text)
+    if "--confidence-threshold" in shared:
+        assert "(default: 0.5)" in entries["--confidence-threshold"]
+    if name == "benchmark":
+        assert "(default: 3)" in entries["--warmup"] and "--sweep" in entries
+
+
+def test_checkpoint_option_wins_over_the_override():
+    from tokenprune.tools import flops
+    from tokenprune.tools.common import load_tool_config
+
+    args = flops.build_parser().parse_args(["--config-file", SVIT_CFG, "--keep-ratio", "0.5",
+                                            "--checkpoint", "a.pth", "train.init_checkpoint=b.pth"])
+    cfg = load_tool_config(args, splits=())
+    assert cfg.train.init_checkpoint == "a.pth"
+    assert cfg.model.backbone.net.fixed_keep_ratio == 0.5
+    args = flops.build_parser().parse_args(["--config-file", SVIT_CFG,
+                                            "train.init_checkpoint=b.pth"])
+    assert load_tool_config(args, splits=()).train.init_checkpoint == "b.pth"
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--keep-ratio", "0.5", "--", "model.backbone.net.depth=4"], "needs a token-pruned model"),
+    (["--keep-ratio", "0.5", "0"], "keep ratio 0 is outside (0, 1]"),
+])
+def test_keep_ratio_bad_input(flags, message, tmp_path, capsys):
+    from tokenprune.tools import flops
+
+    line = cli_error(flops.cli, ["--config-file", DENSE_CFG if "--" in flags else SVIT_CFG,
+                                 "--output", str(tmp_path / "f.json"), *flags],
+                     "python -m tokenprune.tools.flops", capsys)
+    assert message in line and not (tmp_path / "f.json").exists()
+
+
+@pytest.mark.parametrize("tool", ["demo", "visualize"])
+def test_override_among_inputs_hints_at_double_dash(tool, images, tmp_path, capsys):
+    import importlib
+
+    module = importlib.import_module(f"tokenprune.tools.{tool}")
+    line = cli_error(module.cli, ["--config-file", SVIT_CFG, "--output", str(tmp_path / "o"),
+                                  "--input", images[0], "train.init_checkpoint=x.pth"],
+                     f"tokenprune.tools.{tool}", capsys)
+    assert "input not found: train.init_checkpoint=x.pth" in line
+    assert "put overrides after `--`" in line and not (tmp_path / "o").exists()
+    line = cli_error(module.cli, ["--config-file", SVIT_CFG, "--output", str(tmp_path / "o"),
+                                  "--input", images[0], "--keep-ratio", "0.5", "a.b=1"],
+                     f"tokenprune.tools.{tool}", capsys)
+    assert "invalid float value: 'a.b=1' (put config overrides after `--`)" in line
+
+
+# --------------------------------------------------------------------------- benchmark spread
+def test_busy_warning_on_hand_made_timings():
+    from tokenprune.analysis.timing import BUSY_SPREAD, busy_warning, spread
+
+    assert spread([0.3, 0.1, 0.2]) == pytest.approx({"min_ms": 100, "median_ms": 200,
+                                                      "max_ms": 300})
+    steady = {"dense (Detectron2) (backbone)": [1.0, 1.1, 1.29],
+              "dense (SDPA) (backbone)": [2.0, 2.1, 2.2]}
+    assert BUSY_SPREAD == 1.3 and busy_warning(steady) is None
+    busy = dict(steady, **{"dense (SDPA) (model)": [1.0, 1.5, 3.0]})
+    warning = busy_warning(busy)
+    assert "dense (SDPA) (model) 3.00x" in warning and "Detectron2" not in warning
+    assert "the machine is busy; the ratio is unreliable" in warning
+
+
+def test_benchmark_keep_ratio_variants():
+    """--sweep: one uniform variant each; --keep-ratio: one number joins them, one per
+    pruned block is one forced schedule; a wrong count is a one-line input error."""
+    from types import SimpleNamespace
+
+    from tokenprune.analysis.benchmark import variants
+    from tokenprune.analysis.benchmark_options import BenchmarkOptions
+    from tokenprune.errors import InputError
+
+    vit = SimpleNamespace(pruned_blocks=[1, 2, 3], keep_ratios={1: 0.7, 2: 0.49, 3: 0.343})
+    opts = BenchmarkOptions(config_file="c.py", sweep=(1.0, 0.5), keep_ratio=(0.7,))
+    assert [v.key for v in variants(opts, vit, False, 1)] == ["dense", "dense_sdpa", "keep1",
+                                                             "keep0.5", "keep0.7"]
+    opts = BenchmarkOptions(config_file="c.py", keep_ratio=(0.9, 0.6, 0.3), schedule="svit")
+    forced = variants(opts, vit, False, 1)[2:]
+    assert [(v.name, v.fixed) for v in forced] == [
+        ("keep 0.9/0.6/0.3", {1: 0.9, 2: 0.6, 3: 0.3}),
+        ("svit schedule", {1: 0.7, 2: 0.49, 3: 0.343})]
+    with pytest.raises(InputError, match="2 entries for 3 pruned blocks"):
+        variants(BenchmarkOptions(config_file="c.py", keep_ratio=(0.9, 0.6)), vit, False, 1)
+    assert BenchmarkOptions(config_file="c.py").warmup >= 3

@@ -11,8 +11,11 @@ import time
 import pytest
 import torch
 
+from detectron2.config import instantiate
+
 from helpers import (DENSE_CFG, ROOT, SMALL, SVIT_CFG, TINY, TINY_SVIT, one_line_error,
                      train_net)
+from tokenprune.config import load_config
 
 
 def _metrics(out_dir):
@@ -49,6 +52,11 @@ def test_eval_only_prints_box_and_mask_ap(trained, tmp_path, train_in_process, c
                                         f"train.output_dir={tmp_path}"], "--eval-only")
     log = capsys.readouterr().out
     assert "copypaste: Task: bbox" in log and "copypaste: Task: segm" in log
+    # log.txt is plain text (the console's highlighted config included), each line once
+    text = (tmp_path / "log.txt").read_text()
+    assert "\x1b[" not in text and "\x1b[" in log
+    assert "from ..common.vitdet_tiny_model import model" in text
+    assert text.count("Full config saved to") == 1
 
 
 def test_resume_after_kill_continues_from_last_checkpoint(tmp_path):
@@ -106,6 +114,15 @@ def test_bad_input_through_the_real_entry_point(tmp_path):
                      env={"PYTHONWARNINGS": ""}, timeout=120)
     line = one_line_error(proc.returncode, proc.stderr, "train_net.py")
     assert "nope.py" in line and not out.exists()
+
+
+def test_help_shows_lazyconfig_examples(train_net_module, capsys):
+    with pytest.raises(SystemExit):
+        train_net_module.argument_parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "train.max_iter=100" in text and "model.backbone.net.keep_ratios=[" in text
+    assert "--eval-only train.init_checkpoint=" in text and "--num-gpus 8" in text
+    assert "MODEL.WEIGHTS" not in text and "SOLVER.BASE_LR" not in text
 
 
 def test_verbose_flag(train_net_module):
@@ -166,13 +183,33 @@ def test_bad_input_one_line_error_and_outputs_untouched(case, tmp_path, train_ne
         print(f"\n{case}: {line}")
 
 
-_MODEL_ARGUMENT_CASES = {
-    "bad_keep_ratios": (SVIT_CFG, ["model.backbone.net.keep_ratios=[1.5,0.5,0.5]"], []),
-    "zero_fixed_keep_ratio": (SVIT_CFG, ["model.backbone.net.fixed_keep_ratio=0"], []),
-    "bad_pruned_blocks": (SVIT_CFG, ["model.backbone.net.pruned_blocks=[1,2,9]"], []),
-    "bad_gate_noise_anneal": (SVIT_CFG, ["train.gate_noise_anneal=2.0"], []),
-    "bad_amp_precision": (DENSE_CFG, ["train.amp.precision=float8"], []),
-    "eval_only_without_checkpoint": (DENSE_CFG, ["train.init_checkpoint="], ["--eval-only"]),
+_MODEL_ARGUMENT_CASES = {  # config, overrides, flags, what the line says
+    "bad_keep_ratios": (SVIT_CFG, ["model.backbone.net.keep_ratios=[1.5,0.5,0.5]"], [],
+                        "keep_ratios must lie in (0, 1], got [1.5, 0.5, 0.5]"),
+    "bad_keep_ratio": (SVIT_CFG, ["model.backbone.net.keep_ratios=1.5"], [],
+                       "keep_ratios must lie in (0, 1], got 1.5"),
+    "keep_ratios_count": (SVIT_CFG, ["model.backbone.net.keep_ratios=[0.5,0.5]"], [],
+                          "keep_ratios has 2 entries for 3 pruned blocks"),
+    "keep_base_and_keep_ratios": (SVIT_CFG, ["model.backbone.net.keep_base=0.6",
+                                             "model.backbone.net.keep_ratios=0.5"], [],
+                                  "give one of keep_ratios or keep_base, not both"),
+    "zero_fixed_keep_ratio": (SVIT_CFG, ["model.backbone.net.fixed_keep_ratio=0"], [],
+                              "fixed_keep_ratio must lie in (0, 1]"),
+    "bad_pruned_blocks": (SVIT_CFG, ["model.backbone.net.pruned_blocks=[1,2,9]"], [],
+                          "pruned_blocks must be distinct indices"),
+    "unknown_gate": (SVIT_CFG, ["model.backbone.net.gate=nope"], [],
+                     "unknown gate 'nope'; valid: attention, attentionnet, guided, mlp, random"),
+    "misspelt_reducer": (SVIT_CFG, ["model.backbone.net.reducer=tomme"], [],
+                         "unknown reducer 'tomme' (did you mean tome?); valid: tome"),
+    "batch_size_zero": (DENSE_CFG, ["dataloader.train.total_batch_size=0"], [],
+                        "total_batch_size=0: must be a positive multiple"),
+    "cuda_missing": (DENSE_CFG, ["train.device=cuda"], [],
+                     "train.device=cuda: CUDA is not available on this machine"),
+    "bad_gate_noise_anneal": (SVIT_CFG, ["train.gate_noise_anneal=2.0"], [],
+                              "gate_noise_anneal"),
+    "bad_amp_precision": (DENSE_CFG, ["train.amp.precision=float8"], [], "float8"),
+    "eval_only_without_checkpoint": (DENSE_CFG, ["train.init_checkpoint="], ["--eval-only"],
+                                     "--eval-only needs a checkpoint"),
 }
 
 
@@ -180,14 +217,30 @@ _MODEL_ARGUMENT_CASES = {
 def test_bad_model_and_train_arguments_one_line_before_writing(case, tmp_path, train_net_module,
                                                                capsys, monkeypatch):
     """In-process (train_net.main, as launch() runs it with one process): fast."""
-    cfg, extra, flags = _MODEL_ARGUMENT_CASES[case]
+    cfg, extra, flags, message = _MODEL_ARGUMENT_CASES[case]
     out = tmp_path / "out"
     opts = (TINY_SVIT if cfg == SVIT_CFG else TINY) + [f"train.output_dir={out}"] + extra
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on this machine
     line = _in_process_error(train_net_module, ["--config-file", cfg, *flags, *opts], capsys,
                              monkeypatch, entry="main")
+    assert message in line
     assert not out.exists()
     with capsys.disabled():
         print(f"\n{case}: {line}")
+
+
+@pytest.mark.parametrize("keep", ["keep_ratios=0.5", "keep_base=0.6"])
+def test_keep_ratios_from_one_number_train_and_evaluate(keep, tmp_path, train_in_process):
+    """One number for every pruned block, or SViT's schedule from its base."""
+    opts = [o for o in TINY_SVIT if "keep_ratios" not in o] + [
+        f"model.backbone.net.{keep}", "train.max_iter=1", "train.eval_period=1",
+        f"train.output_dir={tmp_path}", "train.flops_period=0"]
+    train_in_process(SVIT_CFG, opts)
+    records = _metrics(tmp_path)
+    assert "loss_keep_ratio" in records[0] and "bbox/AP" in records[-1]
+    net = instantiate(load_config(str(tmp_path / "config.yaml")).model.backbone.net)
+    assert net.keep_ratios == {"keep_ratios=0.5": {1: 0.5, 2: 0.5, 3: 0.5},
+                               "keep_base=0.6": {1: 0.6, 2: 0.36, 3: 0.216}}[keep]
 
 
 def test_dense_checkpoint_initialises_svit_with_only_gates_new(trained, tmp_path,

@@ -12,7 +12,7 @@ from PIL import Image
 from helpers import SVIT_CFG, TINY_SVIT, cli_error
 from tokenprune.engine.predictor import Predictor
 from tokenprune.errors import CheckpointError
-from tokenprune.tools import benchmark, demo, flops, visualize
+from tokenprune.tools import benchmark, demo, flops, tradeoff, visualize
 
 LIGHT = ["model.roi_heads.box_predictor.test_topk_per_image=5",
          "model.proposal_generator.post_nms_topk=[100,20]"]
@@ -35,10 +35,12 @@ def _argv(tool, image, out, checkpoint):
         "benchmark": ["--weights", "checkpoint", "--device", "cpu", "--input-size", "64",
                       "--repeats", "1", "--warmup", "0", "--memory", "off", "--output",
                       str(out), *opts],
+        "tradeoff": ["--reducers", "gates", "--num-images", "1", "--output", str(out), *opts],
     }[tool]
 
 
-TOOLS = {"demo": demo, "flops": flops, "visualize": visualize, "benchmark": benchmark}
+TOOLS = {"demo": demo, "flops": flops, "visualize": visualize, "benchmark": benchmark,
+         "tradeoff": tradeoff}
 
 
 @pytest.mark.parametrize("tool", sorted(TOOLS))
@@ -58,6 +60,15 @@ def test_tool_refuses_no_checkpoint(tmp_path, image, capsys):
                                  *_argv("flops", image, tmp_path, "")], flops.PROG, capsys)
     assert "no checkpoint: set train.init_checkpoint=PATH" in line
     assert not (tmp_path / "flops.json").exists()
+
+
+def test_checkpoint_option_is_checked_too(tmp_path, image, gateless_checkpoint, capsys):
+    """--checkpoint (every tool's) sets train.init_checkpoint over the overrides: the
+    gateless file it names is refused although the override names none."""
+    line = cli_error(demo.cli, ["--config-file", SVIT_CFG, "--checkpoint", gateless_checkpoint,
+                                *_argv("demo", image, tmp_path / "out", "")], demo.PROG, capsys)
+    assert "holds no weights for 18 gate tensors" in line
+    assert not (tmp_path / "out").exists()
 
 
 def test_tool_runs_untrained_gates_when_allowed(tmp_path, image, gateless_checkpoint, capsys):

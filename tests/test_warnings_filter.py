@@ -7,8 +7,8 @@ import warnings
 
 import pytest
 
-from tokenprune.tools import (ablation, benchmark, benchmark_summary, demo, flops, visualize,
-                              warnings_filter)
+from tokenprune.tools import (ablation, benchmark, benchmark_summary, demo, flops, tradeoff,
+                              visualize, warnings_filter)
 from tokenprune.tools.common import run_tool, tool_parser
 
 THIRD_PARTY = ["timm.models.layers", "torch.jit._script", "torch.functional", "pkg_resources",
@@ -87,7 +87,15 @@ def test_run_tool_follows_verbose(verbose):
     assert modules == (set(THIRD_PARTY + OWN) if verbose else set(OWN))
 
 
-@pytest.mark.parametrize("tool", [ablation, benchmark, benchmark_summary, demo, flops, visualize],
+@pytest.mark.parametrize("tool", [ablation, benchmark, benchmark_summary, demo, flops, tradeoff,
+                                  visualize],
                          ids=lambda m: m.__name__.rsplit(".", 1)[1])
 def test_every_command_has_verbose(tool):
     assert "--verbose" in tool.build_parser().format_help()
+
+
+def test_verbose_after_the_overrides_is_the_flag_not_an_override():
+    parser = tool_parser("prog", "a command")
+    seen = run_tool("prog", lambda args: args, parser,
+                    ["--config-file", "c.py", "train.max_iter=3", "--verbose", "train.seed=1"])
+    assert seen.verbose and seen.opts == ["train.max_iter=3", "train.seed=1"]

@@ -85,6 +85,7 @@ def test_the_wheel_holds_every_module_and_config(installed):
 def test_console_script_and_quick_configs_outside_the_checkout(installed, tmp_path):
     _, site, bin_dir = installed
     assert (bin_dir / "tokenprune-ablation").is_file()
+    assert (bin_dir / "tokenprune-tradeoff").is_file()
     proc = _run([bin_dir / "tokenprune-ablation", "--help"], cwd=tmp_path)
     assert proc.stdout.startswith("usage:") and "--dense-config" in proc.stdout
     proc = _run([bin_dir / "python", "-c", RESOLVE_QUICK_CONFIGS, site], cwd=tmp_path)

@@ -40,13 +40,13 @@ from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.config import instantiate
 from detectron2.modeling.backbone.vit import ViT
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DeviceError
 from .modeling.attention import resize_rel_pos
 from .modeling.autocast import autocast_model
 
 __all__ = ["TokenPruneCheckpointer", "LoadReport", "check_backbone_loaded", "check_gates_loaded",
-           "is_resizable",
-           "resize_to", "build_model", "local_checkpoint_file", "verify_checkpoint",
+           "is_resizable", "resize_to", "check_device", "build_model", "local_checkpoint_file",
+           "verify_checkpoint",
            "load_model"]
 
 # Model buffers Detectron2 fills from the config, not from checkpoints.
@@ -220,9 +220,29 @@ def check_gates_loaded(report: LoadReport) -> None:
             f"(Python: allow_untrained_gates=True) if that is meant")
 
 
+def check_device(device: str, name: str = "device") -> None:
+    """DeviceError unless this machine has ``device`` ("cpu", "cuda", "cuda:1", ...);
+    ``name``: how the caller's user gave it ("train.device", "--device")."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DeviceError(f"{name}={device}: not a device (cpu, cuda, cuda:N)") from e
+    if dev.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        why = "built without CUDA" if torch.version.cuda is None else "finds no GPU"
+        raise DeviceError(f"{name}={device}: CUDA is not available on this machine (PyTorch "
+                          f"{torch.__version__} {why}); use {name}=cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeviceError(f"{name}={device}: this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s)")
+
+
 def build_model(cfg: DictConfig) -> torch.nn.Module:
-    """Instantiate ``cfg.model`` on ``train.device``; a model argument out of its range
-    (a ValueError of a constructor, e.g. ``keep_ratios=[1.5, ...]``) is a ConfigError."""
+    """Instantiate ``cfg.model`` on ``train.device`` (checked by :func:`check_device`); a
+    model argument out of its range (a ValueError of a constructor, e.g.
+    ``keep_ratios=1.5``) is a ConfigError."""
+    check_device(cfg.train.device, "train.device")
     try:
         model = instantiate(cfg.model)
     except ValueError as e:
@@ -311,7 +331,8 @@ def verify_checkpoint(model: torch.nn.Module, path: str, *, strict: bool,
 
 
 def load_model(cfg: DictConfig, device: Optional[str] = None, precision: Optional[str] = None,
-               *, allow_untrained_gates: bool = False) -> torch.nn.Module:
+               strict: bool = False, *,
+               allow_untrained_gates: bool = False) -> torch.nn.Module:
     """The config's model in eval mode for inference, ``train.init_checkpoint`` loaded.
 
     Prints the load summary (:meth:`LoadReport.summary`: loaded / resized / new tensors).
@@ -321,17 +342,19 @@ def load_model(cfg: DictConfig, device: Optional[str] = None, precision: Optiona
     and latency). ``device`` overrides ``cfg.train.device``. ``precision`` ("bfloat16",
     "float16"; None or "float32": off) runs the forward pass under autocast
     (:class:`~tokenprune.modeling.autocast.AutocastModel`, which forwards attribute look-ups
-    to the model).
+    to the model). ``strict``: every model tensor other than the gates must come from the
+    checkpoint (see :func:`verify_checkpoint`; for evaluating a trained model).
     """
     if device:
         cfg.train.device = device
+    model = build_model(cfg)  # first: a bad device or model argument is the error to show
     path = cfg.train.init_checkpoint
     if not path and not allow_untrained_gates:
         raise CheckpointError("no checkpoint: set train.init_checkpoint=PATH (or --checkpoint "
                               "FILE); random weights only with --allow-untrained-gates "
                               "(Python: allow_untrained_gates=True)")
-    model = build_model(cfg)
-    report = verify_checkpoint(model, path, strict=False, require_gates=not allow_untrained_gates)
+    report = verify_checkpoint(model, path, strict=strict,
+                               require_gates=not allow_untrained_gates)
     print(report.summary() if report else "no checkpoint: random weights "
           "(untrained gates allowed)", flush=True)
     return autocast_model(model.eval(), precision, cfg.train.device).eval()

@@ -3,7 +3,10 @@
 Detectron2's ``LazyConfig.apply_overrides`` silently adds unknown keys and accepts any value
 type, so a typo (``model.backbone.net.embeddim=384``) or a wrong type (``train.max_iter=1.5``)
 only surfaces deep inside instantiation. :func:`load_config` rejects both up front with a
-:class:`~tokenprune.errors.ConfigError` naming the key.
+:class:`~tokenprune.errors.ConfigError` naming the key. Two relaxations follow the ``_target_``
+of the node a key belongs to: one number is accepted for a list when the target's parameter
+takes a float too (``model.backbone.net.keep_ratios=0.5``), and an override of one of the
+target's ``config_alternatives`` (``keep_ratios`` / ``keep_base``) clears the others.
 
 :func:`project_config` finds one of the project's own config files (the top-level
 ``configs/`` folder): shipped in a wheel as the package resource ``tokenprune/configs``
@@ -15,7 +18,8 @@ import difflib
 import importlib.resources
 import inspect
 import os
-from typing import Any, Sequence
+import typing
+from typing import Any, Callable, Iterable, List, Optional, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -24,7 +28,7 @@ from detectron2.utils.registry import locate
 
 from .errors import ConfigError
 
-__all__ = ["load_config", "apply_overrides", "configs_dir", "project_config"]
+__all__ = ["load_config", "apply_overrides", "configs_dir", "project_config", "did_you_mean"]
 
 _MISSING = object()
 
@@ -73,6 +77,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    done: List[str] = []
     for text in overrides:
         try:
             (override,) = OverridesParser.create().parse_overrides([text])
@@ -83,7 +88,16 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
             raise ConfigError(f"override '{text}': deleting keys is not supported")
         value = _check_override(cfg, key, override.value())
         OmegaConf.update(cfg, key, value, merge=False)  # key={...} replaces, not merges
+        _clear_alternatives(cfg, key, done)
+        done.append(key)
     return cfg
+
+
+def did_you_mean(name: str, choices: Iterable[str], prefix: str = "") -> str:
+    """`` (did you mean a, b?)`` with up to 3 of ``choices`` close to ``name`` (each written
+    with ``prefix``), or ``""`` when none is."""
+    close = difflib.get_close_matches(name, [str(c) for c in choices], n=3)
+    return f" (did you mean {', '.join(prefix + c for c in close)}?)" if close else ""
 
 
 def _check_override(cfg: DictConfig, key: str, value: Any) -> Any:
@@ -94,36 +108,82 @@ def _check_override(cfg: DictConfig, key: str, value: Any) -> Any:
     if leaf not in parent:
         if _target_accepts(parent, leaf):
             return value
-        close = difflib.get_close_matches(leaf, [str(k) for k in parent.keys()], n=3)
-        names = [f"{parent_key}.{c}" if parent_key else c for c in close]
-        hint = f" (did you mean {', '.join(names)}?)" if close else ""
+        hint = did_you_mean(leaf, parent.keys(), f"{parent_key}." if parent_key else "")
         raise ConfigError(f"override '{key}': no such config key{hint}")
     old = parent._get_node(leaf)._value()  # raw value: interpolations stay strings
     if isinstance(old, str) and old.startswith("${"):
         return value
+    if isinstance(old, (list, tuple, ListConfig)) and _is_number(value) \
+            and _target_takes_float(parent, leaf):
+        return value  # one number for every entry (keep_ratios=0.5)
     return _coerce(key, old, value)
 
 
-def _target_accepts(node: DictConfig, name: str) -> bool:
-    """Whether the node's ``_target_`` takes a keyword ``name`` (a class: any ``__init__`` in
-    its MRO, as ``**kwargs`` are passed up to base classes; a function: ``**kwargs`` too)."""
+def _clear_alternatives(cfg: DictConfig, key: str, done: Sequence[str]) -> None:
+    """After ``key`` was set: set to None the other keys of its ``config_alternatives``
+    group (see the module docstring); ConfigError if one of them was overridden too."""
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    target = _target(parent)
+    for group in getattr(target, "config_alternatives", ()):
+        if leaf not in group:
+            continue
+        for other in (g for g in group if g != leaf):
+            other_key = f"{parent_key}.{other}" if parent_key else other
+            if other_key in done:
+                raise ConfigError(f"overrides '{other_key}' and '{key}': give one of "
+                                  f"{' or '.join(group)}, not both")
+            if other in parent:
+                parent[other] = None
+
+
+def _target(node: DictConfig) -> Optional[Callable]:
+    """The node's ``_target_`` as a class or function (None when it has none)."""
     target = node.get("_target_", None)
-    if target is None:
-        return False
-    fn = locate(target) if isinstance(target, str) else target
-    inits = [c.__dict__["__init__"] for c in fn.__mro__ if "__init__" in c.__dict__] \
+    return locate(target) if isinstance(target, str) else target
+
+
+def _target_functions(node: DictConfig) -> List[Callable]:
+    """The functions that take the node's keywords: a class's ``__init__`` methods along
+    its MRO (``**kwargs`` are passed up to base classes), or the function itself."""
+    fn = _target(node)
+    if fn is None:
+        return []
+    return [c.__dict__["__init__"] for c in fn.__mro__ if "__init__" in c.__dict__] \
         if isinstance(fn, type) else [fn]
-    for init in inits:
+
+
+def _target_accepts(node: DictConfig, name: str) -> bool:
+    """Whether the node's ``_target_`` takes a keyword ``name`` (a function: ``**kwargs``
+    too)."""
+    fn = _target(node)
+    for init in _target_functions(node):
         try:
             params = inspect.signature(init).parameters
         except (TypeError, ValueError):
             continue
         if name in params:
             return True
-    if isinstance(fn, type):
+    if fn is None or isinstance(fn, type):
         return False
     params = inspect.signature(fn).parameters
     return any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _target_takes_float(node: DictConfig, name: str) -> bool:
+    """Whether the type hint of the target's parameter ``name`` admits a float."""
+    for init in _target_functions(node):
+        try:
+            hint = typing.get_type_hints(init).get(name)
+        except Exception:  # an annotation that does not resolve: no evidence
+            continue
+        if hint is not None:
+            return hint is float or float in typing.get_args(hint)
+    return False
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _coerce(key: str, old: Any, value: Any) -> Any:

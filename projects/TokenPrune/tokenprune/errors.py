@@ -17,6 +17,10 @@ class CheckpointError(TokenPruneError):
     """A checkpoint that does not exist or does not match the model."""
 
 
+class DeviceError(TokenPruneError):
+    """A device this machine does not have (CUDA asked for where PyTorch finds none)."""
+
+
 class InputError(TokenPruneError):
     """A bad model or tool input (image file, guidance vector, task id, prompt, ...)."""
 

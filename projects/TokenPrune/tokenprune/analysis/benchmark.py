@@ -6,7 +6,7 @@
     python -m tokenprune.tools.benchmark --config-file configs/COCO/mask_rcnn_vitdet_b_dense.py \\
         --schedule svit --device cpu --input-size 1024 --repeats 3 \\
         -- "model.backbone.net.window_block_indexes=[]"
-    python -m tokenprune.tools.benchmark --config-file CFG --keep-ratios 1.0 0.7 0.5 \\
+    python -m tokenprune.tools.benchmark --config-file CFG --sweep 1.0 0.7 0.5 \\
         --input-size 512 --batch-size 2 --output out/bench -- model.backbone.net.depth=12
 
 What is measured, in one process, on the same weights and the same inputs:
@@ -24,9 +24,11 @@ Variants (all share the model object; only :meth:`PrunedViT.pruning` changes):
   ``torch.nn.functional.scaled_dot_product_attention`` with the relative positions as an
   additive bias (:mod:`tokenprune.modeling.attention`). Every speedup is taken against the
   **faster** of the two in that scope (and batch size), named in the results.
-* ``keep R`` (``--keep-ratios``): every pruned block keeps its top ``R`` of the tokens by
-  gate score (``fixed_keep_ratio=R``). ``keep 1.0`` is the dense computation plus the
-  gates' cost.
+* ``keep R`` (``--sweep``, or ``--keep-ratio`` with one number): every pruned block keeps
+  its top ``R`` of the tokens by gate score (``fixed_keep_ratio=R``). ``keep 1.0`` is the
+  dense computation plus the gates' cost.
+* ``keep R1/R2/...`` (``--keep-ratio`` with one number per pruned block): that schedule,
+  forced as top-k rates.
 * ``svit schedule`` (``--schedule svit``): the config's per-block targets ``keep_ratios``
   (0.7 / 0.49 / 0.343 for SViT) forced as top-k rates; with a batch of B > 1 images also
   ``svit schedule, unequal``: image b keeps ``min(1, r * s_b)`` with ``s`` evenly spaced
@@ -108,8 +110,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from ..checkpoint import load_model
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, InputError
 from ..modeling import PrunedViT, find_pruned_vit, svit_schedule
+from ..modeling.keep_policy import per_block_ratios
 from ..modeling.attention import DEFAULT_ATTENTION
 from ..modeling.autocast import autocast_model
 from ..modeling.sparse_block import group_kept_tokens
@@ -138,16 +141,24 @@ class BenchmarkVariant:
 
 def variants(options: BenchmarkOptions, vit, has_trained_gates: bool,
              batch: int) -> List[BenchmarkVariant]:
-    """The two dense references, one variant per ``--keep-ratios``, the schedule (and its
-    unequal form for a batch), the learned gates."""
+    """The two dense references, one variant per ``--sweep`` ratio, the ``--keep-ratio``
+    schedule, the config's schedule (and its unequal form for a batch), the learned gates."""
     dense = [BenchmarkVariant("dense", "dense (Detectron2)", None, gates_off=True,
                               attention="eager"),
              BenchmarkVariant("dense_sdpa", "dense (SDPA)", None, gates_off=True,
                               attention="sdpa")]
     blocks = vit.pruned_blocks
     pruned = []
-    for r in dict.fromkeys(options.keep_ratios):
+    uniform = options.sweep + (options.keep_ratio if len(options.keep_ratio) == 1 else ())
+    for r in dict.fromkeys(uniform):
         pruned.append(BenchmarkVariant(f"keep{r:g}", f"keep {r:g}", {i: float(r) for i in blocks}))
+    if len(options.keep_ratio) > 1:
+        try:
+            forced = per_block_ratios(options.keep_ratio, blocks, "--keep-ratio")
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        pruned.append(BenchmarkVariant("keep_blocks", "keep " + "/".join(
+            f"{r:g}" for r in options.keep_ratio), forced))
     if options.schedule == "svit":
         pruned.append(BenchmarkVariant("svit", "svit schedule", dict(vit.keep_ratios)))
         if batch > 1:

@@ -8,8 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
-import torch
-
+from ..checkpoint import check_device
 from ..errors import ConfigError, InputError
 from ..modeling.attention import DEFAULT_ATTENTION
 from ..modeling.autocast import amp_dtype
@@ -23,7 +22,8 @@ class BenchmarkOptions:
 
     Attributes:
         config_file, overrides: the LazyConfig and its ``key=value`` overrides.
-        keep_ratios: forced keep ratios, one variant each, in (0, 1].
+        sweep: uniform forced keep ratios, one variant each, in (0, 1].
+        keep_ratio: one forced variant: one ratio for every pruned block or one per block.
         schedule: "svit": also the config's per-block targets; None: not.
         device: "cpu" or "cuda[:N]". precision: "float32", "bfloat16" or "float16".
         input_size: square input side in pixels; None: the model's ``square_pad``.
@@ -37,7 +37,8 @@ class BenchmarkOptions:
 
     config_file: str
     overrides: Tuple[str, ...] = ()
-    keep_ratios: Tuple[float, ...] = ()
+    sweep: Tuple[float, ...] = ()
+    keep_ratio: Tuple[float, ...] = ()
     schedule: Optional[str] = None
     device: str = "cpu"
     precision: str = "float32"
@@ -46,7 +47,7 @@ class BenchmarkOptions:
     attention: Tuple[str, ...] = (DEFAULT_ATTENTION,)
     threads: Optional[int] = None
     repeats: int = 5
-    warmup: int = 1
+    warmup: int = 3
     weights: str = "random"
     backbone_only: bool = False
     memory: str = "tensors"
@@ -56,8 +57,9 @@ class BenchmarkOptions:
     allow_untrained_gates: bool = False
 
     def check(self) -> None:
-        """InputError for settings out of range (before anything is built)."""
-        for r in self.keep_ratios:
+        """InputError for settings out of range, DeviceError for a device this machine
+        lacks (before anything is built)."""
+        for r in self.sweep + self.keep_ratio:
             if not (0.0 < r <= 1.0) or math.isnan(r):
                 raise InputError(f"keep ratio {r:g} is outside (0, 1]")
         for name, value, low in (("--repeats", self.repeats, 1), ("--warmup", self.warmup, 0),
@@ -68,8 +70,7 @@ class BenchmarkOptions:
             raise InputError(f"--threads must be at least 1, got {self.threads}")
         if self.input_size is not None and self.input_size <= 0:
             raise InputError(f"--input-size must be positive, got {self.input_size}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise InputError(f"--device {self.device}: CUDA is not available on this machine")
+        check_device(self.device, "--device")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise InputError(f"--device must be cpu or cuda[:N], got {self.device}")
         if self.memory == "rss" and self.device != "cpu":

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-from typing import Any, Dict, List, Tuple
+import sys
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -19,8 +20,11 @@ from .benchmark import (DENSE_KEYS, Bench, BenchmarkVariant, for_batch, padding_
 from .benchmark_options import BenchmarkOptions
 from .benchmark_memory import peak_memory
 from .cost import backbone_macs, uniform_keep_speedups
+from .timing import busy_warning, spread
 
 __all__ = ["run_benchmark", "markdown", "summary_markdown"]
+
+DENSE_NAMES = {"dense": "dense (Detectron2)", "dense_sdpa": "dense (SDPA)"}
 
 
 def _baselines(timing, scopes: List[str]) -> Dict[str, str]:
@@ -31,12 +35,13 @@ def _baselines(timing, scopes: List[str]) -> Dict[str, str]:
 
 def _scope_figures(bench: Bench, options: BenchmarkOptions, timing, v: BenchmarkVariant,
                    scope: str, base: str) -> Dict[str, Any]:
-    """Median, repeats, throughput and speedups (against dense ``base``) in one scope."""
+    """Min / median / max, repeats, throughput and speedups (against dense ``base``) in one
+    scope."""
     ms, cpu_ms, times, _ = timing
     on_cpu = options.device == "cpu"
     med = ms[(v.key, scope)]
     return {
-        "median_ms": med, "times_ms": [1e3 * t for t in times[(v.key, scope)]],
+        **spread(times[(v.key, scope)]), "times_ms": [1e3 * t for t in times[(v.key, scope)]],
         "throughput_img_s": bench.batch / (med / 1e3),
         "baseline": base, "speedup": ms[(base, scope)] / med,
         "speedup_vs_detectron2": ms[("dense", scope)] / med,
@@ -121,7 +126,10 @@ def _measure_batch(base: Bench, options: BenchmarkOptions, prog: str, batch: int
     bench = for_batch(base, options, batch)
     timing = time_variants(bench, options, f"{prog} [batch {batch}]")
     mem, method = peak_memory(bench, options)
+    dense = {f"{DENSE_NAMES[k]} ({s})": timing[2][(k, s)] for k in DENSE_KEYS
+             for s in bench.scopes}
     run = {"batch_size": batch, "baselines": _baselines(timing, bench.scopes),
+           "busy_warning": busy_warning(dense),
            "variants": [_variant_row(bench, options, timing, mem, v) for v in bench.variants]}
     return bench, run, method
 
@@ -149,6 +157,10 @@ def run_benchmark(cfg, options: BenchmarkOptions, out_dir: str, prog: str) -> Di
     atomic_write_text(os.path.join(out_dir, "results.md"), md)
     atomic_write_json(os.path.join(out_dir, "results.json"), res)
     print(md)
+    for run in runs:
+        if run["busy_warning"]:
+            print(f"{prog}: warning: batch {run['batch_size']}: {run['busy_warning']}",
+                  file=sys.stderr, flush=True)
     print(f"{prog}: wrote {out_dir}/results.json, results.md, speedup.png"
           + (", profile.md" if profile_md else ""), flush=True)
     return res
@@ -172,7 +184,11 @@ def _fmt(x, spec: str = ".1f", suffix: str = "") -> str:
     return "n/a" if x is None else f"{x:{spec}}{suffix}"
 
 
-DENSE_NAMES = {"dense": "dense (Detectron2)", "dense_sdpa": "dense (SDPA)"}
+def _spread_cell(scope: Optional[dict]) -> str:
+    """'min / median / max' milliseconds of a scope's figures; n/a without them."""
+    if not scope:
+        return "n/a"
+    return " / ".join(f"{scope[k]:.1f}" for k in ("min_ms", "median_ms", "max_ms"))
 
 
 def markdown(res: dict) -> str:
@@ -189,7 +205,7 @@ def markdown(res: dict) -> str:
         f"- pruned variants: attention {', '.join(res['attention'])}, windows bucketed by "
         f"kept count (quantum {res['bucket_quantum']})",
         f"- weights: {res['weights']}; warm-up rounds {res['warmup']}, timed rounds "
-        f"{res['repeats']} (medians, variants interleaved)",
+        f"{res['repeats']} (min / median / max, variants interleaved; speedups of medians)",
         f"- peak memory: {res['memory_method']}",
         "- speedups: against the faster dense reference of each scope (named per table); "
         "medians of wall-clock time; on a CPU also of this process's CPU time (all threads), "
@@ -198,6 +214,8 @@ def markdown(res: dict) -> str:
         "bucket (every group padded to the fullest) -> with the buckets",
     ]
     lines += [f"- note: {n}" for n in res["notes"]]
+    lines += [f"- **warning** (batch {r['batch_size']}): {r['busy_warning']}"
+              for r in res["runs"] if r.get("busy_warning")]
     for run in res["runs"]:
         lines += _run_table(run)
     if len(res["runs"]) > 1:
@@ -211,8 +229,9 @@ def _run_table(run: dict) -> List[str]:
     lines = [
         "", f"## Batch {run['batch_size']}: speedups against "
         + ", ".join(f"{DENSE_NAMES[k]} ({s})" for s, k in bases.items()), "",
-        "| variant | keep ratios (block: kept fraction) | mean keep | backbone ms | "
-        "backbone speedup | predicted speedup | measured / predicted | whole-model ms | "
+        "| variant | keep ratios (block: kept fraction) | mean keep | "
+        "backbone ms (min / median / max) | backbone speedup | predicted speedup | "
+        "measured / predicted | whole-model ms (min / median / max) | "
         "whole-model speedup | peak memory MiB (backbone / whole) | "
         "CPU-time speedup (backbone / whole) | padding |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -227,9 +246,9 @@ def _run_table(run: dict) -> List[str]:
                  if v["keep_ratios"] else "")
         lines.append(
             f"| {v['name']} | {_ratio_summary(ratios)} | {v['mean_keep_ratio']:.3f} "
-            f"| {b['median_ms']:.1f} | {b['speedup']:.2f}x | {b['predicted_speedup']:.2f}x "
+            f"| {_spread_cell(b)} | {b['speedup']:.2f}x | {b['predicted_speedup']:.2f}x "
             f"| {b['measured_over_predicted']:.2f} "
-            f"| {_fmt(m and m['median_ms'])} | {_fmt(m and m['speedup'], '.2f', 'x')} "
+            f"| {_spread_cell(m)} | {_fmt(m and m['speedup'], '.2f', 'x')} "
             f"| {mem_s} | {_fmt(b['cpu_time_speedup'], '.2f', 'x')} / "
             f"{_fmt(m and m['cpu_time_speedup'], '.2f', 'x')} | {pad_s} |")
     return lines

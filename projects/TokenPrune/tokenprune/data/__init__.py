@@ -6,7 +6,7 @@ Importing this package registers ``synthetic_shapes_{train,val,minival}``,
 (cheap: their files are generated on first use) and ``coco_tasks_*`` (from $DETECTRON2_DATASETS).
 """
 
-from .catalog import dataset_names, first_test_inputs, test_metadata
+from .catalog import dataset_names, first_images_dataset, first_test_inputs, test_metadata
 from .coco import prepare_dataset, write_coco_layout
 from .coco_tasks import COCO_TASKS, register_coco_tasks, write_coco_tasks_layout
 from .synthetic import (
@@ -26,6 +26,7 @@ register_coco_tasks()
 __all__ = [
     "dataset_names",
     "first_test_inputs",
+    "first_images_dataset",
     "test_metadata",
     "COCO_TASKS",
     "SYNTHETIC_TASKS",

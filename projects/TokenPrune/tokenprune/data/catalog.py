@@ -1,5 +1,6 @@
 """What a config reads: the dataset names of its loaders (the one place a ``names`` entry,
-a string or a list, becomes a list), its test metadata and the first inputs of its test set."""
+a string or a list, becomes a list), its test metadata, the first inputs of its test set,
+and a registered dataset of the first images of one (:func:`first_images_dataset`)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, List, Optional, Sequence
@@ -11,7 +12,7 @@ from ..errors import InputError
 if TYPE_CHECKING:
     from detectron2.data.catalog import Metadata
 
-__all__ = ["dataset_names", "test_metadata", "first_test_inputs"]
+__all__ = ["dataset_names", "test_metadata", "first_test_inputs", "first_images_dataset"]
 
 
 def dataset_names(cfg: DictConfig, splits: Sequence[str] = ("train", "test")) -> List[str]:
@@ -47,3 +48,26 @@ def first_test_inputs(cfg: DictConfig, num: int) -> List[dict]:
     if not inputs:
         raise InputError(f"the test dataset {cfg.dataloader.test.dataset.names} has no images")
     return inputs[:num]
+
+
+def first_images_dataset(names: Sequence[str], num: int) -> Optional[str]:
+    """The name of a registered dataset holding the first ``num`` records of ``names`` (in
+    order), or None when they hold ``num`` records or fewer (use them as they are).
+
+    Its metadata is the first dataset's without its annotation file, so Detectron2's
+    ``COCOEvaluator`` scores the subset against the subset's own ground truth (converted
+    from the records into its ``output_dir``), not against images that were not run.
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    records = [r for name in names for r in DatasetCatalog.get(name)]
+    if len(records) <= num:
+        return None
+    first = records[:num]
+    subset = f"{'+'.join(names)}@first{num}"
+    if subset not in DatasetCatalog:
+        DatasetCatalog.register(subset, lambda: [dict(r) for r in first])
+        meta = {k: v for k, v in MetadataCatalog.get(names[0]).as_dict().items()
+                if k not in ("name", "json_file")}
+        MetadataCatalog.get(subset).set(**meta)
+    return subset

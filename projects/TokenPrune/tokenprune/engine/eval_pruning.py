@@ -1,5 +1,6 @@
 """How much an evaluated pruned model pruned: :class:`KeepRatioMeter` (the kept fraction of
-each pruned block over the images of a test run) and :func:`report_eval_pruning` (those
+each pruned block over the images of a test run; :func:`mean_keep_ratio` its one number for
+the studies) and :func:`report_eval_pruning` (those
 fractions and the fvcore GFLOPs on the first test images, to the console and to
 Detectron2's EventStorage under the names of :mod:`.hooks`)."""
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ..analysis import count_model_flops
 from ..modeling.meta_arch import find_pruned_vit
 from .hooks import flops_scalars, keep_ratio_scalars
 
-__all__ = ["KeepRatioMeter", "report_eval_pruning"]
+__all__ = ["KeepRatioMeter", "mean_keep_ratio", "report_eval_pruning"]
 
 logger = logging.getLogger("detectron2")
 
@@ -44,6 +45,12 @@ class KeepRatioMeter:
         mine = {i: torch.cat(rs) for i, rs in self._ratios.items()}
         parts = comm.all_gather(mine) if comm.get_world_size() > 1 else [mine]
         return {i: torch.cat([p[i] for p in parts if i in p]) for i in sorted(mine)}
+
+
+def mean_keep_ratio(ratios: Dict[int, Tensor]) -> float:
+    """``keep_ratio/mean`` of :meth:`KeepRatioMeter.close`'s fractions (the mean over pruned
+    blocks of each block's mean over the images); 1.0 for a dense model (no blocks)."""
+    return keep_ratio_scalars(ratios).get("keep_ratio/mean", 1.0)
 
 
 def _active_storage():

@@ -34,7 +34,10 @@ from ..errors import BadImageError, ConfigError, InputError
 from ..modeling.autocast import amp_dtype
 from ..modeling.meta_arch import find_pruned_vit
 
-__all__ = ["Predictor", "Prediction", "PreparedImage", "TestPreprocessing", "read_image"]
+__all__ = ["CONFIDENCE_THRESHOLD", "Predictor", "Prediction", "PreparedImage",
+           "TestPreprocessing", "read_image"]
+
+CONFIDENCE_THRESHOLD = 0.5  # the default minimum detection score (Detectron2's demo's)
 
 ImageLike = Union[str, np.ndarray]
 _HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
@@ -189,7 +192,8 @@ class Predictor:
             pruning decoders (VLTP) of a pruned model, is a CheckpointError.
         overrides: ``key=value`` config overrides (strict, as on the command line).
         device: "cpu", "cuda", ...; None: the config's ``train.device``.
-        score_threshold: detections below it are dropped before resizing their masks.
+        confidence_threshold: detections scored below it are dropped before resizing their
+            masks (the commands' ``--confidence-threshold``, same default).
         precision: "float32" (or None), "bfloat16" or "float16" (CUDA): the forward pass
             under ``torch.autocast`` at that dtype.
         allow_untrained_gates: run with gates the checkpoint lacks (they prune at random),
@@ -198,9 +202,9 @@ class Predictor:
 
     def __init__(self, config: Union[str, DictConfig], checkpoint: Optional[str] = None,
                  overrides: Sequence[str] = (), device: Optional[str] = None,
-                 score_threshold: float = 0.0, precision: Optional[str] = None,
-                 allow_untrained_gates: bool = False):
-        from ..checkpoint import load_model
+                 confidence_threshold: float = CONFIDENCE_THRESHOLD,
+                 precision: Optional[str] = None, allow_untrained_gates: bool = False):
+        from ..checkpoint import check_device, load_model
 
         if isinstance(config, str):
             cfg = load_config(config, overrides)
@@ -209,13 +213,15 @@ class Predictor:
         if checkpoint is not None:
             cfg.train.init_checkpoint = checkpoint
         self.preprocessing = TestPreprocessing(cfg)
-        if not 0.0 <= score_threshold <= 1.0:
-            raise InputError(f"score threshold must lie in [0, 1], got {score_threshold:g}")
+        if not 0.0 <= confidence_threshold <= 1.0:
+            raise InputError(f"confidence threshold must lie in [0, 1], "
+                             f"got {confidence_threshold:g}")
         self.cfg = cfg
         self.input_format = self.preprocessing.input_format
         self.metadata = self.preprocessing.metadata
-        self.score_threshold = score_threshold
+        self.confidence_threshold = confidence_threshold
         device = device or cfg.train.device
+        check_device(device)
         self._device_type = torch.device(device).type
         self._amp = None if precision in (None, "float32") else amp_dtype(precision, device)
         self.model = load_model(cfg, device, allow_untrained_gates=allow_untrained_gates)
@@ -243,8 +249,8 @@ class Predictor:
         out = []
         for b, (p, r) in enumerate(zip(prepared, raw)):
             r = r.to("cpu")
-            if self.score_threshold > 0:
-                r = r[r.scores >= self.score_threshold]
+            if self.confidence_threshold > 0:
+                r = r[r.scores >= self.confidence_threshold]
             instances = detector_postprocess(r, p.inputs["height"], p.inputs["width"])
             out.append(Prediction(instances, *self._keep_stats(vit, b), image=p.image,
                                   patch_size=self.patch_size))

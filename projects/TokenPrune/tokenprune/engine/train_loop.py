@@ -6,7 +6,7 @@ import os
 from typing import Any, Dict
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from detectron2.config import instantiate
 from detectron2.engine import hooks
@@ -19,7 +19,7 @@ from detectron2.utils.events import EventStorage, JSONWriter
 
 from ..analysis import count_model_flops
 from ..checkpoint import (
-    TokenPruneCheckpointer, build_model, local_checkpoint_file, verify_checkpoint,
+    TokenPruneCheckpointer, build_model, check_device, local_checkpoint_file, verify_checkpoint,
 )
 from ..data import dataset_names, first_test_inputs, prepare_dataset
 from ..errors import ConfigError
@@ -43,7 +43,14 @@ def prepare_datasets(cfg: DictConfig) -> None:
 
 
 def check_train_config(cfg: DictConfig) -> None:
-    """Raise ConfigError for training options out of their range (before anything runs)."""
+    """Raise ConfigError for training options out of their range, DeviceError for a device
+    this machine lacks (before anything runs)."""
+    check_device(cfg.train.device, "train.device")
+    batch = OmegaConf.select(cfg, "dataloader.train.total_batch_size")
+    world = comm.get_world_size()
+    if batch is not None and (batch < 1 or batch % world):
+        raise ConfigError(f"dataloader.train.total_batch_size={batch}: must be a positive "
+                          f"multiple of the number of processes ({world})")
     check_determinism_config(cfg)
     gate_noise_anneal(cfg)
     amp = cfg.train.get("amp", {})

@@ -1,22 +1,22 @@
 """Which tokens a pruned ViTDet keeps, block by block, and what it detects.
 
     python -m tokenprune.tools.visualize --config-file configs/Synthetic/mask_rcnn_vitdet_t_svit.py \\
-        --input img1.png img2.jpg --output out/vis [--score-thresh 0.5] [--keep-ratio 0.5] \\
+        --input img1.png img2.jpg --output out/vis [--confidence-threshold 0.5] [--keep-ratio 0.5] \\
         [--prompt "red shapes" "the largest object" | --task-id 0 2] [-- key=value ...]
 
 For every input image, one PNG ``<output>/<image name>.png`` with
 
 * a panel of the final detections (Detectron2's ``Visualizer`` with the metadata of the
-  config's test dataset; detections with score >= ``--score-thresh``), and
+  config's test dataset; detections with score >= ``--confidence-threshold``), and
 * one panel per pruned block: the image as the model sees it (after the test mapper's
   resize) with the pruned token cells darkened, titled with the block index and the kept
   fraction of the block's token grid (``PrunedViT.last_keep_ratios``).
 
 The images go through a :class:`~tokenprune.engine.predictor.Predictor` (the config's test
-mapper, the model, detections at the input size). Weights: ``train.init_checkpoint``.
-``--keep-ratio R`` forces a top-k rate R in every pruned block instead of the gates'
-per-image decision. ``--prompt`` / ``--task-id`` go into the input dict as ``"prompt"`` /
-``"task_id"`` for task-guided models (VLTP). Several of them (given both, they are paired
+mapper, the model, detections at the input size). Weights: ``train.init_checkpoint``
+(``--checkpoint``). ``--keep-ratio`` forces top-k rates (the model's ``fixed_keep_ratio``)
+instead of the gates' per-image decision. ``--prompt`` / ``--task-id`` go into the input
+dict as ``"prompt"`` / ``"task_id"`` for task-guided models (VLTP). Several of them (given both, they are paired
 in order) put one row per prompt or task into each image's PNG, so the kept tokens of
 different tasks on the same image sit side by side.
 
@@ -28,16 +28,14 @@ PNGs are kept in memory and written (atomically) only after every image is done.
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
 from ..analysis.drawing import draw_detections, keep_overlay
 from ..errors import InputError
 from ..fileio import atomic_write_bytes, figure_png
-from ..modeling import find_pruned_vit
 from .predictor import Prediction, Predictor
 from .results import output_stems
 
@@ -46,17 +44,13 @@ __all__ = ["VisualizeOptions", "guidances", "visualize"]
 
 @dataclass(frozen=True)
 class VisualizeOptions:
-    """What to draw: ``keep_ratio`` (None: the gates decide) forced in every pruned block;
-    one row per prompt / task id (paired in order when both are given)."""
+    """What to draw: one row per prompt / task id (paired in order when both are given)."""
 
-    keep_ratio: Optional[float] = None
     prompts: Tuple[str, ...] = ()
     task_ids: Tuple[int, ...] = ()
 
     def check(self) -> None:
-        """InputError for a keep ratio outside (0, 1] or unpaired prompts and task ids."""
-        if self.keep_ratio is not None and not 0.0 < self.keep_ratio <= 1.0:
-            raise InputError(f"keep ratio {self.keep_ratio:g} is outside (0, 1]")
+        """InputError for unpaired prompts and task ids."""
         guidances(self.prompts, self.task_ids)
 
 
@@ -118,7 +112,7 @@ def _guidance_row(predictor: Predictor, pred: Prediction, path: str, image: np.n
                           max_side=None)
     label = _guidance_label(guidance)
     det_title = (f"{label}\n" if label else "") + \
-        f"{len(instances)} detections (score >= {predictor.score_threshold:g})"
+        f"{len(instances)} detections (score >= {predictor.confidence_threshold:g})"
     seen_rgb = convert_image_to_rgb(pred.image, fmt)
     row, kept = [], []
     for i, keep in pred.keep_masks.items():
@@ -138,18 +132,15 @@ def visualize(predictor: Predictor, images: Sequence[Tuple[str, np.ndarray]], ou
     """One PNG per (path, image in the predictor's input format) in ``out_dir`` (see the
     module docstring), one stdout line per image and guidance; returns the PNGs' paths."""
     options.check()
-    vit = find_pruned_vit(predictor.model)
-    forced = options.keep_ratio is not None and vit is not None
     pngs: Dict[str, bytes] = {}
-    with vit.pruning(keep_ratio=options.keep_ratio) if forced else nullcontext():
-        for (path, image), stem in zip(images, output_stems([p for p, _ in images])):
-            rows = []
-            for guidance in guidances(options.prompts, options.task_ids):
-                pred = predictor.forward([predictor.prepare(image, **guidance)])[0]
-                row, line = _guidance_row(predictor, pred, path, image, guidance)
-                rows.append(row)
-                print(line, flush=True)
-            pngs[os.path.join(out_dir, f"{stem}.png")] = _figure(os.path.basename(path), rows)
+    for (path, image), stem in zip(images, output_stems([p for p, _ in images])):
+        rows = []
+        for guidance in guidances(options.prompts, options.task_ids):
+            pred = predictor.forward([predictor.prepare(image, **guidance)])[0]
+            row, line = _guidance_row(predictor, pred, path, image, guidance)
+            rows.append(row)
+            print(line, flush=True)
+        pngs[os.path.join(out_dir, f"{stem}.png")] = _figure(os.path.basename(path), rows)
     for final, png in pngs.items():  # every image done: now the files appear
         atomic_write_bytes(final, png)
     return list(pngs)

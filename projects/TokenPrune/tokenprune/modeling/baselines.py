@@ -35,7 +35,7 @@ Two optional gate attributes, read by :class:`PrunedViT`:
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -47,7 +47,21 @@ from .gates import GATE_REGISTRY
 from .sparse_block import gather_groups
 
 __all__ = ["AttentionGate", "RandomGate", "AttentionNetGate", "mean_received_attention",
-           "scores_to_log_probs"]
+           "scores_to_log_probs", "BASELINE_ARGS", "net_overrides"]
+
+#: The :class:`PrunedViT` arguments of the training-free baselines in the table above (the
+#: ablation's rows, the trade-off's reducers): config overrides of ``model.backbone.net``.
+BASELINE_ARGS: Dict[str, Dict[str, Any]] = {
+    "random": dict(gate="random", dynamic=False),
+    "evit": dict(gate="attention", dynamic=False, reactivate=False),
+    "tome": dict(reducer="tome"),
+}
+
+
+def net_overrides(args: Dict[str, Any], net: str = "model.backbone.net") -> Tuple[str, ...]:
+    """{argument: value} -> ``("<net>.argument=value", ...)`` in the overrides' syntax
+    (None as ``null``)."""
+    return tuple(f"{net}.{k}={'null' if v is None else v}" for k, v in args.items())
 
 
 def scores_to_log_probs(score: Tensor) -> Tensor:

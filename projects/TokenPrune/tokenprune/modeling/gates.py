@@ -15,6 +15,9 @@ import torch.nn.functional as F
 
 from detectron2.utils.registry import Registry
 
+from ..config import did_you_mean
+from ..errors import ConfigError
+
 GATE_REGISTRY = Registry("TOKEN_GATE")
 GATE_REGISTRY.__doc__ = "Token gates for PrunedViT: (B, N, C) tokens -> (B, N, 2) log-probs."
 
@@ -75,9 +78,16 @@ def gumbel_keep_decision(log_probs: torch.Tensor, tau: float = 1.0,
 def registry_name(registry: Registry, kind: str, suffix: str) -> str:
     """A short, case- and underscore-insensitive name as configs give it ("mlp",
     "attention_net", "tome") -> the registered class name ("MLPGate", "AttentionNetGate",
-    "ToMeReducer"); ``suffix``: the class names' common ending ("gate", "reducer")."""
+    "ToMeReducer"); ``suffix``: the class names' common ending ("gate", "reducer").
+    ConfigError naming the valid names (and the close ones) for an unknown ``kind``."""
+    if kind in registry:
+        return kind
     aliases = {name.lower().removesuffix(suffix): name for name in registry._obj_map}
-    return aliases.get(kind.lower().replace("_", ""), kind)
+    short = str(kind).lower().replace("_", "")
+    if short not in aliases:
+        raise ConfigError(f"unknown {suffix} {kind!r}{did_you_mean(short, aliases)}; valid: "
+                          f"{', '.join(sorted(aliases))} (case and '_' ignored)")
+    return aliases[short]
 
 
 def build_gates(kind: str, dim: int, blocks: Sequence[int], **kwargs) -> Dict[str, nn.Module]:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from detectron2.utils.registry import Registry
 
+from ..config import did_you_mean
 from ..errors import ConfigError, InputError
 
 GUIDANCE_REGISTRY = Registry("GUIDANCE")
@@ -233,8 +234,9 @@ def build_guidance(name: str, **kwargs: Any) -> GuidanceSource:
     """
     name = GUIDANCE_ALIASES.get(name, name)
     if name not in GUIDANCE_REGISTRY:
-        available = ", ".join(sorted([*GUIDANCE_ALIASES, *(k for k, _ in GUIDANCE_REGISTRY)]))
-        raise ConfigError(f"unknown guidance source {name!r}; available: {available}")
+        names = sorted([*GUIDANCE_ALIASES, *(k for k, _ in GUIDANCE_REGISTRY)])
+        raise ConfigError(f"unknown guidance source {name!r}{did_you_mean(name, names)}; "
+                          f"available: {', '.join(names)}")
     cls = GUIDANCE_REGISTRY.get(name)
     accepted = inspect.signature(cls.__init__).parameters
     return cls(**{k: v for k, v in kwargs.items() if k in accepted})

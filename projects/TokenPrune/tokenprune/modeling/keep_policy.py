@@ -9,7 +9,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-__all__ = ["keep_count", "svit_schedule", "per_block_ratios", "KeepPolicy"]
+__all__ = ["keep_count", "svit_ratios", "svit_schedule", "per_block_ratios", "KeepPolicy"]
 
 Ratios = Union[float, Sequence[float], Mapping[int, float]]
 
@@ -19,29 +19,41 @@ def keep_count(ratio: float, num_tokens: int) -> int:
     return min(max(1, math.ceil(ratio * num_tokens - 1e-6)), num_tokens)
 
 
+def svit_ratios(num_blocks: int, base: float = 0.7) -> list:
+    """SViT's keep ratios for ``num_blocks`` pruned blocks: three equal stages keeping
+    ``base``, ``base**2``, ``base**3`` (9 blocks at 0.7: 0.7 x3, 0.49 x3, 0.343 x3).
+    ValueError unless ``base`` lies in (0, 1]."""
+    if not 0.0 < base <= 1.0:
+        raise ValueError(f"keep_base must lie in (0, 1], got {base:g}")
+    return [round(base ** (1 + min(2, 3 * k // num_blocks)), 4) for k in range(num_blocks)]
+
+
 def svit_schedule(depth: int, dense_fraction: float = 0.25, base: float = 0.7) -> dict:
-    """SViT's schedule for a ViT of ``depth`` blocks: the first quarter dense, the rest in
-    three equal stages keeping ``base``, ``base**2``, ``base**3`` (0.7 / 0.49 / 0.343).
+    """SViT's schedule for a ViT of ``depth`` blocks: the first quarter dense, the rest
+    pruned at :func:`svit_ratios` (0.7 / 0.49 / 0.343).
 
     Returns ``dict(pruned_blocks=[...], keep_ratios=[...])`` for :class:`PrunedViT`.
     """
     first = int(round(depth * dense_fraction))
     blocks = list(range(first, depth))
-    ratios = [round(base ** (1 + min(2, 3 * k // len(blocks))), 4) for k in range(len(blocks))]
-    return dict(pruned_blocks=blocks, keep_ratios=ratios)
+    return dict(pruned_blocks=blocks, keep_ratios=svit_ratios(len(blocks), base))
 
 
 def per_block_ratios(value: Ratios, blocks: Sequence[int], name: str) -> Dict[int, float]:
     """{block: ratio} from one ratio for all ``blocks``, one per block (in order) or a
-    {block: ratio} mapping; ValueError (naming ``name``) unless each lies in (0, 1]."""
+    {block: ratio} mapping; ValueError (naming ``name``) unless each lies in (0, 1] (checked
+    first) and a list has one entry per block."""
     if isinstance(value, Mapping):
         value = [value[i] for i in blocks]
-    values = [float(value)] * len(blocks) if isinstance(value, (int, float)) \
-        else [float(v) for v in value]
-    if len(values) != len(blocks):
-        raise ValueError(f"{name} has {len(values)} entries for {len(blocks)} pruned blocks")
+    one = isinstance(value, (int, float))
+    values = [float(value)] if one else [float(v) for v in value]
     if any(not 0.0 < v <= 1.0 for v in values):
-        raise ValueError(f"{name} must lie in (0, 1], got {values}")
+        raise ValueError(f"{name} must lie in (0, 1], got {values[0] if one else values}")
+    if one:
+        values = values * len(blocks)
+    elif len(values) != len(blocks):
+        raise ValueError(f"{name} has {len(values)} entries for {len(blocks)} pruned blocks "
+                         f"{list(blocks)} (or give one number for all)")
     return dict(zip(blocks, values))
 
 

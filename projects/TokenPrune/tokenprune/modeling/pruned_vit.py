@@ -34,7 +34,9 @@ from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import (
+    Callable, ClassVar, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Union,
+)
 
 import torch
 import torch.nn as nn
@@ -45,7 +47,7 @@ from detectron2.modeling.backbone.vit import ViT
 
 from .attention import DEFAULT_ATTENTION, AttentionKernel, attention_kernel, profiler_range
 from .gates import build_gates, gumbel_keep_decision
-from .keep_policy import KeepPolicy, Ratios, keep_count, per_block_ratios
+from .keep_policy import KeepPolicy, Ratios, keep_count, per_block_ratios, svit_ratios
 from .sparse_block import DEFAULT_QUANTUM, run_block_dense, run_block_gathered, run_block_masked
 from .tome import build_reducer
 
@@ -81,11 +83,15 @@ class PrunedViT(ViT):
     ``last_keep_ratio_loss`` (a scalar, already weighted).
     """
 
+    # a config override of one of these arguments clears the other (tokenprune.config)
+    config_alternatives: ClassVar[Tuple[Tuple[str, ...], ...]] = (("keep_ratios", "keep_base"),)
+
     def __init__(
         self,
         *,
         pruned_blocks: Sequence[int] = (),
-        keep_ratios: Union[float, Sequence[float]] = 0.7,
+        keep_ratios: Union[None, float, Sequence[float]] = None,
+        keep_base: Optional[float] = None,
         gate: str = "mlp",
         gate_kwargs: Optional[dict] = None,
         preserve: bool = True,
@@ -106,7 +112,9 @@ class PrunedViT(ViT):
         """
         Args:
             pruned_blocks: indices of the blocks that get a gate.
-            keep_ratios: target keep ratio per pruned block (or one for all), in (0, 1].
+            keep_ratios: target keep ratio per pruned block (or one for all), in (0, 1];
+                None: SViT's schedule from ``keep_base`` (:func:`.svit_ratios`), else 0.7.
+            keep_base: that schedule's base (base x3, base^2 x3, base^3 x3 for 9 blocks).
             gate: a name in GATE_REGISTRY ("mlp" = "MLPGate"); gate_kwargs go to it.
                 A gate with ``learned = False`` decides in training as at inference (hard,
                 no keep-ratio loss); one with ``needs_block = True`` also receives
@@ -135,7 +143,7 @@ class PrunedViT(ViT):
         """
         super().__init__(**vit_kwargs)
         self.pruned_blocks = self._checked_blocks(pruned_blocks)
-        self.keep_ratios = per_block_ratios(keep_ratios, self.pruned_blocks, "keep_ratios")
+        self.keep_ratios = self._checked_targets(keep_ratios, keep_base)
         ratios = None
         if fixed_keep_ratio is not None:
             ratios = per_block_ratios(fixed_keep_ratio, self.pruned_blocks, "fixed_keep_ratio")
@@ -179,6 +187,18 @@ class PrunedViT(ViT):
         self.last_keep_masks: Dict[int, Tensor] = {}
         self.last_gate_log_probs: Dict[int, Tensor] = {}
         self.last_grid = grid
+
+    def _checked_targets(self, keep_ratios: Union[None, float, Sequence[float]],
+                         keep_base: Optional[float]) -> Dict[int, float]:
+        """{block: target keep ratio} from ``keep_ratios`` or ``keep_base`` (ValueError if
+        both are given or a ratio is out of range)."""
+        if keep_base is None:
+            return per_block_ratios(0.7 if keep_ratios is None else keep_ratios,
+                                    self.pruned_blocks, "keep_ratios")
+        if keep_ratios is not None:
+            raise ValueError(f"give keep_ratios or keep_base, not both (keep_ratios="
+                             f"{keep_ratios}, keep_base={keep_base})")
+        return dict(zip(self.pruned_blocks, svit_ratios(len(self.pruned_blocks), keep_base)))
 
     def _checked_blocks(self, pruned_blocks: Sequence[int]) -> List[int]:
         """Sorted distinct block indices without a residual conv block (ValueError if not)."""

@@ -180,7 +180,7 @@ def _plot(rows: List[Dict[str, Any]]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharex=True, layout="constrained")
     xs = [r["backbone_gflops"] for r in rows]
     near = 0.1 * (max(xs) - min(xs) or 1.0)  # points this close in x share a label column
     for ax, key, title in ((axes[0], "box_ap", "box AP"), (axes[1], "mask_ap", "mask AP")):
@@ -193,14 +193,15 @@ def _plot(rows: List[Dict[str, Any]]) -> bytes:
             ax.errorbar([x], [y], yerr=None if math.isnan(sd) else [sd], fmt="o",
                         capsize=3, color="black" if r["variant"] in ("dense", "dense_ft") else
                         "tab:red" if r["variant"] == "svit" else "tab:blue")
-            ax.annotate(r["variant"], (x, y), xytext=(x + 0.3 * near, label_y), fontsize=7,
-                        va="center", arrowprops=dict(arrowstyle="-", lw=0.4, color="0.5"))
+            label = ax.annotate(r["variant"], (x, y), xytext=(x + 0.3 * near, label_y),
+                                fontsize=7, va="center",
+                                arrowprops=dict(arrowstyle="-", lw=0.4, color="0.5"))
+            label.set_in_layout(False)  # labels far off a flat panel collapse the layout
         ax.set_xlim(right=max(xs) + 3 * near)  # room for the labels of the rightmost points
         ax.set_xlabel("backbone GFLOPs per image (fvcore, gates included)")
         ax.set_ylabel(title)
         ax.set_title(f"{title} against backbone FLOPs")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
     return figure_png(fig, dpi=110)
 
 

@@ -11,24 +11,24 @@ import contextlib
 import json
 import logging
 import os
-import statistics
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..analysis import count_model_flops, interleaved_times
+from ..analysis import count_model_flops, paired_latency
 from ..checkpoint import load_model
 from ..data import dataset_names, first_test_inputs, prepare_dataset
-from ..engine import KeepRatioMeter, build_model, do_test, do_train, keep_ratio_scalars
+from ..engine import (PlainFormatter, build_model, do_train, evaluate_with_keep, result_metric,
+                      warnings_quiet)
 from ..errors import InputError
 from ..fileio import atomic_write_json, make_output_dir
 from .report import summarize, write_outputs
 from .variants import (GATE_LR_FACTOR, GATE_NOISE_ANNEAL, SCALES, VARIANTS, Scale, Variant,
                        seeds_of, study_configs, variant_config)
 
-__all__ = ["run_ablation", "backbone_latency", "progress", "warnings_quiet"]
+__all__ = ["run_ablation", "progress"]
 
 
 def progress(message: str) -> None:
@@ -46,9 +46,8 @@ class _OnlyTrainingLines(logging.Filter):
 @contextlib.contextmanager
 def _logging_to(path: str):
     """Detectron2 / fvcore logs to ``path``; the periodic training lines also to the console."""
-    fmt = logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s", "%m/%d %H:%M:%S")
     file_handler = logging.FileHandler(path)
-    file_handler.setFormatter(fmt)
+    file_handler.setFormatter(PlainFormatter())
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(logging.Formatter("  %(message)s"))
     console.addFilter(_OnlyTrainingLines())
@@ -105,25 +104,6 @@ def _backbone_inputs(model, inputs: Sequence[dict]) -> List[torch.Tensor]:
         return [model.preprocess_image([inp]).tensor for inp in inputs]
 
 
-def backbone_latency(reference: torch.nn.Module, model: torch.nn.Module,
-                     images: Sequence[torch.Tensor], rounds: int) -> Tuple[float, float]:
-    """Median milliseconds of ``reference(x)`` and ``model(x)`` (ViT backbones) over
-    ``rounds`` passes of ``images``, the two interleaved (:func:`interleaved_times`, one
-    untimed warm-up round), so that slow drift of the machine affects both alike."""
-    calls = [(lambda net=net, x=x: net(x)) for x in images for net in (reference, model)]
-    with torch.no_grad():
-        wall, _ = interleaved_times(calls, rounds, warmup=1,
-                                    cuda=bool(images) and images[0].is_cuda)
-    ref = [t for i, ts in enumerate(wall) if i % 2 == 0 for t in ts]
-    own = [t for i, ts in enumerate(wall) if i % 2 == 1 for t in ts]
-    return 1e3 * statistics.median(ref), 1e3 * statistics.median(own)
-
-
-def _ap(results: Dict[str, Any], task: str) -> float:
-    value = results.get(task, {}).get("AP", float("nan"))
-    return float(value) if value is not None else float("nan")
-
-
 def _evaluate(variant: Variant, seed: int, cfg, checkpoint: str, out_dir: str,
               dense: Dict[str, Any], scale: Scale, log_path: str) -> Dict[str, Any]:
     """Box / mask AP, backbone FLOPs, latency and keep ratio of one variant."""
@@ -133,37 +113,24 @@ def _evaluate(variant: Variant, seed: int, cfg, checkpoint: str, out_dir: str,
     seed_all_rng(seed)
     model = _load(cfg, checkpoint)
     cfg.dataloader.evaluator.output_dir = out_dir
-    cfg.train.flops_num_images = 0  # do_test counts no FLOPs: the study counts its own below
-    meter = KeepRatioMeter(model)
-    with open(log_path, "a") as log, contextlib.redirect_stdout(log):  # pycocotools prints
-        with torch.no_grad():
-            results = do_test(cfg, model)
-    keep = keep_ratio_scalars(meter.close()).get("keep_ratio/mean", 1.0)
+    results, keep = evaluate_with_keep(cfg, model, log_path)
     with warnings_quiet():
         flops = count_model_flops(model, dense["flops_inputs"])
-    dense_ms, ms = backbone_latency(dense["model"].backbone.net, model.backbone.net,
-                                    dense["latency_inputs"], scale.latency_rounds)
+    images = dense["latency_inputs"]
+    dense_ms, ms = paired_latency(
+        [lambda x=x: dense["model"].backbone.net(x) for x in images],
+        [lambda x=x: model.backbone.net(x) for x in images], scale.latency_rounds,
+        cuda=bool(images) and images[0].is_cuda)
     dense_flops = dense.get("backbone_flops") or flops.backbone
     return dict(
         variant=variant.name, seed=seed, checkpoint=checkpoint,
-        box_ap=_ap(results, "bbox"), mask_ap=_ap(results, "segm"),
+        box_ap=result_metric(results, "bbox"), mask_ap=result_metric(results, "segm"),
         backbone_gflops=flops.backbone / 1e9, gate_gflops=flops.gates / 1e9,
         total_gflops=flops.total / 1e9, backbone_flops_ratio=flops.backbone / dense_flops,
         keep_ratio=keep, backbone_ms=ms, dense_backbone_ms=dense_ms,
         backbone_speedup=dense_ms / ms if ms > 0 else float("nan"),
         eval_seconds=time.perf_counter() - start, results=results,
     )
-
-
-@contextlib.contextmanager
-def warnings_quiet():
-    """Dependency warnings and torch.fx tracing notes off (the log stays readable)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
-        yield
 
 
 def _load_results(output: str, jobs,

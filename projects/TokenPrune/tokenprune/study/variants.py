@@ -53,6 +53,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ..config import load_config, project_config
 from ..engine.lr import gate_lr
+from ..modeling.baselines import BASELINE_ARGS, net_overrides
 
 __all__ = ["Variant", "VARIANTS", "TRAININGS", "FINDINGS", "Scale", "SCALES", "KEEP_TARGETS",
            "GATE_LR_FACTOR", "GATE_NOISE_ANNEAL", "DENSE_CONFIG", "SVIT_CONFIG", "NET",
@@ -86,7 +87,7 @@ class Variant:
     all_seeds: bool = False
 
 
-_RANDOM_CHOICE = (f"{NET}.gate=random", f"{NET}.dynamic=False")  # random keep at the targets
+_RANDOM_CHOICE = net_overrides(BASELINE_ARGS["random"], NET)  # random keep at the targets
 
 #: Fine-tuning runs: overrides of the SViT config used for training.
 TRAININGS: Dict[str, Tuple[str, ...]] = {
@@ -95,7 +96,7 @@ TRAININGS: Dict[str, Tuple[str, ...]] = {
     "discard": (f"{NET}.preserve=False",),
     "inherit": (f"{NET}.reactivate=False",),
     "heavy_gate": (f"{NET}.gate=attention_net",),
-    "evit": (f"{NET}.gate=attention", f"{NET}.dynamic=False", f"{NET}.reactivate=False"),
+    "evit": net_overrides(BASELINE_ARGS["evit"], NET),
     "random": _RANDOM_CHOICE,
 }
 
@@ -127,7 +128,7 @@ VARIANTS: List[Variant] = [
     Variant("evit", "EViT: top-k by received attention, inattentive tokens kept as is",
             TRAININGS["evit"], "evit"),
     Variant("tome", "ToMe: bipartite token merging, unmerged for the neck (training-free)",
-            (f"{NET}.reducer=tome",), None, all_seeds=True),
+            net_overrides(BASELINE_ARGS["tome"], NET), None, all_seeds=True),
 ]
 
 

@@ -1,5 +1,6 @@
 """The command-line tools, one thin module each (parser and ``main``):
-``python -m tokenprune.tools.flops | benchmark | benchmark_summary | visualize | ablation | demo``.
+``python -m tokenprune.tools.flops | benchmark | benchmark_summary | visualize | ablation | demo
+| tradeoff``.
 
 Importing the package hides the dependencies' warnings (:mod:`.warnings_filter`; some are
 raised while the commands' libraries import), so that a command shows its own output and a

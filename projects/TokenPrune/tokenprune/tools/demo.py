@@ -1,9 +1,9 @@
 """Run a TokenPrune model on your own images.
 
     python -m tokenprune.tools.demo --config-file configs/Synthetic/mask_rcnn_vitdet_t_svit.py \\
-        --input photos/ more/*.jpg one.png --output out/demo [--batch-size 4] \\
-        [--confidence-threshold 0.5] [--task-id 2 | --prompt "something to sit on"] \\
-        [key=value ...]
+        --input photos/ more/*.jpg one.png --output out/demo [--checkpoint FILE] \\
+        [--batch-size 4] [--confidence-threshold 0.5] [--keep-ratio 0.5] \\
+        [--task-id 2 | --prompt "something to sit on"] [-- key=value ...]
 
 Writes into ``--output``, per image, ``<name>_detections.png`` and ``<name>_keep.png`` (the
 tokens each pruned block kept), and for all images ``results.json`` (COCO results) and
@@ -17,30 +17,31 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Optional, Sequence
 
 import torch
 
-from typing import Optional, Sequence
-
+from ..checkpoint import check_device
 from ..errors import InputError
 from ..fileio import make_output_dir
-from .common import run_tool, tool_parser
+from .common import load_tool_config, run_tool, tool_parser
 
 PROG = "tokenprune.tools.demo"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = tool_parser(PROG, __doc__.split("\n\n")[0], weights=True)
+    parser = tool_parser(PROG, __doc__.split("\n\n")[0],
+                         options=("--checkpoint", "--allow-untrained-gates", "--keep-ratio",
+                                  "--confidence-threshold", "--device", "--precision",
+                                  "--batch-size"))
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
                         help="image files, folders of images, glob patterns")
-    parser.add_argument("--output", required=True, metavar="DIR")
-    parser.add_argument("--checkpoint", default=None, metavar="FILE",
-                        help="weights (default: the config's train.init_checkpoint)")
-    parser.add_argument("--batch-size", type=int, default=1, metavar="N")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5, metavar="T")
-    parser.add_argument("--task-id", type=int, default=None, help="task-guided models")
-    parser.add_argument("--prompt", default=None, help="task-guided models (text guidance)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output", required=True, metavar="DIR",
+                        help="folder for the PNGs, results.json and keep_ratios.csv")
+    parser.add_argument("--task-id", type=int, default=None,
+                        help="input 'task_id' (task-guided models)")
+    parser.add_argument("--prompt", default=None,
+                        help="input 'prompt' (task-guided models, text guidance)")
     return parser
 
 
@@ -50,11 +51,11 @@ def main(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {args.device}: CUDA is not available on this machine")
+    check_device(args.device, "--device")
     paths = collect_inputs(args.input)
-    predictor = Predictor(args.config_file, args.checkpoint, args.opts, device=args.device,
-                          score_threshold=args.confidence_threshold,
+    cfg = load_tool_config(args, need_data=False, splits=("test",))  # metadata: class names
+    predictor = Predictor(cfg, device=args.device, precision=args.precision,
+                          confidence_threshold=args.confidence_threshold,
                           allow_untrained_gates=args.allow_untrained_gates)
     out_dir = make_output_dir(args.output)
     guidance = {k: v for k, v in (("task_id", args.task_id), ("prompt", args.prompt))

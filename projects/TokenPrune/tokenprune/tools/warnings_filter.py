@@ -15,8 +15,8 @@ import os
 import warnings
 from typing import Sequence
 
-__all__ = ["THIRD_PARTY_CATEGORIES", "THIRD_PARTY_LOGGERS", "OWN_MODULES", "VERBOSE_FLAG", "hide_third_party_warnings",
-           "show_third_party_warnings"]
+__all__ = ["THIRD_PARTY_CATEGORIES", "THIRD_PARTY_LOGGERS", "OWN_MODULES", "VERBOSE_FLAG",
+           "hide_third_party_warnings", "show_third_party_warnings", "verbose_among_overrides"]
 
 THIRD_PARTY_CATEGORIES = (FutureWarning, DeprecationWarning, UserWarning)
 #: Loggers of dependencies that log a warning the user can do nothing about (torch.fx: once per
@@ -46,3 +46,13 @@ def show_third_party_warnings() -> None:
             warnings.filterwarnings("default", category=category)
         for name in THIRD_PARTY_LOGGERS:
             logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+def verbose_among_overrides(args) -> None:
+    """``--verbose`` written after the ``key=value`` overrides lands in ``args.opts`` (the
+    parsers collect everything after the first override): take it out and set
+    ``args.verbose``."""
+    opts = getattr(args, "opts", None) or []
+    if VERBOSE_FLAG in opts:
+        args.opts = [o for o in opts if o != VERBOSE_FLAG]
+        args.verbose = True
