@@ -24,6 +24,11 @@ Sources of run-to-run difference on a CPU and what is done about each:
   synthetic runs' ops warns), cuDNN's deterministic mode without autotuning, and cuBLAS's
   fixed workspace (``CUBLAS_WORKSPACE_CONFIG``, set only where the environment has none).
 
+Bit for bit holds on one machine and one install: the same seed on another machine (another
+CPU, so other vectorised kernels; a fresh environment) gives other bits, and after 400
+iterations other APs (docs/setup.md, ``make demo``). The OpenMP wait policy
+(``OMP_WAIT_POLICY``) changes no bit.
+
 ``train.seed < 0`` draws a fresh seed each run (Detectron2's behaviour); a deterministic run
 needs a seed >= 0 and a thread count >= 1 (:func:`check_determinism_config`).
 """
