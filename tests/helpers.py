@@ -22,6 +22,7 @@ TINY = [
     "dataloader.test.dataset.names=synthetic_shapes_minival",
     "train.log_period=1",
     "train.num_threads=1",  # make test: one thread per pytest worker, one worker per core
+    "train.flops_num_images=1",  # FLOPs at evaluation (and FlopsHook) on one image, not two
 ]
 # SViT schedule for the 4-block tiny model: block 1 dense... blocks 1-3 pruned.
 TINY_SVIT = TINY + [
@@ -57,6 +58,7 @@ SMALL = [
     "train.checkpointer.period=1000",
     "train.flops_period=0",
     "train.num_threads=1",
+    "train.flops_num_images=1",
 ]
 
 

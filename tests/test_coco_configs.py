@@ -44,6 +44,7 @@ def small(out_dir: str) -> list:
         "model.roi_heads.box_predictor.test_topk_per_image=10",
         "train.device=cpu", "train.amp.enabled=False", "train.init_checkpoint=",
         "train.max_iter=1", "train.eval_period=1", "train.flops_period=0",
+        "train.flops_num_images=0",  # ViTDet-B's FLOPs at evaluation: tested on the tiny model
         "train.checkpointer.period=1000", "train.log_period=1", f"train.output_dir={out_dir}",
     ]
 
