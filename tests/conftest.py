@@ -6,7 +6,8 @@
   in-process; one subprocess test per real entry point.
 * ``gated_checkpoint``: weights of the tiny SViT model whose gates prune on their own;
   ``gateless_checkpoint``: the same without the gates (refused at inference).
-* Generated datasets go to a per-session temporary folder (``TOKENPRUNE_DATA``), and
+* Generated datasets go to a per-run temporary folder (``TOKENPRUNE_DATA``, shared by the
+  pytest-xdist workers of one run), and
   Detectron2's dataset root (``DETECTRON2_DATASETS``, read when Detectron2 is imported) is an
   empty one, both inherited by the subprocesses the tests start: tests never touch the
   user's data, and a COCO dataset is missing in-process as in a subprocess.
@@ -24,7 +25,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "projects", "TokenPrune"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-os.environ["TOKENPRUNE_DATA"] = tempfile.mkdtemp(prefix="tokenprune-test-data-")
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # make test's workers share one data folder:
+# generation is deterministic and every file is written atomically, so a dataset two workers
+# generate at once comes out the same, and each is generated once per run, not per worker
+os.environ["TOKENPRUNE_DATA"] = (os.path.join(tempfile.gettempdir(), f"tokenprune-test-data-{_RUN}")
+                                 if _RUN else tempfile.mkdtemp(prefix="tokenprune-test-data-"))
 os.environ["DETECTRON2_DATASETS"] = tempfile.mkdtemp(prefix="tokenprune-test-datasets-")
 
 try:

@@ -13,6 +13,7 @@ Two families are registered: ``synthetic_shapes_*``, where each class has its ow
 that the class is in the outline and size only (a task the deeper ViT blocks matter for).
 """
 
+import contextlib
 import io
 import json
 import logging
@@ -338,7 +339,7 @@ def generate_synthetic_shapes(
     start = time.perf_counter()
     os.makedirs(image_dir, exist_ok=True)
     os.makedirs(os.path.dirname(os.path.abspath(json_file)), exist_ok=True)
-    if os.path.exists(stamp_file):
+    with contextlib.suppress(FileNotFoundError):  # another process generating the same set
         os.remove(stamp_file)
 
     images, annotations = _render_images(image_dir, file_names, seed, image_size, class_colors,
