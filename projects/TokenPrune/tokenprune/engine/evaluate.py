@@ -1,6 +1,6 @@
 """Evaluating a model for a study or a sweep (the ablation, the trade-off): the configured
 evaluators' results with the mean kept fraction of the tokens
-(:class:`~.eval_pruning.KeepRatioMeter`), quietly."""
+(:class:`~.eval_pruning.KeepRatioMeter`, measured by the evaluation pass), quietly."""
 from __future__ import annotations
 
 import contextlib
@@ -11,8 +11,8 @@ from typing import Any, Dict, Iterator, Tuple
 import torch
 from omegaconf import DictConfig
 
-from .eval_pruning import KeepRatioMeter, mean_keep_ratio
-from .train_loop import do_test
+from .eval_pruning import mean_keep_ratio
+from .train_loop import test_with_keep_ratios
 
 __all__ = ["result_metric", "evaluate_with_keep", "warnings_quiet"]
 
@@ -27,16 +27,10 @@ def evaluate_with_keep(cfg: DictConfig, model: torch.nn.Module,
                        log_path: str) -> Tuple[Dict[str, Any], float]:
     """(:func:`do_test` results, mean kept fraction over pruned blocks and images, 1.0 for a
     dense model) of one pass over the test set, what the evaluators print (pycocotools)
-    appended to ``log_path``. ``do_test`` counts no FLOPs here (``train.flops_num_images``
-    set to 0): the callers count their own."""
-    cfg.train.flops_num_images = 0
-    meter = KeepRatioMeter(model)
-    try:
-        with open(log_path, "a") as log, contextlib.redirect_stdout(log), torch.no_grad():
-            results = do_test(cfg, model)
-    finally:
-        keep = mean_keep_ratio(meter.close())
-    return results, keep
+    appended to ``log_path``. No FLOPs are counted in the pass: the callers count their own."""
+    with open(log_path, "a") as log, contextlib.redirect_stdout(log), torch.no_grad():
+        results, ratios = test_with_keep_ratios(cfg, model, flops_images=0)
+    return results, mean_keep_ratio(ratios)
 
 
 @contextlib.contextmanager

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -82,8 +82,15 @@ def do_test(cfg: DictConfig, model: torch.nn.Module) -> Dict[str, Any]:
     counted) test images: logged, and put in the active EventStorage
     (:func:`~.eval_pruning.report_eval_pruning`).
     """
+    return test_with_keep_ratios(cfg, model, cfg.train.get("flops_num_images", 2))[0]
+
+
+def test_with_keep_ratios(cfg: DictConfig, model: torch.nn.Module, flops_images: int
+                          ) -> Tuple[Dict[str, Any], Dict[int, torch.Tensor]]:
+    """:func:`do_test` with the GFLOPs counted on the first ``flops_images`` test images (0:
+    none); also returns the kept fractions it measured ({block: (images,)}, {} when dense)."""
     if "evaluator" not in cfg.dataloader:
-        return {}
+        return {}, {}
     evaluator = instantiate(cfg.dataloader.evaluator)
     if isinstance(evaluator, (list, tuple)):
         evaluator = DatasetEvaluators(list(evaluator))
@@ -95,9 +102,9 @@ def do_test(cfg: DictConfig, model: torch.nn.Module) -> Dict[str, Any]:
     if comm.is_main_process():
         print_csv_format(results)
         if ratios:
-            num = cfg.train.get("flops_num_images", 2)
-            report_eval_pruning(model, ratios, first_test_inputs(cfg, num) if num else [])
-    return results
+            report_eval_pruning(model, ratios,
+                                first_test_inputs(cfg, flops_images) if flops_images else [])
+    return results, ratios
 
 
 def do_eval_only(cfg: DictConfig, model: torch.nn.Module) -> Dict[str, Any]:
