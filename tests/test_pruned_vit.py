@@ -135,6 +135,35 @@ def test_discard_zeroes_pruned_tokens_and_inherit_never_reactivates():
     assert torch.all(out[0].flatten(1)[:, dropped] == 0)
 
 
+def test_inherit_gates_hold_their_decision_over_the_blocks_without_a_gate():
+    """SViT's public inherit variant: gates at the stages' first blocks, each decision held
+    by the next blocks (they run on the tokens still in play), in training and inference."""
+    torch.manual_seed(0)
+    held = PrunedViT(pruned_blocks=[2, 4], keep_ratios=[0.75, 0.5], reactivate=False,
+                     dynamic=False, **TINY).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = held(x)["last_feat"]
+    assert sorted(held.last_keep_masks) == [2, 3, 4, 5]  # blocks 3 and 5 hold 2's and 4's
+    assert torch.equal(held.last_keep_masks[3], held.last_keep_masks[2])
+    assert torch.equal(held.last_keep_masks[5], held.last_keep_masks[4])
+    assert not (held.last_keep_masks[4] & ~held.last_keep_masks[2]).any()
+    assert held.last_keep_ratios[3].tolist() == [0.75, 0.75]
+    held.execution = "masked"  # the reference: every token computed, pruned ones as keys off
+    with torch.no_grad():
+        assert torch.allclose(held(x)["last_feat"], out, atol=1e-5)
+    held.train()
+    held(x)["last_feat"].sum().backward()
+    assert sorted(held.last_keep_ratios) == [2, 3, 4, 5]
+    assert held.gates["2"].fc2.weight.grad is not None
+    # with reactivation, a block without a gate runs every token
+    torch.manual_seed(0)
+    free = PrunedViT(pruned_blocks=[2, 4], keep_ratios=[0.75, 0.5], dynamic=False, **TINY).eval()
+    with torch.no_grad():
+        free(x)
+    assert sorted(free.last_keep_masks) == [2, 4]
+
+
 def test_keep_policy_decides_top_k_threshold_inherit_and_per_image():
     score = torch.tensor([[3.0, -1.0, 2.0, -2.0], [-5.0, -4.0, -3.0, -6.0]])
     active = torch.tensor([[True, True, False, True], [True] * 4])

@@ -89,4 +89,4 @@ def test_console_script_and_quick_configs_outside_the_checkout(installed, tmp_pa
     proc = _run([bin_dir / "tokenprune-ablation", "--help"], cwd=tmp_path)
     assert proc.stdout.startswith("usage:") and "--dense-config" in proc.stdout
     proc = _run([bin_dir / "python", "-c", RESOLVE_QUICK_CONFIGS, site], cwd=tmp_path)
-    assert proc.stdout.split("\n")[:2] == ["dense 4 96", "svit 4 96"], proc.stdout
+    assert proc.stdout.split("\n")[:2] == ["dense 4 64", "svit 4 64"], proc.stdout

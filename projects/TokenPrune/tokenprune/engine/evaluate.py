@@ -23,14 +23,16 @@ def result_metric(results: Dict[str, Any], task: str, key: str = "AP") -> float:
     return float(value) if value is not None else float("nan")
 
 
-def evaluate_with_keep(cfg: DictConfig, model: torch.nn.Module,
-                       log_path: str) -> Tuple[Dict[str, Any], float]:
-    """(:func:`do_test` results, mean kept fraction over pruned blocks and images, 1.0 for a
-    dense model) of one pass over the test set, what the evaluators print (pycocotools)
-    appended to ``log_path``. No FLOPs are counted in the pass: the callers count their own."""
+def evaluate_with_keep(cfg: DictConfig, model: torch.nn.Module, log_path: str
+                       ) -> Tuple[Dict[str, Any], float, Dict[int, float]]:
+    """(:func:`do_test` results, mean kept fraction over pruned blocks and images (1.0 for a
+    dense model), {pruned block: its mean kept fraction over the images}) of one pass over
+    the test set, what the evaluators print (pycocotools) appended to ``log_path``. No FLOPs
+    are counted in the pass: the callers count their own."""
     with open(log_path, "a") as log, contextlib.redirect_stdout(log), torch.no_grad():
         results, ratios = test_with_keep_ratios(cfg, model, flops_images=0)
-    return results, mean_keep_ratio(ratios)
+    per_block = {int(i): float(r.mean()) for i, r in ratios.items()}
+    return results, mean_keep_ratio(ratios), per_block
 
 
 @contextlib.contextmanager

@@ -6,7 +6,9 @@ The four SViT findings are switches:
   complete; off = the discarding variant (dropped tokens are zero in the output map and
   never come back).
 * ``reactivate``: every gate scores all tokens, so a token pruned at block l can come back
-  at block l+1; off = once pruned, a token stays pruned ("inherit").
+  at block l+1; off = once pruned, a token stays pruned ("inherit"), and a block without a
+  gate after the first gate runs on the tokens still in play (gates at blocks 3, 6, 9 hold
+  each decision for three blocks, as SViT's public inherit variant).
 * ``dynamic``: at inference a token is kept iff its gate says keep (count varies per
   image); off = a fixed top-k rate equal to the block's target keep ratio.
 * ``gate``: the gate kind from :data:`GATE_REGISTRY` (SViT's 2-layer MLP by default;
@@ -286,8 +288,10 @@ class PrunedViT(ViT):
         for i, blk in enumerate(self.blocks):
             if pruning and self.reducer is not None and i in self.keep_ratios:
                 x = self._reduced_block(i, blk, x)
-            elif not pruning or str(i) not in self.gates:
+            elif not pruning or not self.gates:
                 x = self._dense_block(i, blk, x)
+            elif str(i) not in self.gates:
+                x = self._ungated_block(i, blk, x, active)
             else:
                 x, active = self._gated_block(i, blk, x, active, losses)
         if not self.preserve and self.gates and pruning:
@@ -350,16 +354,35 @@ class PrunedViT(ViT):
             active = keep
         if bool(keep.all()):
             x = self._dense_block(i, blk, observer.before_dense_block(i, x))
-        elif self.execution == "gather":
-            with observer.block_scope(i), profiler_range("tp::gathered_block"):
-                x = run_block_gathered(blk, x, keep, self._settings.kernel,
-                                       self.bucket_quantum)
         else:
-            with observer.block_scope(i):
-                x = run_block_masked(blk, x, keep.float())
+            x = self._kept_tokens_block(i, blk, x, keep)
         self.last_keep_masks[i] = keep
         self.last_keep_ratios[i] = keep.float().mean(dim=1)
         return x, active
+
+    def _kept_tokens_block(self, i: int, blk: nn.Module, x: Tensor, keep: Tensor) -> Tensor:
+        """Inference of block ``i`` on the (B, N) bool ``keep`` tokens: gathered (or
+        masked), the others unchanged."""
+        if self.execution == "gather":
+            with self._observer.block_scope(i), profiler_range("tp::gathered_block"):
+                return run_block_gathered(blk, x, keep, self._settings.kernel,
+                                          self.bucket_quantum)
+        with self._observer.block_scope(i):
+            return run_block_masked(blk, x, keep.float())
+
+    def _ungated_block(self, i: int, blk: nn.Module, x: Tensor, active: Tensor) -> Tensor:
+        """Block ``i`` without a gate: every token, except after a gate of an inherit model
+        (``reactivate`` off), which holds its decision: the block runs on the tokens still
+        in play (SViT's public inherit variant: 3 gates, each decision held for 3 blocks)."""
+        if self.reactivate or i < self.pruned_blocks[0] or bool(active.all()):
+            return self._dense_block(i, blk, x)
+        if self.training:
+            x = run_block_masked(blk, x, active.to(x.dtype))
+        else:
+            x = self._kept_tokens_block(i, blk, x, active)
+            self.last_keep_masks[i] = active
+        self.last_keep_ratios[i] = active.float().mean(dim=1)
+        return x
 
     def _reduced_block(self, i: int, blk: nn.Module, x: Tensor) -> Tensor:
         """Pruned block ``i`` with the token reducer: reduce, run the block, restore."""

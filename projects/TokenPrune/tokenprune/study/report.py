@@ -1,4 +1,5 @@
-"""The ablation's report: the summary rows, ``table.md``, ``results.csv``, ``ap_vs_flops.png``."""
+"""The SViT study's report: the summary rows, the validity checks, the findings with their
+paired statistics and verdicts; ``table.md``, ``results.csv``, ``ap_vs_flops.png``."""
 from __future__ import annotations
 
 import csv
@@ -6,20 +7,28 @@ import io
 import math
 import os
 import statistics
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 from ..fileio import atomic_write_bytes, atomic_write_text, figure_png
-from .variants import FINDINGS, VARIANTS
+from .statistics import HOLDS, VERDICT_RULE, paired, verdict
+from .variants import FINDINGS, KEEP_TOLERANCE, VALIDITY, VARIANTS
 
-__all__ = ["summarize", "write_outputs"]
+__all__ = ["summarize", "judge", "validity_checks", "write_outputs", "METRICS"]
+
+#: Per-seed metrics of a row that enter the paired comparisons (AP points, 0-100).
+METRICS = ("box_ap", "mask_ap", "box_ap_s", "box_ap_m", "box_ap_l", "sparse_box_ap",
+           "crowded_box_ap")
+_COSTS = ("backbone_gflops", "gate_gflops", "backbone_flops_ratio", "keep_ratio",
+          "backbone_ms", "dense_backbone_ms", "backbone_speedup")
 
 
-_METRICS = ("box_ap", "mask_ap", "backbone_gflops", "gate_gflops", "backbone_flops_ratio",
-            "keep_ratio", "backbone_ms", "dense_backbone_ms", "backbone_speedup")
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
 
 
 def summarize(found: Dict[str, List[dict]]) -> List[Dict[str, Any]]:
-    """One row per variant (in :data:`VARIANTS` order): means over seeds, AP spread."""
+    """One row per variant (in :data:`VARIANTS` order): means over seeds, AP spread, and
+    ``by_seed`` = {metric: {seed: value}} for the paired comparisons."""
     rows = []
     for variant in VARIANTS:
         results = found.get(variant.name)
@@ -28,18 +37,74 @@ def summarize(found: Dict[str, List[dict]]) -> List[Dict[str, Any]]:
         row: Dict[str, Any] = dict(variant=variant.name, label=variant.label,
                                    seeds=len(results), train=variant.train or "",
                                    finetune_iters=results[0].get("finetune_iters", 0))
-        for key in _METRICS:
-            values = [float(r[key]) for r in results]
-            row[key] = sum(values) / len(values)
+        for key in (*METRICS, *_COSTS):
+            row[key] = _mean([float(r.get(key, math.nan)) for r in results])
         for key in ("box_ap", "mask_ap"):
             values = [float(r[key]) for r in results]
-            row[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else float("nan")
-        row["box_ap_by_seed"] = {int(r["seed"]): float(r["box_ap"]) for r in results}
+            row[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else math.nan
+        row["by_seed"] = {key: {int(r["seed"]): float(r.get(key, math.nan)) for r in results}
+                          for key in (*METRICS, "keep_ratio")}
         rows.append(row)
     return rows
 
 
+def _pair(by: Dict[str, Dict[str, Any]], a: str, b: str, key: str = "box_ap"):
+    """(seeds both rows have, a's values, b's values) of ``key``."""
+    va, vb = by[a]["by_seed"][key], by[b]["by_seed"][key]
+    common = sorted(set(va) & set(vb))
+    return common, [va[s] for s in common], [vb[s] for s in common]
+
+
+def validity_checks(rows: List[Dict[str, Any]]) -> List[Tuple[str, bool, str]]:
+    """(statement, passed, the measurement) of each :data:`VALIDITY` check whose rows are
+    in ``rows``, and of the keep-ratio agreement of every finding's pair."""
+    by = {row["variant"]: row for row in rows}
+    out = []
+    for statement, a, b, least in VALIDITY:
+        if a not in by or b not in by:
+            continue
+        seeds, va, vb = _pair(by, a, b)
+        summary = paired(va, vb)
+        passed = (summary.mean >= least) if least is not None else (
+            verdict(summary, "above") == HOLDS)
+        out.append((statement, passed, f"{a} - {b}: {summary.mean:+.2f} box AP, 95% interval "
+                                       f"{_interval(summary.ci95)} over {len(seeds)} seeds"))
+    worst, pairs = 0.0, 0
+    for f in FINDINGS:
+        if f.a in by and f.b in by and "dense" not in (f.a + f.b):
+            _, ka, kb = _pair(by, f.a, f.b, "keep_ratio")
+            worst = max([worst, *(abs(x - y) for x, y in zip(ka, kb))])
+            pairs += 1
+    if pairs:
+        out.append((f"paired rows keep the same fraction of tokens within {KEEP_TOLERANCE}",
+                    worst <= KEEP_TOLERANCE, f"largest difference {worst:.4f} over "
+                                             f"{pairs} pairs and their seeds"))
+    return out
+
+
+def judge(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Each :data:`FINDINGS` claim whose rows are in ``rows``: its paired summaries (every
+    metric of :data:`METRICS`) and its verdict on box AP."""
+    by = {row["variant"]: row for row in rows}
+    out = []
+    for f in FINDINGS:
+        if f.a not in by or f.b not in by:
+            continue
+        summaries = {}
+        for key in METRICS:
+            seeds, va, vb = _pair(by, f.a, f.b, key)
+            summaries[key] = paired(va, vb)
+        out.append(dict(finding=f, seeds=seeds, summaries=summaries,
+                        verdict=verdict(summaries["box_ap"], f.kind, f.margin)))
+    return out
+
+
+def _interval(ci: Tuple[float, float]) -> str:
+    return "n/a" if math.isnan(ci[0]) else f"[{ci[0]:+.1f}, {ci[1]:+.1f}]"
+
+
 _CSV_COLUMNS = ("variant", "label", "seeds", "box_ap", "box_ap_sd", "mask_ap", "mask_ap_sd",
+                "box_ap_s", "box_ap_m", "box_ap_l", "sparse_box_ap", "crowded_box_ap",
                 "backbone_gflops", "backbone_flops_ratio", "gate_gflops", "keep_ratio",
                 "backbone_ms", "dense_backbone_ms", "backbone_speedup", "train",
                 "finetune_iters")
@@ -60,90 +125,97 @@ def _ap_cell(row: Dict[str, Any], key: str) -> str:
     return f"{value:.1f}" if math.isnan(sd) else f"{value:.1f} ± {sd:.1f}"
 
 
-def _markdown(rows: List[Dict[str, Any]], state: Dict[str, Any]) -> str:
+def _findings_tables(judged: List[Dict[str, Any]], valid: bool) -> List[str]:
     lines = [
-        f"# Token pruning ablation (synthetic shapes, --scale {state['scale']})",
-        "",
-        f"{state['description']}. Dense model: {state['dense_iters']} iterations per seed; "
-        f"each variant fine-tuned from it for {state['finetune_iters']} iterations "
-        f"(the same budget; 'shares' = evaluated on another row's fine-tuned weights, whose "
-        f"training is identical), training-free rows run on the dense weights.",
-        "",
-        "| Variant | Description | Box AP | Mask AP | Backbone GFLOPs | vs dense | of which "
-        "gates | Kept tokens | Backbone ms | Speed-up | Weights |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| Finding | a vs b | n | per-seed a - b (box AP) | mean ± sd | 95% interval | "
+        "90% interval | sign-flip p | verdict |",
+        "|---|---|---:|---|---:|---:|---:|---:|---|",
     ]
-    owners: Dict[str, str] = {}
-    for row in rows:
-        if row["train"] and row["train"] not in owners:
-            owners[row["train"]] = row["variant"]
-        if not row["train"]:
-            weights = "dense (trained)" if row["variant"] == "dense" else "dense (training-free)"
-        elif owners[row["train"]] == row["variant"]:
-            weights = f"fine-tuned {row['finetune_iters']} it"
-        else:
-            weights = f"shares {owners[row['train']]}"
-        seeds = f" (n={row['seeds']})" if row["seeds"] > 1 else ""
+    for j in judged:
+        f, s = j["finding"], j["summaries"]["box_ap"]
+        word = j["verdict"] if valid else f"cannot decide (rule: {j['verdict']})"
         lines.append(
-            f"| {row['variant']}{seeds} | {row['label']} | {_ap_cell(row, 'box_ap')} | "
-            f"{_ap_cell(row, 'mask_ap')} | {row['backbone_gflops']:.3f} | "
-            f"{row['backbone_flops_ratio']:.2f} | {row['gate_gflops']:.3f} | "
-            f"{row['keep_ratio']:.2f} | {row['backbone_ms']:.1f} | "
-            f"{row['backbone_speedup']:.2f}x | {weights} |")
-    total = sum(v for k, v in state.get("seconds", {}).items() if k != "last_run")
-    lines += ["", *_findings(rows)]
+            f"| {f.claim} | {f.a} vs {f.b} | {len(j['seeds'])} | "
+            f"{' / '.join(f'{d:+.1f}' for d in s.diffs)} | {s.mean:+.2f} ± {s.sd:.2f} | "
+            f"{_interval(s.ci95)} | {_interval(s.ci90)} | {s.p:.3f} | **{word}** |")
+    lines += ["", "The same pairs on the other measures (mean a - b, 95% interval):", "",
+              "| Finding | mask AP | AP small | AP medium | AP large | sparse images (0-2 "
+              "objects) | crowded images (12+) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for j in judged:
+        cells = [f"{j['summaries'][k].mean:+.1f} {_interval(j['summaries'][k].ci95)}"
+                 for k in METRICS[1:]]
+        lines.append(f"| {j['finding'].claim} | {' | '.join(cells)} |")
+    return lines
+
+
+def _markdown(rows: List[Dict[str, Any]], state: Dict[str, Any],
+              curve: List[Tuple[int, float, float]]) -> str:
+    checks = validity_checks(rows)
+    valid = all(passed for _, passed, _ in checks)
+    lines = [
+        f"# The SViT study (--scale {state['scale']})",
+        "",
+        f"{state['description']}. One dense model ({state['dense_iters']} iterations, seed "
+        f"{state['dense_seed']}); every trained row fine-tuned from it for "
+        f"{state['finetune_iters']} iterations per seed (seeds {state['seeds']}); training "
+        f"keep targets {state['keep_targets']} per stage; gates at "
+        f"{state['gate_lr_factor']:g}x the learning rate, their Gumbel noise annealed to 0 "
+        f"over the first {state['gate_noise_anneal']:g} of each fine-tune. Pruned rows are run "
+        f"at SViT's measured kept fractions of the same seed (top-k), so each pair keeps the "
+        f"same number of tokens.",
+        "",
+        "## Validity checks",
+        "",
+        *(f"* {'PASS' if passed else 'FAIL'}: {statement} ({measured})."
+          for statement, passed, measured in checks),
+        "",
+        ("All checks pass: the verdicts below follow the rule." if valid else
+         "**A check failed: the study cannot decide.** The data or the recipe needs work; "
+         "the verdicts the rule would give are shown in parentheses, for the record only."),
+        "",
+        "## Findings",
+        "",
+        *_findings_tables(judge(rows), valid),
+        "",
+        "Rule (fixed before the reported run, `tokenprune.study.statistics`): "
+        + VERDICT_RULE.format(margin=1.0) + ". Intervals: Student t over the per-seed "
+        "differences; p: exact two-sided sign-flip test (with 6 seeds its smallest value is "
+        "2/64 = 0.031).",
+        "",
+        "## Rows",
+        "",
+        "| Row | Description | n | Box AP | Mask AP | AP S / M / L | sparse / crowded | "
+        "Backbone GFLOPs | vs dense | Kept | Backbone ms | Speed-up |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['variant']} | {row['label']} | {row['seeds']} | {_ap_cell(row, 'box_ap')} | "
+            f"{_ap_cell(row, 'mask_ap')} | {row['box_ap_s']:.1f} / {row['box_ap_m']:.1f} / "
+            f"{row['box_ap_l']:.1f} | {row['sparse_box_ap']:.1f} / {row['crowded_box_ap']:.1f} | "
+            f"{row['backbone_gflops']:.3f} | {row['backbone_flops_ratio']:.2f} | "
+            f"{row['keep_ratio']:.3f} | {row['backbone_ms']:.1f} | "
+            f"{row['backbone_speedup']:.2f}x |")
+    if curve:
+        lines += ["", "The dense model's learning curve (validation box / mask AP): " + ", ".join(
+            f"{it} it {box:.1f} / {mask:.1f}" for it, box, mask in curve) + "."]
+    seconds = state.get("seconds", {})
     lines += [
         "",
-        "Box / mask AP: COCO AP (0-100) on the validation images; ± = sample standard "
-        "deviation over seeds (n). Backbone GFLOPs: fvcore (one multiply-add = one flop) for "
-        "the ViT (gates and reducer included), mean over the first validation images; 'vs "
-        "dense' divides by the dense backbone's. Kept tokens: mean fraction of the tokens a "
-        "pruned block computes (merged tokens for ToMe), over pruned blocks and validation "
-        "images. Backbone ms: median time of the ViT alone on preprocessed validation images "
-        "(batch 1), interleaved with the dense backbone; speed-up = dense ms / variant ms. "
-        "'Of which gates': the gates' share of the backbone FLOPs (EViT's score recomputes q "
-        "and k; ToMe's matching is no gate and counts in the backbone only).",
+        "Box / mask AP: COCO AP (0-100) on the validation images, mean ± sample sd over the "
+        "seeds (n); AP S / M / L: box AP by COCO object size; sparse / crowded: box AP on the "
+        "images with 0-2 / 12 or more objects. Backbone GFLOPs: fvcore, gates included, mean "
+        "over the first validation images; 'vs dense' divides by the dense backbone's. Kept: "
+        "mean fraction of the tokens a pruned block computes, over blocks 3-11 and the "
+        "validation images. Backbone ms: median of the ViT alone (batch 1, one thread, "
+        "interleaved with the dense ViT; the other worker ran beside it).",
         "",
-        f"Training time so far: {total / 60:.1f} min; last run "
-        f"{state.get('seconds', {}).get('last_run', float('nan')) / 60:.1f} min. "
+        f"Wall time of the last run: {seconds.get('last_run', math.nan) / 60:.1f} min. "
         f"Re-run: `python -m tokenprune.tools.ablation --output DIR --scale {state['scale']} "
-        f"--seeds {state['seeds']}`.",
+        f"--jobs 2`.",
         "",
     ]
     return "\n".join(lines)
-
-
-def _findings(rows: List[Dict[str, Any]]) -> List[str]:
-    """The :data:`FINDINGS` whose two rows are in ``rows``, one bullet each, with a verdict.
-
-    A claim is judged on the seeds both rows have: the mean of the per-seed differences.
-    Seeds differ by several AP, so a two-seed row against a seed-0 row would otherwise
-    compare seed 1 with nothing.
-    """
-    by = {row["variant"]: row for row in rows}
-    out = []
-    for claim, a, b, how in FINDINGS:
-        if a not in by or b not in by:
-            continue
-        ap_a, ap_b = by[a]["box_ap_by_seed"], by[b]["box_ap_by_seed"]
-        common = sorted(set(ap_a) & set(ap_b))
-        if not common:
-            continue
-        diffs = [ap_a[s] - ap_b[s] for s in common]
-        diff = sum(diffs) / len(diffs)
-        holds = diff > 0 if how == "above" else diff >= -1.0
-        if len(ap_a) == len(ap_b) == len(diffs):
-            paired = f"{diff:+.1f}" + (
-                f"; per seed {' / '.join(f'{d:+.1f}' for d in diffs)}" if len(diffs) > 1 else "")
-        else:
-            paired = (f"{diff:+.1f} on seed{'s' if len(common) > 1 else ''} "
-                      f"{', '.join(map(str, common))}, the seeds both rows have")
-        out.append(f"* {claim}: **{'holds' if holds else 'does not hold'}** -- {a} "
-                   f"{_ap_cell(by[a], 'box_ap')} box AP at keep {by[a]['keep_ratio']:.2f} vs "
-                   f"{b} {_ap_cell(by[b], 'box_ap')} at keep {by[b]['keep_ratio']:.2f} "
-                   f"({paired}).")
-    return ["Findings (box AP, means over seeds; each claim judged on the seeds both rows "
-            "have):", "", *out] if out else []
 
 
 def _spread_labels(xs: Sequence[float], ys: Sequence[float], near: float,
@@ -206,13 +278,13 @@ def _plot(rows: List[Dict[str, Any]]) -> bytes:
 
 
 def write_outputs(output: str, state: Dict[str, Any], found: Dict[str, List[dict]],
-                  plot: bool = True) -> None:
+                  curve: Sequence[Tuple[int, float, float]] = (), plot: bool = True) -> None:
     """table.md and results.csv of the results found so far, and ap_vs_flops.png with
-    ``plot`` (a second or so of matplotlib: the runner draws it once, at the end)."""
+    ``plot``; ``curve``: the dense model's (iteration, box AP, mask AP) evaluations."""
     rows = summarize(found)
     if not rows:
         return
     atomic_write_text(os.path.join(output, "results.csv"), _csv(rows))
     if plot:
         atomic_write_bytes(os.path.join(output, "ap_vs_flops.png"), _plot(rows))
-    atomic_write_text(os.path.join(output, "table.md"), _markdown(rows, state))
+    atomic_write_text(os.path.join(output, "table.md"), _markdown(rows, state, list(curve)))

@@ -1,16 +1,23 @@
-"""Running the ablation: train the dense models and the fine-tunes, evaluate every row.
+"""Running the SViT study: train the dense model and the fine-tunes, evaluate every row.
 
-:func:`run_ablation` is resumable: a result file that exists is not computed again, a
-finished training is not repeated, an interrupted one resumes from its last checkpoint; a
-folder made with another recipe (iterations, gate learning-rate factor, noise annealing)
-is refused. Rows and recipe: :mod:`.variants`; the report: :mod:`.report`.
+:func:`run_ablation` trains the one dense model in its own process, then hands the seeds to
+``jobs`` worker processes of one thread each (``--worker-seeds``; their logs are
+``worker<k>.txt``, their progress lines reach the console) and writes the report when all
+are done. It is resumable: a result file that exists is not computed again (results are
+written atomically), a finished training is not repeated (finished = Detectron2 tagged
+``model_final.pth`` as its last checkpoint, which it does only after writing it), an
+interrupted one resumes from its last checkpoint; a folder made with another recipe
+(iterations, gate learning-rate factor, noise annealing, targets, dense seed) is refused.
+Rows and recipe: :mod:`.variants`; statistics: :mod:`.statistics`; the report: :mod:`.report`.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import math
 import os
+import subprocess
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -24,9 +31,10 @@ from ..engine import (PlainFormatter, build_model, do_train, evaluate_with_keep,
                       warnings_quiet)
 from ..errors import InputError
 from ..fileio import atomic_write_json, make_output_dir
+from ..evaluation import images_by_count, subset_ap
 from .report import summarize, write_outputs
-from .variants import (GATE_LR_FACTOR, GATE_NOISE_ANNEAL, SCALES, VARIANTS, Scale, Variant,
-                       seeds_of, study_configs, variant_config)
+from .variants import (GATE_LR_FACTOR, GATE_NOISE_ANNEAL, KEEP_TARGETS, MATCHED_TO, SCALES,
+                       VARIANTS, Scale, Variant, seeds_of, study_configs, variant_config)
 
 __all__ = ["run_ablation", "progress"]
 
@@ -71,20 +79,28 @@ def _logging_to(path: str):
         file_handler.close()
 
 
-def _train(cfg, out_dir: str, seed: int, iters: int, init: str, log_period: int) -> float:
-    """Train ``cfg`` into ``out_dir`` (resuming an interrupted run); returns seconds spent."""
+def _train(cfg, out_dir: str, seed: int, iters: int, init: str, log_period: int,
+           eval_period: int = 0, threads: Optional[int] = None) -> float:
+    """Train ``cfg`` into ``out_dir`` (resuming an interrupted run); returns seconds spent.
+    ``eval_period`` > 0 evaluates on the test set every so many iterations (a learning
+    curve in ``out_dir``/metrics.json)."""
     from detectron2.utils.env import seed_all_rng
 
     cfg.train.output_dir = out_dir
     cfg.train.init_checkpoint = init
     cfg.train.max_iter = iters
-    cfg.train.eval_period = 0
+    cfg.train.eval_period = eval_period
     cfg.train.flops_period = 0
+    cfg.train.flops_num_images = 0
     cfg.train.log_period = log_period
     cfg.train.seed = seed
+    if threads:
+        cfg.train.num_threads = threads
     cfg.train.checkpointer = dict(period=max(iters // 4, 25), max_to_keep=1)
-    if "evaluator" in cfg.dataloader:
-        del cfg.dataloader["evaluator"]  # the ablation evaluates every variant itself
+    if eval_period:
+        cfg.dataloader.evaluator.output_dir = os.path.join(out_dir, "inference")
+    elif "evaluator" in cfg.dataloader:
+        del cfg.dataloader["evaluator"]  # the study evaluates every row itself
     os.makedirs(out_dir, exist_ok=True)
     start = time.perf_counter()
     seed_all_rng(seed)
@@ -93,10 +109,21 @@ def _train(cfg, out_dir: str, seed: int, iters: int, init: str, log_period: int)
     return time.perf_counter() - start
 
 
+def _finished(run: str) -> Optional[str]:
+    """``run``/model_final.pth once its training finished: Detectron2 tags the last
+    checkpoint only after writing it, so a run killed while writing it is not finished."""
+    try:
+        with open(os.path.join(run, "last_checkpoint")) as f:
+            done = f.read().strip() == "model_final.pth"
+    except OSError:
+        return None
+    return os.path.join(run, "model_final.pth") if done else None
+
+
 def _load(cfg, checkpoint: str):
     """The model of ``cfg`` with the weights of ``checkpoint``, in eval mode."""
     cfg.train.init_checkpoint = checkpoint
-    return load_model(cfg)
+    return load_model(cfg, allow_untrained_gates=True)  # random / attention gates: no weights
 
 
 def _backbone_inputs(model, inputs: Sequence[dict]) -> List[torch.Tensor]:
@@ -104,16 +131,34 @@ def _backbone_inputs(model, inputs: Sequence[dict]) -> List[torch.Tensor]:
         return [model.preprocess_image([inp]).tensor for inp in inputs]
 
 
+#: Image subsets reported beside the whole validation set, by annotated object count.
+SUBSETS = {"sparse": (0, 2), "crowded": (12, 10 ** 6)}
+
+
+def _subset_aps(cfg, out_dir: str) -> Dict[str, float]:
+    """Box and mask AP of the sparse and crowded validation images ({"sparse_box_ap": ...})."""
+    from detectron2.data import MetadataCatalog
+
+    gt_json = MetadataCatalog.get(dataset_names(cfg, ("test",))[0]).json_file
+    dets = os.path.join(out_dir, "coco_instances_results.json")
+    out = {}
+    for name, (low, high) in SUBSETS.items():
+        aps = subset_ap(gt_json, dets, images_by_count(gt_json, low, high))
+        out[f"{name}_box_ap"], out[f"{name}_mask_ap"] = aps["bbox"], aps["segm"]
+    return out
+
+
 def _evaluate(variant: Variant, seed: int, cfg, checkpoint: str, out_dir: str,
               dense: Dict[str, Any], scale: Scale, log_path: str) -> Dict[str, Any]:
-    """Box / mask AP, backbone FLOPs, latency and keep ratio of one variant."""
+    """Box / mask AP (whole set, by size, sparse and crowded images), backbone FLOPs,
+    latency and kept fractions of one row."""
     from detectron2.utils.env import seed_all_rng
 
     start = time.perf_counter()
     seed_all_rng(seed)
     model = _load(cfg, checkpoint)
     cfg.dataloader.evaluator.output_dir = out_dir
-    results, keep = evaluate_with_keep(cfg, model, log_path)
+    results, keep, per_block = evaluate_with_keep(cfg, model, log_path)
     with warnings_quiet():
         flops = count_model_flops(model, dense["flops_inputs"])
     images = dense["latency_inputs"]
@@ -122,20 +167,22 @@ def _evaluate(variant: Variant, seed: int, cfg, checkpoint: str, out_dir: str,
         [lambda x=x: model.backbone.net(x) for x in images], scale.latency_rounds,
         cuda=bool(images) and images[0].is_cuda)
     dense_flops = dense.get("backbone_flops") or flops.backbone
+    by_size = {f"box_ap_{s}": float(results.get("bbox", {}).get(f"AP{s}", math.nan))
+               for s in ("s", "m", "l")}
     return dict(
         variant=variant.name, seed=seed, checkpoint=checkpoint,
         box_ap=result_metric(results, "bbox"), mask_ap=result_metric(results, "segm"),
+        **by_size, **_subset_aps(cfg, out_dir),
         backbone_gflops=flops.backbone / 1e9, gate_gflops=flops.gates / 1e9,
         total_gflops=flops.total / 1e9, backbone_flops_ratio=flops.backbone / dense_flops,
-        keep_ratio=keep, backbone_ms=ms, dense_backbone_ms=dense_ms,
+        keep_ratio=keep, keep_ratios=per_block, backbone_ms=ms, dense_backbone_ms=dense_ms,
         backbone_speedup=dense_ms / ms if ms > 0 else float("nan"),
         eval_seconds=time.perf_counter() - start, results=results,
     )
 
 
-def _load_results(output: str, jobs,
-                  result_path: Callable[[str, int], str]) -> Dict[str, List[dict]]:
-    """{variant name: the result dicts of its seeds found in ``output``}."""
+def _load_results(jobs, result_path: Callable[[str, int], str]) -> Dict[str, List[dict]]:
+    """{variant name: the result dicts of its seeds found}."""
     found: Dict[str, List[dict]] = {}
     for variant, seed in jobs:
         path = result_path(variant.name, seed)
@@ -145,13 +192,19 @@ def _load_results(output: str, jobs,
     return found
 
 
-def _open_state(output: str, scale_name: str, scale: Scale, seeds: int) -> Dict[str, Any]:
-    """ablation.json of ``output``, refused if made with another scale or recipe."""
+def _recipe(scale: Scale) -> Dict[str, Any]:
+    """What the saved runs depend on: a folder made with another recipe is not resumed."""
+    return dict(dense_iters=scale.dense_iters, finetune_iters=scale.finetune_iters,
+                gate_lr_factor=GATE_LR_FACTOR, gate_noise_anneal=GATE_NOISE_ANNEAL,
+                keep_targets=list(KEEP_TARGETS), dense_seed=scale.dense_seed)
+
+
+def _open_state(output: str, scale_name: str, scale: Scale, update: bool) -> Dict[str, Any]:
+    """ablation.json of ``output``, refused if made with another scale or recipe; written
+    back (with this run's scale and recipe) when ``update``."""
     state_path = os.path.join(output, "ablation.json")
     state: Dict[str, Any] = {}
-    # what the saved runs depend on: a folder made with another recipe is not resumed
-    recipe = dict(dense_iters=scale.dense_iters, finetune_iters=scale.finetune_iters,
-                  gate_lr_factor=GATE_LR_FACTOR, gate_noise_anneal=GATE_NOISE_ANNEAL)
+    recipe = _recipe(scale)
     if os.path.isfile(state_path):
         with open(state_path) as f:
             state = json.load(f)
@@ -163,142 +216,250 @@ def _open_state(output: str, scale_name: str, scale: Scale, seeds: int) -> Dict[
         if changed:
             raise InputError(f"{output} holds an ablation made with another recipe: "
                              f"{', '.join(changed)}; use another output folder")
-    state.update(scale=scale_name, seeds=max(seeds, int(state.get("seeds", 0))),
-                 description=scale.description, **recipe)
+    state.update(scale=scale_name, seeds=list(scale.seeds), description=scale.description,
+                 **recipe)
     state.setdefault("seconds", {})
-    atomic_write_json(state_path, state)
+    if update:
+        atomic_write_json(state_path, state)
     return state
 
 
-def _check_inputs(scale_name: str, seeds: Optional[int], dense_checkpoint: Optional[str],
-                  configs: Sequence[str]) -> Tuple[Scale, int]:
+def _check_inputs(scale_name: str, jobs: int, dense_checkpoint: Optional[str],
+                  configs: Sequence[str]) -> Scale:
     if scale_name not in SCALES:
         raise InputError(f"unknown scale {scale_name!r}; choose from {sorted(SCALES)}")
-    scale = SCALES[scale_name]
-    seeds = scale.seeds if seeds is None else seeds
-    if seeds < 1:
-        raise InputError(f"--seeds must be 1 or more, got {seeds}")
+    if jobs < 1:
+        raise InputError(f"--jobs must be 1 or more, got {jobs}")
     if dense_checkpoint and not os.path.isfile(dense_checkpoint):
         raise InputError(f"dense checkpoint not found: {dense_checkpoint}")
     for path in configs:
         if not os.path.isfile(path):
-            raise InputError(f"config file not found: {path} (the ablation uses the "
-                             f"repository's configs/Synthetic; pass --dense-config / "
+            raise InputError(f"config file not found: {path} (the study uses the "
+                             f"repository's configs/Study; pass --dense-config / "
                              f"--svit-config)")
-    return scale, seeds
+    return SCALES[scale_name]
 
 
 class _Study:
     """One run of the study into ``output``: its state, folders and trained weights."""
 
-    def __init__(self, output: str, scale_name: str, scale: Scale, seeds: int,
-                 dense_checkpoint: Optional[str], configs: Tuple[str, str]):
+    def __init__(self, output: str, scale_name: str, scale: Scale,
+                 dense_checkpoint: Optional[str], configs: Tuple[str, str], worker: bool):
         self.output, self.scale_name, self.scale = output, scale_name, scale
         self.dense_checkpoint, self.configs = dense_checkpoint, configs
-        self.state = _open_state(output, scale_name, scale, seeds)
+        self.state = _open_state(output, scale_name, scale, update=not worker)
         self.log_path = os.path.join(output, "log.txt")
-        self.jobs = [(v, s) for v in VARIANTS for s in seeds_of(v, seeds)]
-        self.dense_cache: Dict[int, Dict[str, Any]] = {}
-        for sub in ("results", "runs", "eval"):
+        self.jobs = [(v, s) for s in scale.seeds for v in VARIANTS if s in seeds_of(v, scale)]
+        self.dense_cache: Dict[str, Any] = {}
+        for sub in ("results", "runs", "eval", "seconds"):
             os.makedirs(os.path.join(output, sub), exist_ok=True)
 
     def result_path(self, name: str, seed: int) -> str:
         return os.path.join(self.output, "results", f"{name}_seed{seed}.json")
 
-    def config(self, variant: Variant, training: bool = False):
-        return variant_config(variant, self.scale, *self.configs, training=training)
+    def config(self, variant: Variant, training: bool = False,
+               ratios: Optional[Dict[int, float]] = None):
+        return variant_config(variant, self.scale, *self.configs, training=training,
+                              ratios=ratios)
 
-    def _trained(self, key: str, cfg, run: str, seed: int, iters: int, init: str) -> str:
-        """``run``/model_final.pth, trained first if it is not there."""
-        checkpoint = os.path.join(run, "model_final.pth")
-        if not os.path.isfile(checkpoint):
+    def _trained(self, key: str, cfg, run: str, seed: int, iters: int, init: str,
+                 **train_kw) -> str:
+        """``run``/model_final.pth, trained first if its training did not finish."""
+        checkpoint = _finished(run)
+        if checkpoint is None:
             what = f"fine-tun%s '{key}'" if init else f"train%s {key}"
             progress(f"{what % 'ing'} seed {seed}{' from dense' if init else ''}: "
                      f"{iters} iterations")
-            secs = _train(cfg, run, seed, iters, init, self.scale.log_period)
-            self.state["seconds"][f"train_{key}_seed{seed}"] = secs
-            atomic_write_json(os.path.join(self.output, "ablation.json"), self.state)
+            secs = _train(cfg, run, seed, iters, init, self.scale.log_period, **train_kw)
+            # one file per run: workers never write the same file
+            atomic_write_json(os.path.join(self.output, "seconds", f"train_{key}_seed{seed}.json"),
+                              {"seconds": secs})
             progress(f"{what % 'ed'} seed {seed} in {secs:.0f} s")
+            checkpoint = os.path.join(run, "model_final.pth")
         return checkpoint
 
-    def dense_weights(self, seed: int) -> str:
+    def dense_weights(self) -> str:
+        """The one dense model every row starts from (trained first if missing)."""
+        scale = self.scale
         dcfg = self.config(VARIANTS[0])
         for name in dataset_names(dcfg):
             prepare_dataset(name)
-        if seed == 0 and self.dense_checkpoint:
+        if self.dense_checkpoint:
             return self.dense_checkpoint
-        return self._trained("dense", dcfg, os.path.join(self.output, "runs", f"dense_seed{seed}"),
-                             seed, self.scale.dense_iters, "")
+        return self._trained("dense", dcfg, os.path.join(self.output, "runs", "dense"),
+                             scale.dense_seed, scale.dense_iters, "",
+                             eval_period=scale.dense_eval_period, threads=scale.dense_threads)
+
+    def matched_ratios(self, seed: int) -> Dict[int, float]:
+        """{block: kept fraction} of :data:`MATCHED_TO` on ``seed`` (evaluated first if
+        missing)."""
+        path = self.result_path(MATCHED_TO, seed)
+        if not os.path.isfile(path):
+            self.evaluate(next(v for v in VARIANTS if v.name == MATCHED_TO), seed)
+        with open(path) as f:
+            return {int(b): float(r) for b, r in json.load(f)["keep_ratios"].items()}
 
     def variant_weights(self, variant: Variant, seed: int, dense: str) -> str:
         if variant.train is None:
             return dense
-        return self._trained(variant.train, self.config(variant, training=True),
+        ratios = self.matched_ratios(seed) if variant.train == "fixed" else None
+        return self._trained(variant.train, self.config(variant, training=True, ratios=ratios),
                              os.path.join(self.output, "runs", f"{variant.train}_seed{seed}"),
                              seed, self.scale.finetune_iters, dense)
 
-    def dense_reference(self, seed: int, dense: str) -> Dict[str, Any]:
-        """The dense model of ``seed`` and its FLOP and latency inputs, built once."""
-        if seed not in self.dense_cache:
+    def dense_reference(self, dense: str) -> Dict[str, Any]:
+        """The dense model and its FLOP and latency inputs, built once."""
+        if not self.dense_cache:
             scale = self.scale
             dcfg = self.config(VARIANTS[0])
             dmodel = _load(self.config(VARIANTS[0]), dense)
             inputs = first_test_inputs(dcfg, max(scale.flops_images, scale.latency_images))
-            self.dense_cache.clear()  # one dense model in memory at a time
-            self.dense_cache[seed] = dict(
+            self.dense_cache.update(
                 model=dmodel, flops_inputs=inputs[:scale.flops_images],
                 latency_inputs=_backbone_inputs(dmodel, inputs[:scale.latency_images]),
                 backbone_flops=count_model_flops(dmodel, inputs[:scale.flops_images]).backbone,
             )
-        return self.dense_cache[seed]
+        return self.dense_cache
 
     def evaluate(self, variant: Variant, seed: int) -> Dict[str, Any]:
         """Train what ``variant`` needs, evaluate it, save and return its result."""
         t0 = time.perf_counter()
-        dense = self.dense_weights(seed)
+        dense = self.dense_weights()
         checkpoint = self.variant_weights(variant, seed, dense)
-        reference = self.dense_reference(seed, dense)
+        ratios = self.matched_ratios(seed) if variant.matched else None
+        cfg = self.config(variant, ratios=ratios)
+        reference = self.dense_reference(dense)
         progress(f"evaluating {variant.name} seed {seed}: {variant.label}")
-        res = _evaluate(variant, seed, self.config(variant), checkpoint,
+        res = _evaluate(variant, seed, cfg, checkpoint,
                         os.path.join(self.output, "eval", f"{variant.name}_seed{seed}"),
                         reference, self.scale, self.log_path)
         res.update(label=variant.label, train=variant.train, scale=self.scale_name,
                    finetune_iters=self.scale.finetune_iters if variant.train else 0,
                    seconds=time.perf_counter() - t0)
         atomic_write_json(self.result_path(variant.name, seed), res)
+        progress(f"{variant.name} seed {seed}: box AP {res['box_ap']:.1f}, mask AP "
+                 f"{res['mask_ap']:.1f}, backbone {res['backbone_gflops']:.3f} GFLOPs "
+                 f"({res['backbone_flops_ratio']:.2f} x dense), keep {res['keep_ratio']:.3f}")
         return res
 
     def found(self) -> Dict[str, List[dict]]:
-        return _load_results(self.output, self.jobs, self.result_path)
+        return _load_results(self.jobs, self.result_path)
+
+    def todo(self, seeds: Sequence[int]) -> List[Tuple[Variant, int]]:
+        return [(v, s) for v, s in self.jobs
+                if s in seeds and not os.path.isfile(self.result_path(v.name, s))]
+
+    def run_seeds(self, seeds: Sequence[int], name: str) -> None:
+        """Every missing result of ``seeds``, with a progress line and the time left."""
+        todo = self.todo(seeds)
+        started, done = time.perf_counter(), 0
+        for n, (variant, seed) in enumerate(todo, 1):
+            if os.path.isfile(self.result_path(variant.name, seed)):
+                continue  # evaluated earlier in this loop (the matched rows' reference)
+            left = ""
+            if done:
+                per = (time.perf_counter() - started) / done
+                left = f"; about {per * (len(todo) - n + 1) / 60:.0f} min left in {name}"
+            progress(f"{name} [{n}/{len(todo)}] {variant.name} seed {seed}{left}")
+            self.evaluate(variant, seed)
+            done += 1
 
 
-def run_ablation(output: str, scale_name: str = "quick", seeds: Optional[int] = None,
+def _split(seeds: Sequence[int], jobs: int) -> List[List[int]]:
+    """The seeds of each of ``jobs`` workers (round robin; empty workers dropped)."""
+    return [list(seeds[k::jobs]) for k in range(min(jobs, len(seeds)))]
+
+
+def _run_workers(output: str, scale_name: str, parts: List[List[int]],
+                 extra: Sequence[str]) -> None:
+    """One worker process per part (``--worker-seeds``), one thread each; waits for all and
+    raises if one failed (its log: ``worker<k>.txt``)."""
+    procs = []
+    for k, seeds in enumerate(parts):
+        log = open(os.path.join(output, f"worker{k}.txt"), "a")
+        cmd = [sys.executable, "-m", "tokenprune.tools.ablation", "--output", output,
+               "--scale", scale_name, "--worker-seeds", ",".join(map(str, seeds)), *extra]
+        procs.append((k, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+        progress(f"worker {k}: seeds {seeds} (log {log.name})")
+    offsets = [0] * len(procs)
+    while True:
+        running = any(proc.poll() is None for _, proc, _ in procs)
+        for k, _, log in procs:  # the workers' progress lines, on this console
+            with open(log.name) as f:
+                f.seek(offsets[k])
+                text = f.read()
+            whole = text[:text.rfind("\n") + 1]
+            offsets[k] += len(whole.encode())
+            for line in whole.splitlines():
+                if line.startswith("[ablation"):
+                    print(f"  worker {k} {line}", flush=True)
+        if not running:
+            break
+        time.sleep(5)
+    failed = [f"worker {k} (exit {proc.returncode}, see {log.name})"
+              for k, proc, log in procs if proc.returncode != 0]
+    for _, _, log in procs:
+        log.close()
+    if failed:
+        raise RuntimeError(f"the study's workers failed: {', '.join(failed)}")
+
+
+def run_ablation(output: str, scale_name: str = "quick", jobs: int = 1,
                  dense_checkpoint: Optional[str] = None, dense_config: Optional[str] = None,
-                 svit_config: Optional[str] = None) -> Dict[str, Any]:
+                 svit_config: Optional[str] = None,
+                 worker_seeds: Optional[Sequence[int]] = None) -> Dict[str, Any]:
     """Run (or resume) the study into ``output``; returns the summary rows and the state.
-    ``dense_config`` / ``svit_config``: None for the project's (:func:`.study_configs`)."""
+
+    Args:
+        jobs: worker processes for the fine-tune seeds, after the dense model (one per
+            CPU core; 1 runs everything in this process).
+        dense_config / svit_config: None for the project's (:func:`.study_configs`).
+        worker_seeds: run as a worker (``--worker-seeds``): only these seeds, no report.
+    """
     configs = study_configs(dense_config, svit_config)
-    scale, seeds = _check_inputs(scale_name, seeds, dense_checkpoint, configs)
+    scale = _check_inputs(scale_name, jobs, dense_checkpoint, configs)
     make_output_dir(output)
-    study = _Study(output, scale_name, scale, seeds, dense_checkpoint, configs)
+    worker = worker_seeds is not None
+    study = _Study(output, scale_name, scale, dense_checkpoint, configs, worker)
     started = time.perf_counter()
-    todo = [(v, s) for v, s in study.jobs if not os.path.isfile(study.result_path(v.name, s))]
-    todo.sort(key=lambda job: job[1])  # seed by seed: one dense reference at a time
+    if worker:
+        with _logging_to(study.log_path), warnings_quiet():
+            study.run_seeds(worker_seeds, f"seeds {','.join(map(str, worker_seeds))}")
+        return dict(rows=[], state=study.state)
+    todo = study.todo(scale.seeds)
     progress(f"scale {scale_name} ({scale.description}); {len(study.jobs)} evaluations, "
              f"{len(study.jobs) - len(todo)} already done; output {output}")
     with _logging_to(study.log_path), warnings_quiet():
-        for n, (variant, seed) in enumerate(todo, 1):
-            progress(f"[{n}/{len(todo)}] {variant.name} seed {seed}")
-            res = study.evaluate(variant, seed)
-            progress(f"{variant.name} seed {seed}: box AP {res['box_ap']:.1f}, mask AP "
-                     f"{res['mask_ap']:.1f}, backbone {res['backbone_gflops']:.3f} GFLOPs "
-                     f"({res['backbone_flops_ratio']:.2f} x dense), keep {res['keep_ratio']:.2f}, "
-                     f"{res['backbone_ms']:.1f} ms vs {res['dense_backbone_ms']:.1f} ms dense")
-            write_outputs(output, study.state, study.found(), plot=False)
-    study.state["seconds"]["last_run"] = time.perf_counter() - started
+        study.dense_weights()
+        parts = _split(list(scale.seeds), jobs)
+        if todo and len(parts) > 1:
+            extra = [f"--{k}={v}" for k, v in (("dense-checkpoint", dense_checkpoint),
+                                               ("dense-config", dense_config),
+                                               ("svit-config", svit_config)) if v]
+            _run_workers(output, scale_name, parts, extra)
+        elif todo:
+            study.run_seeds(scale.seeds, "the study")
+    seconds = study.state["seconds"]
+    seconds["last_run"] = time.perf_counter() - started
+    for name in sorted(os.listdir(os.path.join(output, "seconds"))):
+        with open(os.path.join(output, "seconds", name)) as f:
+            seconds[name[:-len(".json")]] = json.load(f)["seconds"]
     atomic_write_json(os.path.join(output, "ablation.json"), study.state)
-    rows = summarize(study.found())
-    write_outputs(output, study.state, study.found())
-    progress(f"done in {study.state['seconds']['last_run']:.0f} s: "
-             f"{os.path.join(output, 'table.md')}")
-    return dict(rows=rows, state=study.state)
+    found = study.found()
+    write_outputs(output, study.state, found, _learning_curve(output))
+    progress(f"done in {seconds['last_run']:.0f} s: {os.path.join(output, 'table.md')}")
+    return dict(rows=summarize(found), state=study.state)
+
+
+def _learning_curve(output: str) -> List[Tuple[int, float, float]]:
+    """(iteration, box AP, mask AP) of the dense model's evaluations during its training."""
+    curve = []
+    path = os.path.join(output, "runs", "dense", "metrics.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                rec = json.loads(line)
+                if "bbox/AP" in rec:
+                    curve.append((int(rec["iteration"]) + 1, float(rec["bbox/AP"]),
+                                  float(rec.get("segm/AP", math.nan))))
+    return curve

@@ -236,7 +236,7 @@ class _Sweep:
         model = self.model_of(point)
         with self.applied(point, model), warnings_quiet():
             torch.manual_seed(0)  # the random reducer's draws
-            results, kept = evaluate_with_keep(self.cfg, model, log_path)
+            results, kept, _ = evaluate_with_keep(self.cfg, model, log_path)
             flops = count_model_flops(model, self.flop_inputs)
         dense, own = self._calls(Point("dense")), self._calls(point)
         per_image = len(self.flop_inputs) / len(self.batches)
