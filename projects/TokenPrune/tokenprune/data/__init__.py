@@ -1,8 +1,10 @@
-"""Datasets: the synthetic shapes generator and registration, COCO-format helpers, and
-what a config reads (:mod:`.catalog`).
+"""Datasets: the synthetic shapes generator and registration, the scenes of the SViT
+ablation study (:mod:`.synthetic_study`), COCO-format helpers, and what a config reads
+(:mod:`.catalog`).
 
 Importing this package registers ``synthetic_shapes_{train,val,minival}``,
-``synthetic_mixcolor_{train,val,minival}``, ``synthetic_tasks_{train,val}``
+``synthetic_mixcolor_{train,val,minival}``, ``synthetic_tasks_{train,val}``,
+``synthetic_study_{train,val,minival,pilot_train,pilot_val}``
 (cheap: their files are generated on first use) and ``coco_tasks_*`` (from $DETECTRON2_DATASETS).
 """
 
@@ -17,10 +19,18 @@ from .synthetic import (
     generate_synthetic_shapes,
     register_synthetic_shapes,
 )
+from .synthetic_study import (
+    STUDY_CLASSES,
+    STUDY_SPLITS,
+    generate_study_scenes,
+    register_synthetic_study,
+    scene_statistics,
+)
 from .synthetic_tasks import SYNTHETIC_TASKS, register_synthetic_tasks
 
 register_synthetic_shapes()
 register_synthetic_tasks()
+register_synthetic_study()
 register_coco_tasks()
 
 __all__ = [
@@ -41,4 +51,9 @@ __all__ = [
     "prepare_dataset",
     "register_synthetic_shapes",
     "write_coco_layout",
+    "STUDY_CLASSES",
+    "STUDY_SPLITS",
+    "generate_study_scenes",
+    "register_synthetic_study",
+    "scene_statistics",
 ]

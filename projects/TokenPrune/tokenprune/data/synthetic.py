@@ -21,7 +21,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -213,22 +213,31 @@ def _render(
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), objects
 
 
-def _annotation(o: _Object) -> Dict[str, Any]:
-    """COCO fields of an object's visible mask (category and ids are added by the caller)."""
-    if o.polygon is not None and np.array_equal(o.visible, o.mask):
-        segmentation: Any = [o.polygon]
+def _mask_annotation(visible: np.ndarray, polygon: Optional[List[float]]) -> Dict[str, Any]:
+    """COCO segmentation, area and bbox of a visible (H, W) bool mask: ``[polygon]`` when
+    given (the caller passes it only when it decodes to exactly ``visible``), else RLE."""
+    if polygon is not None:
+        segmentation: Any = [polygon]
     else:
-        rle = mask_util.encode(np.asfortranarray(o.visible.astype(np.uint8)))
+        rle = mask_util.encode(np.asfortranarray(visible.astype(np.uint8)))
         segmentation = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()}
-    cols = np.flatnonzero(o.visible.any(axis=0))
-    rows = np.flatnonzero(o.visible.any(axis=1))
+    cols = np.flatnonzero(visible.any(axis=0))
+    rows = np.flatnonzero(visible.any(axis=1))
     x0, y0 = int(cols[0]), int(rows[0])
     bbox = [float(x0), float(y0), float(cols[-1] + 1 - x0), float(rows[-1] + 1 - y0)]
     return {
         "segmentation": segmentation,
-        "area": float(np.count_nonzero(o.visible)),
+        "area": float(np.count_nonzero(visible)),
         "bbox": bbox,
         "iscrowd": 0,
+    }
+
+
+def _annotation(o: _Object) -> Dict[str, Any]:
+    """COCO fields of an object's visible mask (category and ids are added by the caller)."""
+    whole = o.polygon is not None and np.array_equal(o.visible, o.mask)
+    return {
+        **_mask_annotation(o.visible, o.polygon if whole else None),
         "shape": o.shape.name,
         "color": o.color_name,
     }
@@ -332,6 +341,23 @@ def generate_synthetic_shapes(
         "class_colors": bool(class_colors),
     }
     file_names = [file_name_format.format(i) for i in range(1, num_images + 1)]
+    info = {"description": "TokenPrune synthetic shapes", "version": str(_FORMAT_VERSION),
+            "seed": int(seed)}
+    return _generate_once(
+        json_file, image_dir, params, file_names, info, list(categories),
+        lambda: _render_images(image_dir, file_names, seed, image_size, class_colors,
+                               category_of),
+    )
+
+
+def _generate_once(
+    json_file: str, image_dir: str, params: Dict[str, Any], file_names: List[str],
+    info: Dict[str, Any], categories: List[Dict[str, Any]],
+    render: Callable[[], Tuple[list, list]],
+) -> str:
+    """Write a generated COCO dataset unless its ``<json_file>.stamp`` already records
+    ``params`` and every file exists. ``render()`` saves the images into ``image_dir`` and
+    returns the json's (images, annotations) lists. Returns ``json_file``."""
     stamp_file = json_file + ".stamp"
     if _is_generated(stamp_file, params, json_file, image_dir, file_names):
         return json_file
@@ -342,23 +368,18 @@ def generate_synthetic_shapes(
     with contextlib.suppress(FileNotFoundError):  # another process generating the same set
         os.remove(stamp_file)
 
-    images, annotations = _render_images(image_dir, file_names, seed, image_size, class_colors,
-                                         category_of)
+    images, annotations = render()
     dataset = {
-        "info": {
-            "description": "TokenPrune synthetic shapes",
-            "version": str(_FORMAT_VERSION),
-            "seed": int(seed),
-        },
+        "info": info,
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": list(categories),
+        "categories": categories,
     }
     atomic_write_json(json_file, dataset, compact=True)
     atomic_write_json(stamp_file, params, compact=True)
     logger.info(
-        f"Generated {num_images} synthetic images ({len(annotations)} objects) in "
+        f"Generated {len(file_names)} synthetic images ({len(annotations)} objects) in "
         f"{time.perf_counter() - start:.1f} s: {json_file}"
     )
     return json_file

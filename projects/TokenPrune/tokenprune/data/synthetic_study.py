@@ -1,0 +1,440 @@
+"""A generated dataset for the ablation study of SViT token pruning, in COCO format.
+
+The shapes datasets (:mod:`.synthetic`) cannot show SViT's findings: their objects are
+small (10-41 px), few (1-5 per image, about 9% of the tokens) and their colour or saliency
+tells the class. Each property of these scenes gives one finding room to show:
+
+* Classes are shape x texture ({circle, square, triangle} x {striped, dotted}: "striped
+  circle", ..., ids 1..6), and an object's colour is drawn independently of its class. A
+  16 px patch in the first blocks sees a colour and a bit of texture, not the class: the
+  class needs the outline and the texture together (deeper blocks), so early pruning
+  decisions can be wrong, and reactivation or a better gate have something to fix
+  (findings 2 and 4).
+* The number of objects per image is spread wide: exactly a third of the images ("sparse")
+  has 0-2 objects, a third ("crowded") 12-25, the rest ("medium") 3-11 (the json image
+  entry's "density"). The share of 16 px tokens that touch an object is about 2% on a
+  sparse image and about 65% on a crowded one (medians), so a fixed token budget binds on
+  crowded images and is wasted on sparse ones (finding 3, a dynamic keep rate per image).
+* Object sizes (circumdiameter) are log-uniform from 10 px to 0.7 x the image size, so that
+  COCO's small (area < 32^2), medium and large (> 96^2) sizes are all populated (about 57%,
+  39% and 4% of the objects at 256 px): the interiors of large objects are what a model that
+  discards pruned tokens loses (finding 1).
+* Clutter: what lies between the objects is not plain. Over the textured background of
+  :mod:`.synthetic`, 2-8 unannotated distractors (elongated ellipses, irregular blobs) carry
+  the same stripe and dot textures in random colours; they are drawn before the objects,
+  which occlude them. About 20% of the objects are camouflaged: their colour is the mean
+  colour of what they cover, jittered, and their texture has less contrast, so saliency
+  alone misses them. Cheap early decisions can be wrong both ways.
+
+Objects are placed largest first; an object may hide at most 40% of any earlier one, and
+placement gives up on an object after a number of tries (on the val split: 6.3% of the
+objects drawn for crowded images, 0.6% for medium ones; 97% of the crowded images keep 12
+or more). Every annotation describes the object's visible pixels exactly (a polygon when a
+polygonal object is fully visible, RLE otherwise), with ``area`` and ``bbox`` from that
+mask, and records "shape", "texture", "color" (the base [r, g, b]) and "camouflaged".
+"""
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import pycocotools.mask as mask_util
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+from PIL import Image, ImageDraw
+
+from .synthetic import (
+    _background,
+    _generate_once,
+    _mask_annotation,
+    _polygon,
+    _polygon_mask,
+    _save_image,
+    default_data_root,
+)
+
+__all__ = [
+    "STUDY_CLASSES",
+    "STUDY_SPLITS",
+    "generate_study_scenes",
+    "register_synthetic_study",
+    "scene_statistics",
+    "segmentation_mask",
+]
+
+_SHAPES = ("circle", "square", "triangle")
+_TEXTURES = ("striped", "dotted")
+
+STUDY_CLASSES: Tuple[str, ...] = tuple(f"{t} {s}" for s in _SHAPES for t in _TEXTURES)
+"""Category names in id order ("striped circle", "dotted circle", ...); json ids 1..6."""
+
+STUDY_SPLITS: Dict[str, Tuple[str, int, int]] = {
+    # the reported run
+    "synthetic_study_train": ("train", 800, 40),
+    "synthetic_study_val": ("val", 300, 41),
+    "synthetic_study_minival": ("minival", 8, 42),  # quick evaluations in tests
+    # the pilot that fixes the recipe: its own data seed and its own validation images
+    "synthetic_study_pilot_train": ("pilot_train", 800, 50),
+    "synthetic_study_pilot_val": ("pilot_val", 300, 51),
+}
+"""Registered dataset name -> (split folder, number of images, seed)."""
+
+_FORMAT_VERSION = 1  # bump when the rendered images or the json change for the same parameters
+# (name, min, max objects): a third of the images each, so the token share of objects spans
+# ~2% (sparse) to ~60% (crowded) and a fixed keep rate cannot suit every image
+_DENSITIES = (("sparse", 0, 2), ("medium", 3, 11), ("crowded", 12, 25))
+# circumdiameter, log-uniform: from 10 px to this fraction of the image size. COCO's "large"
+# (visible area > 96^2) is 14% of a 256 px image: with 0.45 only circles over 108 px reach it
+# and 0.3% of the objects were large (val split), with 0.6 2.3%, with 0.7 3.8%
+_MIN_EXTENT = 10.0
+_MAX_EXTENT = 0.7
+_MIN_VISIBLE_FRACTION = 0.6  # an occluded object keeps at least this fraction of its pixels
+_PLACEMENT_TRIES = 40  # positions tried per object (its size stays: no bias to small objects)
+_CAMOUFLAGED_FRACTION = 0.2  # objects coloured like what they cover: saliency misses them
+_CAMOUFLAGE_JITTER = 12  # per RGB channel, uniform in [-J, J], around the covered mean colour
+_PATTERN_CONTRAST = (50.0, 90.0)  # texture colour = object colour -+ this (darker if bright)
+_CAMOUFLAGE_CONTRAST = (25.0, 45.0)  # fainter textures on camouflaged objects
+_STRIPE_PERIOD = (4.0, 7.0)  # px; half of each period is in the texture colour, random angle
+_DOT_SPACING = (5.0, 7.0)  # px, square grid with a random phase
+_DOT_RADIUS = (1.0, 2.0)  # px
+_DISTRACTORS = (2, 8)  # unannotated textured ellipses / blobs per image, drawn under objects
+_NOISE = 4.0  # sd of the per-pixel Gaussian noise
+
+
+@dataclass
+class _Piece:
+    """An object placed in the image; its masks cover the box at (top, left)."""
+
+    shape: str
+    texture: str
+    camouflaged: bool
+    top: int
+    left: int
+    mask: np.ndarray  # (h, w) bool, the whole shape
+    visible: np.ndarray  # (h, w) bool, the part not covered by later objects
+    polygon: Optional[List[float]]  # [x0, y0, x1, y1, ...] px in the image, None for circles
+    area: int  # pixels of the whole shape
+    num_visible: int
+    rgb: Optional[np.ndarray] = None  # (3,) int, set when drawn
+
+
+def _log_extent(rng: np.random.Generator, size: int) -> float:
+    """A circumdiameter in px, log-uniform in [_MIN_EXTENT, _MAX_EXTENT * size]."""
+    return math.exp(rng.uniform(math.log(_MIN_EXTENT), math.log(_MAX_EXTENT * size)))
+
+
+def _tight_box(mask: np.ndarray) -> Tuple[int, int, int, int]:
+    """(top, bottom, left, right), exclusive ends, of the True pixels of a 2D mask."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _shape_mask(
+    rng: np.random.Generator, shape: str, extent: float, size: int
+) -> Tuple[int, int, np.ndarray, Optional[List[float]]]:
+    """A shape of circumdiameter ``extent`` px at a random position fully inside the image:
+    (top, left, (h, w) bool mask of its box, polygon or None)."""
+    r = extent / 2
+    cx, cy = (float(v) for v in rng.uniform(r + 1, size - r - 1, 2))
+    if shape == "circle":
+        top, left = max(0, math.floor(cy - r)), max(0, math.floor(cx - r))
+        ys = np.arange(top, min(size, math.ceil(cy + r)))[:, None] + 0.5  # pixel centres
+        xs = np.arange(left, min(size, math.ceil(cx + r)))[None, :] + 0.5
+        return top, left, (xs - cx) ** 2 + (ys - cy) ** 2 <= r * r, None
+    polygon = _polygon(rng, shape, cx, cy, r)
+    full = _polygon_mask(polygon, size)
+    top, bottom, left, right = _tight_box(full)
+    return top, left, full[top:bottom, left:right], polygon
+
+
+def _overlap(a: _Piece, b: _Piece) -> Optional[Tuple[slice, slice, slice, slice]]:
+    """Slices (a rows, a cols, b rows, b cols) of the intersection of two boxes, or None."""
+    top, left = max(a.top, b.top), max(a.left, b.left)
+    bottom = min(a.top + a.mask.shape[0], b.top + b.mask.shape[0])
+    right = min(a.left + a.mask.shape[1], b.left + b.mask.shape[1])
+    if bottom <= top or right <= left:
+        return None
+    return (slice(top - a.top, bottom - a.top), slice(left - a.left, right - a.left),
+            slice(top - b.top, bottom - b.top), slice(left - b.left, right - b.left))
+
+
+def _place_pieces(rng: np.random.Generator, size: int, num_objects: int) -> List[_Piece]:
+    """Sample ``num_objects`` objects and place them largest first, each hiding at most
+    ``1 - _MIN_VISIBLE_FRACTION`` of every earlier one; an object that finds no position in
+    ``_PLACEMENT_TRIES`` tries is left out. Returns the placed objects in drawing order."""
+    specs = [
+        (_SHAPES[int(rng.integers(len(_SHAPES)))], _TEXTURES[int(rng.integers(len(_TEXTURES)))],
+         _log_extent(rng, size), bool(rng.random() < _CAMOUFLAGED_FRACTION))
+        for _ in range(num_objects)
+    ]
+    specs.sort(key=lambda s: -s[2])  # stable: ties keep their sampling order
+    pieces: List[_Piece] = []
+    for shape, texture, extent, camouflaged in specs:
+        for _ in range(_PLACEMENT_TRIES):
+            top, left, mask, polygon = _shape_mask(rng, shape, extent, size)
+            area = int(np.count_nonzero(mask))
+            new = _Piece(shape, texture, camouflaged, top, left, mask, mask.copy(), polygon,
+                         area, area)
+            hidden = []  # (earlier piece, its rows, its cols, pixels the new one hides)
+            for o in pieces:
+                ov = _overlap(o, new)
+                if ov is None:
+                    continue
+                covered = int(np.count_nonzero(o.visible[ov[0], ov[1]] & mask[ov[2], ov[3]]))
+                if o.num_visible - covered < _MIN_VISIBLE_FRACTION * o.area:
+                    break
+                hidden.append((o, ov, covered))
+            else:
+                for o, ov, covered in hidden:
+                    o.visible[ov[0], ov[1]] &= ~mask[ov[2], ov[3]]
+                    o.num_visible -= covered
+                pieces.append(new)
+                break
+    return pieces
+
+
+def _texture(
+    rng: np.random.Generator, texture: str, top: int, left: int, shape: Tuple[int, int]
+) -> np.ndarray:
+    """(h, w) bool: the pixels of the box at (top, left) in the texture's second colour."""
+    ys = np.arange(top, top + shape[0])[:, None] + 0.5
+    xs = np.arange(left, left + shape[1])[None, :] + 0.5
+    if texture == "striped":
+        angle, period, phase = rng.uniform(0, math.pi), rng.uniform(*_STRIPE_PERIOD), rng.random()
+        t = (xs * math.cos(angle) + ys * math.sin(angle)) / period + phase
+        return t - np.floor(t) < 0.5
+    spacing, radius = rng.uniform(*_DOT_SPACING), rng.uniform(*_DOT_RADIUS)
+    oy, ox = rng.uniform(0, spacing, 2)
+    dy, dx = (ys - oy) % spacing, (xs - ox) % spacing
+    dy, dx = np.minimum(dy, spacing - dy), np.minimum(dx, spacing - dx)
+    return dy * dy + dx * dx <= radius * radius
+
+
+def _paint(
+    rng: np.random.Generator, canvas: np.ndarray, top: int, left: int, mask: np.ndarray,
+    texture: str, rgb: np.ndarray, contrast: Tuple[float, float],
+) -> None:
+    """Fill ``mask`` (h, w bool, box at top, left) of the (H, W, 3) float canvas with ``rgb``
+    (3,) and its texture in a darker (bright ``rgb``) or lighter shade."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    sign = -1.0 if rgb.mean() > 127.5 else 1.0
+    shade = np.clip(rgb + sign * rng.uniform(*contrast), 0, 255)
+    pattern = _texture(rng, texture, top, left, mask.shape)[mask]
+    region = canvas[top:top + mask.shape[0], left:left + mask.shape[1]]
+    region[mask] = np.where(pattern[:, None], shade[None, :], rgb[None, :])
+
+
+def _draw_distractors(rng: np.random.Generator, canvas: np.ndarray) -> None:
+    """Paint 2-8 textured, unannotated elongated ellipses or irregular blobs on the canvas."""
+    size = canvas.shape[0]
+    for _ in range(int(rng.integers(_DISTRACTORS[0], _DISTRACTORS[1] + 1))):
+        r = _log_extent(rng, size) / 2
+        cx, cy = rng.uniform(0, size, 2)
+        angle = rng.uniform(0, 2 * math.pi)
+        if rng.random() < 0.5:  # an ellipse, too elongated to pass for a circle
+            t = np.linspace(0, 2 * math.pi, 32, endpoint=False)
+            u, v = r * np.cos(t), r * rng.uniform(0.25, 0.55) * np.sin(t)
+        else:  # an irregular blob of 7-10 corners
+            n = int(rng.integers(7, 11))
+            t = np.sort(rng.uniform(0, 2 * math.pi, n))
+            radii = r * rng.uniform(0.5, 1.0, n)
+            u, v = radii * np.cos(t), radii * np.sin(t)
+        xs = cx + u * math.cos(angle) - v * math.sin(angle)
+        ys = cy + u * math.sin(angle) + v * math.cos(angle)
+        outline = Image.new("L", (size, size), 0)
+        ImageDraw.Draw(outline).polygon([(float(x), float(y)) for x, y in zip(xs, ys)], fill=1)
+        mask = np.asarray(outline, dtype=bool)
+        texture = _TEXTURES[int(rng.integers(len(_TEXTURES)))]
+        rgb = rng.integers(0, 256, 3)
+        if mask.any():
+            top, bottom, left, right = _tight_box(mask)
+            _paint(rng, canvas, top, left, mask[top:bottom, left:right], texture, rgb,
+                   _PATTERN_CONTRAST)
+
+
+def _render_scene(
+    rng: np.random.Generator, size: int, num_objects: int
+) -> Tuple[np.ndarray, List[_Piece]]:
+    """Returns a (size, size, 3) uint8 RGB image and its objects in drawing order."""
+    canvas = _background(rng, size).astype(np.float64)
+    _draw_distractors(rng, canvas)
+    pieces = _place_pieces(rng, size, num_objects)
+    for p in pieces:
+        region = canvas[p.top:p.top + p.mask.shape[0], p.left:p.left + p.mask.shape[1]]
+        if p.camouflaged:
+            jitter = rng.integers(-_CAMOUFLAGE_JITTER, _CAMOUFLAGE_JITTER + 1, 3)
+            p.rgb = np.clip(np.rint(region[p.mask].mean(axis=0)) + jitter, 0, 255).astype(int)
+        else:
+            p.rgb = rng.integers(0, 256, 3)
+        contrast = _CAMOUFLAGE_CONTRAST if p.camouflaged else _PATTERN_CONTRAST
+        _paint(rng, canvas, p.top, p.left, p.mask, p.texture, p.rgb, contrast)
+    canvas += rng.normal(0, _NOISE, canvas.shape)
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), pieces
+
+
+def _annotation(p: _Piece, size: int) -> Dict[str, Any]:
+    """COCO fields of a placed object's visible mask (ids and category added by the caller)."""
+    visible = np.zeros((size, size), dtype=bool)
+    visible[p.top:p.top + p.mask.shape[0], p.left:p.left + p.mask.shape[1]] = p.visible
+    whole = p.polygon is not None and p.num_visible == p.area
+    return {
+        **_mask_annotation(visible, p.polygon if whole else None),
+        "shape": p.shape,
+        "texture": p.texture,
+        "color": [int(v) for v in p.rgb],
+        "camouflaged": p.camouflaged,
+    }
+
+
+def _densities(seed: int, num_images: int) -> List[int]:
+    """The density bucket (index into _DENSITIES) of each image: exact thirds, shuffled."""
+    position = np.random.default_rng([seed]).permutation(num_images)
+    return [int(p) * len(_DENSITIES) // num_images for p in position]
+
+
+def _render_images(
+    image_dir: str, file_names: List[str], seed: int, image_size: int
+) -> Tuple[list, list]:
+    """Render and save every image; returns the COCO (images, annotations) lists."""
+    images, annotations = [], []
+    category_of = {name: i + 1 for i, name in enumerate(STUDY_CLASSES)}
+    for image_id, (file_name, bucket) in enumerate(
+        zip(file_names, _densities(seed, len(file_names))), start=1
+    ):
+        rng = np.random.default_rng([seed, image_id])
+        density, low, high = _DENSITIES[bucket]
+        pixels, pieces = _render_scene(rng, image_size, int(rng.integers(low, high + 1)))
+        _save_image(pixels, os.path.join(image_dir, file_name))
+        images.append({"id": image_id, "file_name": file_name, "width": image_size,
+                       "height": image_size, "density": density})
+        for p in pieces:
+            ann = {"id": len(annotations) + 1, "image_id": image_id,
+                   "category_id": category_of[f"{p.texture} {p.shape}"]}
+            ann.update(_annotation(p, image_size))
+            annotations.append(ann)
+    return images, annotations
+
+
+def generate_study_scenes(
+    json_file: str, image_dir: str, num_images: int, seed: int, image_size: int = 256
+) -> str:
+    """
+    Write ``num_images`` PNG images of ``image_size`` x ``image_size`` pixels
+    (``000001.png``, ...) into ``image_dir`` and their COCO instance annotations into
+    ``json_file``. The same arguments give byte-identical files; if they were already
+    generated with the same arguments, nothing is rewritten (``<json_file>.stamp`` records
+    the arguments). Returns ``json_file``.
+    """
+    params = {
+        "version": _FORMAT_VERSION,
+        "num_images": int(num_images),
+        "seed": int(seed),
+        "image_size": int(image_size),
+    }
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"}
+                  for i, name in enumerate(STUDY_CLASSES)]
+    file_names = [f"{i:06d}.png" for i in range(1, num_images + 1)]
+    info = {"description": "TokenPrune synthetic study scenes", "version": str(_FORMAT_VERSION),
+            "seed": int(seed)}
+    return _generate_once(
+        json_file, image_dir, params, file_names, info, categories,
+        lambda: _render_images(image_dir, file_names, seed, image_size),
+    )
+
+
+def segmentation_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """A COCO segmentation (polygons or RLE) -> (height, width) bool mask."""
+    if isinstance(segmentation, list):
+        return mask_util.decode(
+            mask_util.merge(mask_util.frPyObjects(segmentation, height, width))).astype(bool)
+    if isinstance(segmentation["counts"], list):
+        segmentation = mask_util.frPyObjects(segmentation, height, width)
+    return mask_util.decode(segmentation).astype(bool)
+
+
+def scene_statistics(json_file: str, patch: int = 16) -> Dict[str, Any]:
+    """
+    What a COCO json's scenes hold, for the tests and the docs.
+
+    Returns:
+        dict with "num_images", "num_objects"; per image, in the json's order:
+        "objects_per_image" (int), "density" (the image entry's "density", None when absent)
+        and "token_share" (the fraction of the image's ``patch`` x ``patch`` px tokens, the
+        grid padded to whole tokens, with a pixel of an object's visible mask);
+        "area_fractions": {"small", "medium", "large"}, the fractions of the annotations by
+        COCO's area ranges (area < 32^2, up to 96^2, above); "camouflaged_share": the
+        fraction of annotations with a true "camouflaged" (0 when there are none).
+    """
+    with open(json_file) as f:
+        coco = json.load(f)
+    anns_of: Dict[int, List[Dict[str, Any]]] = {img["id"]: [] for img in coco["images"]}
+    for ann in coco["annotations"]:
+        anns_of[ann["image_id"]].append(ann)
+    counts, shares = [], []
+    for img in coco["images"]:
+        h, w = img["height"], img["width"]
+        gh, gw = -(-h // patch), -(-w // patch)
+        union = np.zeros((gh * patch, gw * patch), dtype=bool)
+        for ann in anns_of[img["id"]]:
+            union[:h, :w] |= segmentation_mask(ann["segmentation"], h, w)
+        counts.append(len(anns_of[img["id"]]))
+        shares.append(float(union.reshape(gh, patch, gw, patch).any(axis=(1, 3)).mean()))
+    areas = np.array([a["area"] for a in coco["annotations"]], dtype=float)
+    num = max(1, len(areas))
+    return {
+        "num_images": len(coco["images"]),
+        "num_objects": len(coco["annotations"]),
+        "objects_per_image": counts,
+        "density": [img.get("density") for img in coco["images"]],
+        "token_share": shares,
+        "area_fractions": {
+            "small": float(np.sum(areas < 32**2)) / num,
+            "medium": float(np.sum((areas >= 32**2) & (areas <= 96**2))) / num,
+            "large": float(np.sum(areas > 96**2)) / num,
+        },
+        "camouflaged_share": sum(bool(a.get("camouflaged")) for a in coco["annotations"]) / num,
+    }
+
+
+def _load_study(name: str) -> List[Dict[str, Any]]:
+    """DatasetCatalog function: generate the dataset's files on first use, then load them."""
+    meta = MetadataCatalog.get(name)
+    generate_study_scenes(meta.json_file, meta.image_root, **meta.synthetic_params)
+    return load_coco_json(meta.json_file, meta.image_root, name,
+                          extra_annotation_keys=["shape", "texture", "color", "camouflaged"])
+
+
+# drawing colours of the classes (the objects' own colours say nothing of their class)
+_CLASS_COLORS = ([230, 25, 75], [245, 130, 48], [60, 180, 75], [70, 240, 240],
+                 [0, 130, 200], [145, 30, 180])
+
+
+def register_synthetic_study(root: Optional[str] = None) -> None:
+    """
+    Register the datasets of ``STUDY_SPLITS`` under ``<root>/synthetic_study`` (images in
+    ``<split>/``, json in ``annotations/<split>.json``; default root:
+    :func:`default_data_root`). Nothing is generated here: the files are made on the first
+    ``DatasetCatalog.get`` or ``prepare_dataset``. Names already registered are left as they
+    are. Dataset dicts carry each annotation's "shape", "texture", "color", "camouflaged".
+    Metadata: thing_classes, thing_dataset_id_to_contiguous_id (json ids 1..6),
+    thing_colors, json_file, image_root, evaluator_type="coco", generated_on_load=True and
+    synthetic_params (the generator's arguments).
+    """
+    base = os.path.join(root or default_data_root(), "synthetic_study")
+    for name, (split, num_images, seed) in STUDY_SPLITS.items():
+        if name in DatasetCatalog:
+            continue
+        DatasetCatalog.register(name, lambda name=name: _load_study(name))
+        MetadataCatalog.get(name).set(
+            thing_classes=list(STUDY_CLASSES),
+            thing_dataset_id_to_contiguous_id={k + 1: k for k in range(len(STUDY_CLASSES))},
+            thing_colors=[list(c) for c in _CLASS_COLORS],
+            json_file=os.path.join(base, "annotations", f"{split}.json"),
+            image_root=os.path.join(base, split),
+            evaluator_type="coco",
+            generated_on_load=True,
+            synthetic_params={"num_images": num_images, "seed": seed, "image_size": 256},
+        )
