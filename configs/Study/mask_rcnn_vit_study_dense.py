@@ -12,7 +12,7 @@ from ..common.vit_study_model import model
 
 dataloader.train.dataset.names = "synthetic_study_train"
 dataloader.test.dataset.names = "synthetic_study_val"
-train.max_iter = 1000
-train.eval_period = 250
+train.max_iter = 2000
+train.eval_period = 500
 train.output_dir = "output/study_dense"
 dataloader.evaluator.output_dir = "${...train.output_dir}/inference"

@@ -152,6 +152,7 @@ def _markdown(rows: List[Dict[str, Any]], state: Dict[str, Any],
               curve: List[Tuple[int, float, float]]) -> str:
     checks = validity_checks(rows)
     valid = all(passed for _, passed, _ in checks)
+    k = len(state["seeds"])
     lines = [
         f"# The SViT study (--scale {state['scale']})",
         "",
@@ -179,8 +180,8 @@ def _markdown(rows: List[Dict[str, Any]], state: Dict[str, Any],
         "",
         "Rule (fixed before the reported run, `tokenprune.study.statistics`): "
         + VERDICT_RULE.format(margin=1.0) + ". Intervals: Student t over the per-seed "
-        "differences; p: exact two-sided sign-flip test (with 6 seeds its smallest value is "
-        "2/64 = 0.031).",
+        f"differences; p: exact two-sided sign-flip test (with {k} seeds its smallest value "
+        f"is 2/{2 ** k} = {2 / 2 ** k:.3f}).",
         "",
         "## Rows",
         "",

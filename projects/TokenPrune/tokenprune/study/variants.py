@@ -229,7 +229,7 @@ SCALES: Dict[str, Scale] = {
                    description="4-block 64-wide ViT, blocks 1-3 pruned, the study data's "
                                "minival (8 images) for training and evaluation: a smoke "
                                "test, the numbers mean nothing"),
-    "pilot": Scale(dense_iters=1000, finetune_iters=100, dense_eval_period=250,
+    "pilot": Scale(dense_iters=2000, finetune_iters=100, dense_eval_period=500,
                    overrides=(*_data("synthetic_study_pilot_train", "synthetic_study_pilot_val"),
                               *_ONE_THREAD),
                    pruned_blocks=tuple(range(3, 12)), seeds=(0, 1), dense_seed=0,
@@ -237,7 +237,7 @@ SCALES: Dict[str, Scale] = {
                    log_period=25,
                    description="12-block 128-wide ViT, blocks 3-11 pruned, the pilot's data "
                                "(800 training, 300 validation images, their own seeds)"),
-    "full": Scale(dense_iters=1000, finetune_iters=100, dense_eval_period=250,
+    "full": Scale(dense_iters=2000, finetune_iters=100, dense_eval_period=500,
                   overrides=(*_data("synthetic_study_train", "synthetic_study_val"),
                              *_ONE_THREAD),
                   pruned_blocks=tuple(range(3, 12)), seeds=(1, 2, 3, 4, 5, 6), dense_seed=1,
