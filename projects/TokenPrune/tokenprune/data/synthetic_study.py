@@ -82,7 +82,7 @@ STUDY_SPLITS: Dict[str, Tuple[str, int, int]] = {
 }
 """Registered dataset name -> (split folder, number of images, seed)."""
 
-_FORMAT_VERSION = 3  # bump when the rendered images or the json change for the same parameters
+_FORMAT_VERSION = 4  # bump when the rendered images or the json change for the same parameters
 # (name, min, max objects): a third of the images each, so the token share of objects spans
 # ~2% (sparse) to ~60% (crowded) and a fixed keep rate cannot suit every image
 _DENSITIES = (("sparse", 0, 2), ("medium", 3, 11), ("crowded", 12, 25))
