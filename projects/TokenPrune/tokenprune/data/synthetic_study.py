@@ -13,23 +13,26 @@ tells the class. Each property of these scenes gives one finding room to show:
 * The number of objects per image is spread wide: exactly a third of the images ("sparse")
   has 0-2 objects, a third ("crowded") 12-25, the rest ("medium") 3-11 (the json image
   entry's "density"). The share of 16 px tokens that touch an object is about 2% on a
-  sparse image and about 65% on a crowded one (medians), so a fixed token budget binds on
+  sparse image and about 75% on a crowded one (medians), so a fixed token budget binds on
   crowded images and is wasted on sparse ones (finding 3, a dynamic keep rate per image).
-* Object sizes (circumdiameter) are log-uniform from 10 px to 0.7 x the image size, so that
-  COCO's small (area < 32^2), medium and large (> 96^2) sizes are all populated (about 57%,
-  39% and 4% of the objects at 256 px): the interiors of large objects are what a model that
-  discards pruned tokens loses (finding 1).
+* Object sizes (circumdiameter) are log-uniform from 14 px to 0.7 x the image size, so that
+  COCO's small (area < 32^2), medium and large (> 96^2) sizes are all populated (51%, 42%
+  and 7% of the objects of the val split): the interiors of large objects are what a model
+  that discards pruned tokens loses (finding 1).
 * Clutter: what lies between the objects is not plain. Over the textured background of
-  :mod:`.synthetic`, 2-8 unannotated distractors (elongated ellipses, irregular blobs) carry
-  the same stripe and dot textures in random colours; they are drawn before the objects,
-  which occlude them. About 20% of the objects are camouflaged: their colour is the mean
-  colour of what they cover, jittered, and their texture has less contrast, so saliency
-  alone misses them. Cheap early decisions can be wrong both ways.
+  :mod:`.synthetic`, 1-5 unannotated distractors (elongated ellipses, too thin to pass for
+  a circle) carry the same stripe and dot textures in random colours; they are drawn before
+  the objects, which occlude them. About 10% of the objects are camouflaged: their colour is
+  the mean colour of what they cover, jittered, and their texture has less contrast, so
+  saliency alone misses them. Cheap early decisions can be wrong both ways.
 
-Objects are placed largest first; an object may hide at most 40% of any earlier one, and
-placement gives up on an object after a number of tries (on the val split: 6.3% of the
-objects drawn for crowded images, 0.6% for medium ones; 97% of the crowded images keep 12
-or more). Every annotation describes the object's visible pixels exactly (a polygon when a
+After the pilot (docs/study.md) the textures became coarser and of higher contrast, the
+irregular-blob distractors were dropped (some looked like the squares and triangles they
+were not), occlusion was limited to 20% of an object and camouflage to 10%.
+
+Objects are placed largest first; an object may hide at most 20% of any earlier one, and
+placement gives up on an object after a number of tries (92% of the crowded images of the
+val split keep 12 or more). Every annotation describes the object's visible pixels exactly (a polygon when a
 polygonal object is fully visible, RLE otherwise), with ``area`` and ``bbox`` from that
 mask, and records "shape", "texture", "color" (the base [r, g, b]) and "camouflaged".
 """
@@ -86,7 +89,7 @@ _FORMAT_VERSION = 4  # bump when the rendered images or the json change for the 
 # (name, min, max objects): a third of the images each, so the token share of objects spans
 # ~2% (sparse) to ~60% (crowded) and a fixed keep rate cannot suit every image
 _DENSITIES = (("sparse", 0, 2), ("medium", 3, 11), ("crowded", 12, 25))
-# circumdiameter, log-uniform: from 10 px to this fraction of the image size. COCO's "large"
+# circumdiameter, log-uniform: from _MIN_EXTENT px to this fraction of the image size. COCO's "large"
 # (visible area > 96^2) is 14% of a 256 px image: with 0.45 only circles over 108 px reach it
 # and 0.3% of the objects were large (val split), with 0.6 2.3%, with 0.7 3.8%
 _MIN_EXTENT = 14.0
@@ -100,7 +103,7 @@ _CAMOUFLAGE_CONTRAST = (60.0, 90.0)  # fainter textures on camouflaged objects
 _STRIPE_PERIOD = (6.0, 10.0)  # px; half of each period is in the texture colour, random angle
 _DOT_SPACING = (7.0, 10.0)  # px, square grid with a random phase
 _DOT_RADIUS = (1.5, 2.5)  # px
-_DISTRACTORS = (1, 5)  # unannotated textured ellipses / blobs per image, drawn under objects
+_DISTRACTORS = (1, 5)  # unannotated textured ellipses per image, drawn under the objects
 _NOISE = 4.0  # sd of the per-pixel Gaussian noise
 
 
