@@ -1,5 +1,6 @@
 """Helpers for tests that run the project's command-line entry points: in subprocesses
 (the real entry point, one test per command) or in-process (``cli(argv)``, every bad input)."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -110,3 +111,21 @@ def prune_some(model, seed: int = 3) -> None:
     for gate in find_pruned_vit(model).gates.values():
         torch.nn.init.normal_(gate.fc2.weight, std=2.0)
         torch.nn.init.zeros_(gate.fc2.bias)
+
+
+@contextlib.contextmanager
+def registered_again(names: Sequence[str], register: Callable[[], None]):
+    """Within the context, the Detectron2 datasets ``names`` as ``register()`` registers them
+    now (e.g. under another ``TOKENPRUNE_DATA``); the original registrations after."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    saved = {n: (DatasetCatalog.pop(n), MetadataCatalog.pop(n)) for n in names}
+    try:
+        register()
+        yield
+    finally:
+        for name, (func, meta) in saved.items():
+            DatasetCatalog.pop(name, None)
+            MetadataCatalog.pop(name, None)
+            DatasetCatalog[name] = func
+            MetadataCatalog[name] = meta

@@ -10,6 +10,8 @@ import textwrap
 
 import numpy as np
 import pytest
+
+from helpers import registered_again
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -200,18 +202,9 @@ def test_default_data_root(monkeypatch, tmp_path):
 @pytest.fixture
 def synthetic_registered_in_tmp(tmp_path, monkeypatch):
     """Re-register the synthetic datasets under ``tmp_path``; restore the originals after."""
-    saved = {n: (DatasetCatalog.pop(n), MetadataCatalog.pop(n))
-             for n in [*SYNTHETIC_SPLITS, *MIXED_COLOR_SPLITS]}
     monkeypatch.setenv("TOKENPRUNE_DATA", str(tmp_path))
-    try:
-        register_synthetic_shapes()
+    with registered_again([*SYNTHETIC_SPLITS, *MIXED_COLOR_SPLITS], register_synthetic_shapes):
         yield tmp_path
-    finally:
-        for name, (func, meta) in saved.items():
-            DatasetCatalog.pop(name, None)
-            MetadataCatalog.pop(name, None)
-            DatasetCatalog[name] = func
-            MetadataCatalog[name] = meta
 
 
 def test_registration_is_cheap_and_loads(synthetic_registered_in_tmp):

@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 import pytest
+
+from helpers import registered_again
 from PIL import Image
 
 try:
@@ -166,17 +168,9 @@ def test_splits():
 @pytest.fixture
 def study_registered_in_tmp(tmp_path, monkeypatch):
     """Re-register the study datasets under ``tmp_path``; restore the originals after."""
-    saved = {n: (DatasetCatalog.pop(n), MetadataCatalog.pop(n)) for n in STUDY_SPLITS}
     monkeypatch.setenv("TOKENPRUNE_DATA", str(tmp_path))
-    try:
-        register_synthetic_study()
+    with registered_again(STUDY_SPLITS, register_synthetic_study):
         yield tmp_path
-    finally:
-        for name, (func, meta) in saved.items():
-            DatasetCatalog.pop(name, None)
-            MetadataCatalog.pop(name, None)
-            DatasetCatalog[name] = func
-            MetadataCatalog[name] = meta
 
 
 def test_registration_is_cheap_and_loads(study_registered_in_tmp):

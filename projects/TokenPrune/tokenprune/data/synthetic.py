@@ -408,20 +408,31 @@ def register_synthetic_shapes(root: Optional[str] = None) -> None:
     root = root or default_data_root()
     for folder, splits, class_colors in (("synthetic_shapes", SYNTHETIC_SPLITS, True),
                                          ("synthetic_mixcolor", MIXED_COLOR_SPLITS, False)):
-        base = os.path.join(root, folder)
         for name, (split, num_images, seed) in splits.items():
-            if name in DatasetCatalog:
-                continue
-            DatasetCatalog.register(name, lambda name=name: _load_synthetic(name))
-            MetadataCatalog.get(name).set(
-                thing_classes=list(SHAPE_CLASSES),
-                # the json's ids (generator default 1..K), known before it is loaded
-                thing_dataset_id_to_contiguous_id={k + 1: k for k in range(len(SHAPE_CLASSES))},
-                thing_colors=[list(s.rgb) for s in _SHAPES],
-                json_file=os.path.join(base, "annotations", f"{split}.json"),
-                image_root=os.path.join(base, split),
-                evaluator_type="coco",
-                generated_on_load=True,
-                synthetic_params={"num_images": num_images, "seed": seed, "image_size": 256,
-                                  "class_colors": class_colors},
-            )
+            _register_generated(
+                name, _load_synthetic, os.path.join(root, folder), split, SHAPE_CLASSES,
+                [list(s.rgb) for s in _SHAPES],
+                {"num_images": num_images, "seed": seed, "image_size": 256,
+                 "class_colors": class_colors})
+
+
+def _register_generated(name: str, load: Callable[[str], List[Dict[str, Any]]], base: str,
+                        split: str, classes: Sequence[str], colors: List[List[int]],
+                        params: Dict[str, Any]) -> None:
+    """Register the generated COCO set ``name`` (``<base>/<split>/`` images,
+    ``<base>/annotations/<split>.json``) lazily: ``load(name)`` generates and loads it on
+    first use; json category ids 1..K. A name already registered is left as it is."""
+    if name in DatasetCatalog:
+        return
+    DatasetCatalog.register(name, lambda: load(name))
+    MetadataCatalog.get(name).set(
+        thing_classes=list(classes),
+        # the json's ids (generator default 1..K), known before it is loaded
+        thing_dataset_id_to_contiguous_id={k + 1: k for k in range(len(classes))},
+        thing_colors=colors,
+        json_file=os.path.join(base, "annotations", f"{split}.json"),
+        image_root=os.path.join(base, split),
+        evaluator_type="coco",
+        generated_on_load=True,
+        synthetic_params=params,
+    )

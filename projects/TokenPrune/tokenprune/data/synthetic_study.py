@@ -45,7 +45,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pycocotools.mask as mask_util
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from PIL import Image, ImageDraw
 
@@ -55,6 +55,7 @@ from .synthetic import (
     _mask_annotation,
     _polygon,
     _polygon_mask,
+    _register_generated,
     _save_image,
     default_data_root,
 )
@@ -424,16 +425,6 @@ def register_synthetic_study(root: Optional[str] = None) -> None:
     """
     base = os.path.join(root or default_data_root(), "synthetic_study")
     for name, (split, num_images, seed) in STUDY_SPLITS.items():
-        if name in DatasetCatalog:
-            continue
-        DatasetCatalog.register(name, lambda name=name: _load_study(name))
-        MetadataCatalog.get(name).set(
-            thing_classes=list(STUDY_CLASSES),
-            thing_dataset_id_to_contiguous_id={k + 1: k for k in range(len(STUDY_CLASSES))},
-            thing_colors=[list(c) for c in _CLASS_COLORS],
-            json_file=os.path.join(base, "annotations", f"{split}.json"),
-            image_root=os.path.join(base, split),
-            evaluator_type="coco",
-            generated_on_load=True,
-            synthetic_params={"num_images": num_images, "seed": seed, "image_size": 256},
-        )
+        _register_generated(name, _load_study, base, split, STUDY_CLASSES,
+                            [list(c) for c in _CLASS_COLORS],
+                            {"num_images": num_images, "seed": seed, "image_size": 256})
