@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import subprocess
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -33,15 +32,11 @@ from ..errors import InputError
 from ..fileio import atomic_write_json, make_output_dir
 from ..evaluation import images_by_count, subset_ap
 from .report import summarize, write_outputs
+from .workers import progress, run_workers, split_seeds
 from .variants import (GATE_LR_FACTOR, GATE_NOISE_ANNEAL, KEEP_TARGETS, MATCHED_TO, SCALES,
                        VARIANTS, Scale, Variant, seeds_of, study_configs, variant_config)
 
 __all__ = ["run_ablation", "progress"]
-
-
-def progress(message: str) -> None:
-    """A timestamped progress line on stdout."""
-    print(f"[ablation {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 class _OnlyTrainingLines(logging.Filter):
@@ -365,45 +360,6 @@ class _Study:
             done += 1
 
 
-def _split(seeds: Sequence[int], jobs: int) -> List[List[int]]:
-    """The seeds of each of ``jobs`` workers (round robin; empty workers dropped)."""
-    return [list(seeds[k::jobs]) for k in range(min(jobs, len(seeds)))]
-
-
-def _run_workers(output: str, scale_name: str, parts: List[List[int]],
-                 extra: Sequence[str]) -> None:
-    """One worker process per part (``--worker-seeds``), one thread each; waits for all and
-    raises if one failed (its log: ``worker<k>.txt``)."""
-    procs = []
-    for k, seeds in enumerate(parts):
-        log = open(os.path.join(output, f"worker{k}.txt"), "a")
-        cmd = [sys.executable, "-m", "tokenprune.tools.ablation", "--output", output,
-               "--scale", scale_name, "--worker-seeds", ",".join(map(str, seeds)), *extra]
-        procs.append((k, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
-        progress(f"worker {k}: seeds {seeds} (log {log.name})")
-    offsets = [0] * len(procs)
-    while True:
-        running = any(proc.poll() is None for _, proc, _ in procs)
-        for k, _, log in procs:  # the workers' progress lines, on this console
-            with open(log.name) as f:
-                f.seek(offsets[k])
-                text = f.read()
-            whole = text[:text.rfind("\n") + 1]
-            offsets[k] += len(whole.encode())
-            for line in whole.splitlines():
-                if line.startswith("[ablation"):
-                    print(f"  worker {k} {line}", flush=True)
-        if not running:
-            break
-        time.sleep(5)
-    failed = [f"worker {k} (exit {proc.returncode}, see {log.name})"
-              for k, proc, log in procs if proc.returncode != 0]
-    for _, _, log in procs:
-        log.close()
-    if failed:
-        raise RuntimeError(f"the study's workers failed: {', '.join(failed)}")
-
-
 def run_ablation(output: str, scale_name: str = "quick", jobs: int = 1,
                  dense_checkpoint: Optional[str] = None, dense_config: Optional[str] = None,
                  svit_config: Optional[str] = None,
@@ -431,12 +387,12 @@ def run_ablation(output: str, scale_name: str = "quick", jobs: int = 1,
              f"{len(study.jobs) - len(todo)} already done; output {output}")
     with _logging_to(study.log_path), warnings_quiet():
         study.dense_weights()
-        parts = _split(list(scale.seeds), jobs)
+        parts = split_seeds(list(scale.seeds), jobs)
         if todo and len(parts) > 1:
             extra = [f"--{k}={v}" for k, v in (("dense-checkpoint", dense_checkpoint),
                                                ("dense-config", dense_config),
                                                ("svit-config", svit_config)) if v]
-            _run_workers(output, scale_name, parts, extra)
+            run_workers(output, scale_name, parts, extra)
         elif todo:
             study.run_seeds(scale.seeds, "the study")
     seconds = study.state["seconds"]
