@@ -154,6 +154,20 @@ def test_same_seed_gives_identical_files_and_is_not_rewritten(tmp_path):
     assert os.stat(json_a).st_mtime == past
 
 
+def test_a_changed_scene_constant_regenerates_the_files(tmp_path, monkeypatch):
+    from tokenprune.data import synthetic_study
+
+    json_a, _ = _generate(tmp_path / "a", 2, 3, 128)
+    before = _read(json_a)
+    monkeypatch.setitem(synthetic_study._SCENE_CONSTANTS, "camouflaged", 0.5)
+    _generate(tmp_path / "a", 2, 3, 128)  # same version and arguments, another constant
+    with open(json_a + ".stamp") as f:
+        assert json.load(f)["scene"]["camouflaged"] == 0.5
+    # rewritten (the stamp names the new value); the drawing reads the module constants, which
+    # this test left alone, so the files come out the same
+    assert _read(json_a) == before
+
+
 def test_splits():
     assert {n: v[1:] for n, v in STUDY_SPLITS.items()} == {
         "synthetic_study_train": (800, 40),

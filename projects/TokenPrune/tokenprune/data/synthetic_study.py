@@ -106,6 +106,16 @@ _DOT_SPACING = (7.0, 10.0)  # px, square grid with a random phase
 _DOT_RADIUS = (1.5, 2.5)  # px
 _DISTRACTORS = (1, 5)  # unannotated textured ellipses per image, drawn under the objects
 _NOISE = 4.0  # sd of the per-pixel Gaussian noise
+# every scene constant, in the stamp: a changed constant regenerates the files even when
+# _FORMAT_VERSION was not bumped (a validation set generated between an edit of these and a
+# bump once had other constants than its training set)
+_SCENE_CONSTANTS = dict(
+    densities=_DENSITIES, min_extent=_MIN_EXTENT, max_extent=_MAX_EXTENT,
+    min_visible=_MIN_VISIBLE_FRACTION, tries=_PLACEMENT_TRIES,
+    camouflaged=_CAMOUFLAGED_FRACTION, camouflage_jitter=_CAMOUFLAGE_JITTER,
+    contrast=_PATTERN_CONTRAST, camouflage_contrast=_CAMOUFLAGE_CONTRAST,
+    stripe_period=_STRIPE_PERIOD, dot_spacing=_DOT_SPACING, dot_radius=_DOT_RADIUS,
+    distractors=_DISTRACTORS, noise=_NOISE)
 
 
 @dataclass
@@ -325,14 +335,15 @@ def generate_study_scenes(
     Write ``num_images`` PNG images of ``image_size`` x ``image_size`` pixels
     (``000001.png``, ...) into ``image_dir`` and their COCO instance annotations into
     ``json_file``. The same arguments give byte-identical files; if they were already
-    generated with the same arguments, nothing is rewritten (``<json_file>.stamp`` records
-    the arguments). Returns ``json_file``.
+    generated with the same arguments and scene constants, nothing is rewritten
+    (``<json_file>.stamp`` records both). Returns ``json_file``.
     """
     params = {
         "version": _FORMAT_VERSION,
         "num_images": int(num_images),
         "seed": int(seed),
         "image_size": int(image_size),
+        "scene": json.loads(json.dumps(_SCENE_CONSTANTS)),  # tuples as the stamp's lists
     }
     categories = [{"id": i + 1, "name": name, "supercategory": "shape"}
                   for i, name in enumerate(STUDY_CLASSES)]
