@@ -32,9 +32,9 @@ were not), occlusion was limited to 20% of an object and camouflage to 10%.
 
 Objects are placed largest first; an object may hide at most 20% of any earlier one, and
 placement gives up on an object after a number of tries (92% of the crowded images of the
-val split keep 12 or more). Every annotation describes the object's visible pixels exactly (a polygon when a
-polygonal object is fully visible, RLE otherwise), with ``area`` and ``bbox`` from that
-mask, and records "shape", "texture", "color" (the base [r, g, b]) and "camouflaged".
+val split keep 12 or more). Every annotation describes the object's visible pixels exactly
+(a polygon when a polygonal object is fully visible, RLE otherwise), with ``area`` and
+``bbox`` from that mask, and records "shape", "texture", "color" (the base [r, g, b]) and "camouflaged".
 """
 
 import json
@@ -88,11 +88,12 @@ STUDY_SPLITS: Dict[str, Tuple[str, int, int]] = {
 
 _FORMAT_VERSION = 4  # bump when the rendered images or the json change for the same parameters
 # (name, min, max objects): a third of the images each, so the token share of objects spans
-# ~2% (sparse) to ~60% (crowded) and a fixed keep rate cannot suit every image
+# ~2% (sparse) to ~75% (crowded) and a fixed keep rate cannot suit every image
 _DENSITIES = (("sparse", 0, 2), ("medium", 3, 11), ("crowded", 12, 25))
-# circumdiameter, log-uniform: from _MIN_EXTENT px to this fraction of the image size. COCO's "large"
-# (visible area > 96^2) is 14% of a 256 px image: with 0.45 only circles over 108 px reach it
-# and 0.3% of the objects were large (val split), with 0.6 2.3%, with 0.7 3.8%
+# circumdiameter, log-uniform: from _MIN_EXTENT px to this fraction of the image size.
+# COCO's "large" (visible area > 96^2) is 14% of a 256 px image: with 0.45 only circles over
+# 108 px reach it and 0.3% of the objects were large (val split, format 1), with 0.6 2.3%,
+# with 0.7 3.8%
 _MIN_EXTENT = 14.0
 _MAX_EXTENT = 0.7
 _MIN_VISIBLE_FRACTION = 0.8  # an occluded object keeps at least this fraction of its pixels

@@ -211,7 +211,8 @@ def _markdown(rows: List[Dict[str, Any]], state: Dict[str, Any],
         "validation images. Backbone ms: median of the ViT alone (batch 1, one thread, "
         "interleaved with the dense ViT; the other worker ran beside it).",
         "",
-        f"Wall time of the last run: {seconds.get('last_run', math.nan) / 60:.1f} min. "
+        f"Wall time: {seconds.get('all_runs', math.nan) / 60:.1f} min in all runs into this "
+        f"folder (the last: {seconds.get('last_run', math.nan) / 60:.1f} min). "
         f"Re-run: `python -m tokenprune.tools.ablation --output DIR --scale {state['scale']} "
         f"--jobs 2`.",
         "",

@@ -397,18 +397,20 @@ def run_ablation(output: str, scale_name: str = "quick", jobs: int = 1,
             study.run_seeds(scale.seeds, "the study")
     seconds = study.state["seconds"]
     seconds["last_run"] = time.perf_counter() - started
+    seconds["all_runs"] = seconds.get("all_runs", 0.0) + seconds["last_run"]
     for name in sorted(os.listdir(os.path.join(output, "seconds"))):
         with open(os.path.join(output, "seconds", name)) as f:
             seconds[name[:-len(".json")]] = json.load(f)["seconds"]
     atomic_write_json(os.path.join(output, "ablation.json"), study.state)
     found = study.found()
-    write_outputs(output, study.state, found, _learning_curve(output))
+    write_outputs(output, study.state, found, _learning_curve(output, scale.dense_iters))
     progress(f"done in {seconds['last_run']:.0f} s: {os.path.join(output, 'table.md')}")
     return dict(rows=summarize(found), state=study.state)
 
 
-def _learning_curve(output: str) -> List[Tuple[int, float, float]]:
-    """(iteration, box AP, mask AP) of the dense model's evaluations during its training."""
+def _learning_curve(output: str, iters: int) -> List[Tuple[int, float, float]]:
+    """(iterations done, box AP, mask AP) of the dense model's evaluations during its
+    training of ``iters`` iterations."""
     curve = []
     path = os.path.join(output, "runs", "dense", "metrics.json")
     if os.path.isfile(path):
@@ -416,6 +418,7 @@ def _learning_curve(output: str) -> List[Tuple[int, float, float]]:
             for line in f:
                 rec = json.loads(line)
                 if "bbox/AP" in rec:
-                    curve.append((int(rec["iteration"]) + 1, float(rec["bbox/AP"]),
+                    done = min(int(rec["iteration"]) + 1, iters)
+                    curve.append((done, float(rec["bbox/AP"]),
                                   float(rec.get("segm/AP", math.nan))))
     return curve
