@@ -11,15 +11,6 @@ import pytest
 from helpers import registered_again
 from PIL import Image
 
-try:
-    import detectron2  # noqa: F401
-except ImportError as e:
-    raise ImportError(
-        "the TokenPrune tests need Detectron2, which is not installed in this Python "
-        "environment; install it as described in "
-        "https://detectron2.readthedocs.io/en/latest/tutorials/install.html"
-    ) from e
-
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from tokenprune.analysis.drawing import draw_study_samples
