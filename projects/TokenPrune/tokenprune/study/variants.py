@@ -86,7 +86,7 @@ def stage_gates(pruned_blocks: Sequence[int], stages: int = 3) -> List[int]:
 
 
 _RANDOM = net_overrides(BASELINE_ARGS["random"], NET)
-_STAGED = "staged"  # placeholder, replaced by the scale's stage gates and targets
+_STAGED = "staged"  # a marker, not an override: the scale's stage gates and targets instead
 
 #: Fine-tuning runs: overrides of the SViT config used for training. ``_STAGED`` marks the
 #: runs whose gates sit at the stages' first blocks (:func:`stage_gates`).
@@ -260,14 +260,19 @@ def _list(values: Sequence[float]) -> str:
     return "[" + ",".join(f"{v:.6g}" for v in values) + "]"
 
 
-def _pruning(scale: Scale, extra: Sequence[str]) -> List[str]:
+def _staged(variant: Variant) -> bool:
+    """Whether ``variant``'s training run gates only the stages' first blocks."""
+    return _STAGED in TRAININGS.get(variant.train or "", ())
+
+
+def _pruning(scale: Scale, staged: bool) -> List[str]:
     """The scale's pruned blocks and targets, or, for a staged run, its stage gates and the
     stage targets."""
     blocks = list(scale.pruned_blocks)
-    per_stage = len(blocks) // len(KEEP_TARGETS)
-    if _STAGED in extra:
+    if staged:
         return [f"{NET}.pruned_blocks={stage_gates(blocks)}",
                 f"{NET}.keep_ratios={_list(KEEP_TARGETS)}"]
+    per_stage = len(blocks) // len(KEEP_TARGETS)
     return [f"{NET}.pruned_blocks={blocks}",
             f"{NET}.keep_ratios={_list([k for k in KEEP_TARGETS for _ in range(per_stage)])}"]
 
@@ -277,7 +282,7 @@ def matched_overrides(variant: Variant, ratios: Dict[int, float]) -> Tuple[str, 
     pruned blocks: a staged run's gate takes the mean of its stage's fractions (the held
     blocks keep what the gate keeps)."""
     blocks = sorted(ratios)
-    if _STAGED in (TRAININGS.get(variant.train or "") or ()):
+    if _staged(variant):
         per_stage = len(blocks) // len(KEEP_TARGETS)
         values = [sum(ratios[b] for b in blocks[s:s + per_stage]) / per_stage
                   for s in range(0, len(blocks), per_stage)]
@@ -301,8 +306,7 @@ def variant_config(variant: Variant, scale: Scale, dense_config: Optional[str] =
     if variant.overrides is None:
         return load_config(dense_config, list(scale.overrides))
     extra = TRAININGS[variant.train] if training else variant.overrides
-    staged = _STAGED in (TRAININGS.get(variant.train or "") or ())
-    overrides = [*scale.overrides, *_pruning(scale, (_STAGED,) if staged else ()),
+    overrides = [*scale.overrides, *_pruning(scale, _staged(variant)),
                  *(o for o in extra if o != _STAGED)]
     if variant.train == "fixed":
         overrides += fixed_training_overrides(_need(ratios, variant))
