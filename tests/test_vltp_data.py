@@ -332,6 +332,9 @@ def test_task_miou_on_known_masks():
     assert res["cIoU"] == pytest.approx(100 * (8 + 0 + 16 + 0) / (16 + 0 + 24 + 32))
     assert res["mIoU-task0"] == pytest.approx(100 * 0.75)
     assert res["mIoU-task1"] == pytest.approx(100 * (16 / 24) / 2)
+    # without pair 2 (nothing relevant): its IoU of 1 no longer lifts the mean
+    assert res["mIoU-nonempty"] == pytest.approx(100 * np.mean([0.5, 16 / 24, 0.0]))
+    assert res["empty_pairs"] == pytest.approx(25.0)
     evaluator.reset()
     assert evaluator.evaluate() == {}
 

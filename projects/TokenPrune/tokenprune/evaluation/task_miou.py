@@ -10,6 +10,9 @@ instance masks. Reported, in percent:
 * ``cIoU``: cumulative intersection over cumulative union over all pairs (empty pairs add
   nothing; 100 if every pair is empty/empty).
 * ``mIoU-task{t}``: ``mIoU`` over the pairs of task ``t``.
+* ``mIoU-nonempty``: ``mIoU`` over the pairs with something relevant only (an empty pair's
+  IoU of 1 lifts every model alike and hides differences); ``empty_pairs``: their share of
+  the pairs (percent).
 """
 from __future__ import annotations
 
@@ -93,7 +96,8 @@ class TaskMaskIoUEvaluator(DatasetEvaluator):
             pred = masks.any(dim=0).numpy() if len(masks) else np.zeros((h, w), dtype=bool)
             inter = int(np.logical_and(pred, gt).sum())
             union = int(np.logical_or(pred, gt).sum())
-            self._pairs.append((inp["image_id"], int(record["task_id"]), inter, union))
+            self._pairs.append((inp["image_id"], int(record["task_id"]), inter, union,
+                                bool(gt.any())))
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
         pairs = comm.gather(self._pairs, dst=0)
@@ -104,20 +108,28 @@ class TaskMaskIoUEvaluator(DatasetEvaluator):
             logger.warning(f"TaskMaskIoUEvaluator on {self._dataset_name}: no predictions.")
             return {}
         ious = defaultdict(list)
+        nonempty: List[float] = []
         total_inter = total_union = 0
-        for _, task_id, inter, union in pairs:
-            ious[task_id].append(inter / union if union > 0 else 1.0)
+        for _, task_id, inter, union, relevant in pairs:
+            iou = inter / union if union > 0 else 1.0
+            ious[task_id].append(iou)
+            if relevant:
+                nonempty.append(iou)
             total_inter += inter
             total_union += union
         all_ious = list(itertools.chain(*ious.values()))
         results = {
             "mIoU": 100.0 * float(np.mean(all_ious)),
             "cIoU": 100.0 * total_inter / total_union if total_union > 0 else 100.0,
+            "mIoU-nonempty": 100.0 * float(np.mean(nonempty)) if nonempty else float("nan"),
+            "empty_pairs": 100.0 * (1 - len(nonempty) / len(pairs)),
         }
         for task_id in sorted(ious):
             results[f"mIoU-task{task_id}"] = 100.0 * float(np.mean(ious[task_id]))
         logger.info(
             f"Task segmentation on {self._dataset_name} ({len(pairs)} pairs): "
-            f"mIoU {results['mIoU']:.2f}, cIoU {results['cIoU']:.2f}"
+            f"mIoU {results['mIoU']:.2f} ({results['mIoU-nonempty']:.2f} without the "
+            f"{results['empty_pairs']:.0f}% of pairs with nothing relevant), "
+            f"cIoU {results['cIoU']:.2f}"
         )
         return {"task_seg": results}
