@@ -137,8 +137,7 @@ def _subset_aps(cfg, out_dir: str) -> Dict[str, float]:
     gt_json = MetadataCatalog.get(dataset_names(cfg, ("test",))[0]).json_file
     dets = os.path.join(out_dir, "coco_instances_results.json")
     out = {}
-    for name, (low, high) in SUBSETS.items():
-        aps = subset_ap(gt_json, dets, images_by_count(gt_json, low, high))
+    for name, aps in subset_ap(gt_json, dets, images_by_count(gt_json, SUBSETS)).items():
         out[f"{name}_box_ap"], out[f"{name}_mask_ap"] = aps["bbox"], aps["segm"]
     return out
 
@@ -246,6 +245,7 @@ class _Study:
         self.log_path = os.path.join(output, "log.txt")
         self.jobs = [(v, s) for s in scale.seeds for v in VARIANTS if s in seeds_of(v, scale)]
         self.dense_cache: Dict[str, Any] = {}
+        self._dense_path: Optional[str] = None
         for sub in ("results", "runs", "eval", "seconds"):
             os.makedirs(os.path.join(output, sub), exist_ok=True)
 
@@ -274,7 +274,13 @@ class _Study:
         return checkpoint
 
     def dense_weights(self) -> str:
-        """The one dense model every row starts from (trained first if missing)."""
+        """The one dense model every row starts from (its data prepared and the model trained
+        on the first call if missing; the path is kept for the later ones)."""
+        if self._dense_path is None:
+            self._dense_path = self._dense_weights()
+        return self._dense_path
+
+    def _dense_weights(self) -> str:
         scale = self.scale
         dcfg = self.config(VARIANTS[0])
         for name in dataset_names(dcfg):
