@@ -22,10 +22,6 @@ _COSTS = ("backbone_gflops", "gate_gflops", "backbone_flops_ratio", "keep_ratio"
           "backbone_ms", "dense_backbone_ms", "backbone_speedup")
 
 
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
-
-
 def summarize(found: Dict[str, List[dict]]) -> List[Dict[str, Any]]:
     """One row per variant (in :data:`VARIANTS` order): means over seeds, AP spread, and
     ``by_seed`` = {metric: {seed: value}} for the paired comparisons."""
@@ -38,7 +34,7 @@ def summarize(found: Dict[str, List[dict]]) -> List[Dict[str, Any]]:
                                    seeds=len(results), train=variant.train or "",
                                    finetune_iters=results[0].get("finetune_iters", 0))
         for key in (*METRICS, *_COSTS):
-            row[key] = _mean([float(r.get(key, math.nan)) for r in results])
+            row[key] = statistics.fmean(float(r.get(key, math.nan)) for r in results)
         for key in ("box_ap", "mask_ap"):
             values = [float(r[key]) for r in results]
             row[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else math.nan
