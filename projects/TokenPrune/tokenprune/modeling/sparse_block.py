@@ -99,6 +99,8 @@ class TokenGroups:
         Returns [(rows, bucket)]: ``rows`` (M_b,) the bucket's tokens among the M kept ones
         (None: all of them, in order), ``bucket`` their TokenGroups of G_b groups.
         """
+        if quantum <= 0:
+            return [(None, self)]
         lengths = self.bucket_lengths(quantum)
         if len(set(lengths)) == 1 and lengths[0] == self.length:
             return [(None, self)]
