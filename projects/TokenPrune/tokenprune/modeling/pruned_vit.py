@@ -35,7 +35,7 @@ dense ViT), :meth:`PrunedViT.observed` hands the decisions and the gathered bloc
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import (
     Callable, ClassVar, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Union,
 )
@@ -48,9 +48,11 @@ from detectron2.modeling.backbone.utils import get_abs_pos
 from detectron2.modeling.backbone.vit import ViT
 
 from .attention import DEFAULT_ATTENTION, AttentionKernel, attention_kernel, profiler_range
+from .compiled import COMPILE_MODES, compiled_blocks
 from .gates import build_gates, gumbel_keep_decision
 from .keep_policy import KeepPolicy, Ratios, keep_count, per_block_ratios, svit_ratios
-from .sparse_block import DEFAULT_QUANTUM, run_block_dense, run_block_gathered, run_block_masked
+from .sparse_block import (DEFAULT_QUANTUM, group_kept_tokens, run_block_dense,
+                           run_block_gathered, run_block_masked)
 from .tome import build_reducer
 
 __all__ = ["PrunedViT", "InferenceSettings", "PruningObserver"]
@@ -65,11 +67,14 @@ class InferenceSettings:
             ``ratios``).
         kernel: the attention kernel of the dense and gathered blocks.
         gates: False runs every block densely, without gates or reducer: the dense ViT.
+        compile: "none" (eager), "default" or "freeze": the blocks run as compiled
+            functions (:mod:`.compiled`; inference only).
     """
 
     policy: KeepPolicy
     kernel: AttentionKernel
     gates: bool = True
+    compile: str = "none"
 
 
 class PrunedViT(ViT):
@@ -226,7 +231,8 @@ class PrunedViT(ViT):
     @contextmanager
     def pruning(self, *, keep_ratio: Optional[Ratios] = None, gates: bool = True,
                 attention: Optional[str] = None, image_scales: Optional[Sequence[float]] = None,
-                policy: Optional[KeepPolicy] = None) -> Iterator[None]:
+                policy: Optional[KeepPolicy] = None,
+                compile: Optional[str] = None) -> Iterator[None]:
         """Within the context, inference prunes as asked instead of as configured.
 
         Args:
@@ -244,6 +250,8 @@ class PrunedViT(ViT):
                 ``image_scales`` (which take the current ``inherit``); its ``ratios`` (if
                 any) must name every pruned block, and a discarding model (``preserve``
                 off) needs ``inherit``.
+            compile: a mode of :data:`~.compiled.COMPILE_MODES` for the blocks; None keeps
+                the current one.
         """
         if policy is None:
             ratios = (None if keep_ratio is None
@@ -258,11 +266,18 @@ class PrunedViT(ViT):
         elif not (self.preserve or policy.inherit):
             raise ValueError("a model that discards tokens needs an inherit policy")
         kernel = self._settings.kernel if attention is None else attention_kernel(attention)
-        saved, self._settings = self._settings, InferenceSettings(policy, kernel, gates)
+        mode = self._settings.compile if compile is None else _checked_compile(compile)
+        saved, self._settings = self._settings, InferenceSettings(policy, kernel, gates, mode)
         try:
             yield
         finally:
             self._settings = saved
+
+    def compile_blocks(self, mode: str = "default") -> None:
+        """From now on, inference runs every block as a compiled function in ``mode``
+        (:data:`~.compiled.COMPILE_MODES`; "none": eager again). The graphs are built at
+        the first calls and bounded whatever the kept counts (see :mod:`.compiled`)."""
+        self._settings = replace(self._settings, compile=_checked_compile(mode))
 
     @contextmanager
     def observed(self, observer: "PruningObserver") -> Iterator[None]:
@@ -275,7 +290,20 @@ class PrunedViT(ViT):
             self._observer = saved
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
-        """x: (B, 3, H, W) image -> {out_feature: (B, C, H/16, W/16)}."""
+        """x: (B, 3, H, W) image -> {out_feature: (B, C, H/16, W/16)}.
+
+        Under an enclosing ``torch.compile`` (:func:`~.compiled.compile_model`), a pruning
+        forward runs eagerly around its compiled blocks (its keep decisions are data); the
+        dense one (``pruning(gates=False)``) is traced whole."""
+        if self._settings.compile != "none" and self._settings.gates and not self.training:
+            return self._forward_outside_graph(x)
+        return self._forward(x)
+
+    @torch.compiler.disable
+    def _forward_outside_graph(self, x: Tensor) -> Dict[str, Tensor]:
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Dict[str, Tensor]:
         x = self.patch_embed(x)
         if self.pos_embed is not None:
             x = x + get_abs_pos(self.pos_embed, self.pretrain_use_cls_token,
@@ -365,6 +393,10 @@ class PrunedViT(ViT):
         masked), the others unchanged."""
         if self.execution == "gather":
             with self._observer.block_scope(i), profiler_range("tp::gathered_block"):
+                if self._settings.compile != "none":
+                    groups = group_kept_tokens(keep, x.shape[1:3], blk.window_size)
+                    return compiled_blocks(self._settings.compile).run_gathered(
+                        blk, x, groups, self._settings.kernel)
                 return run_block_gathered(blk, x, keep, self._settings.kernel,
                                           self.bucket_quantum)
         with self._observer.block_scope(i):
@@ -405,7 +437,12 @@ class PrunedViT(ViT):
         scope)."""
         kernel = self._settings.kernel
         with profiler_range("tp::dense_block"):
-            if self.training or kernel.block_forward:
+            if self.training:
+                return blk(x)
+            if self._settings.compile != "none" and not torch.compiler.is_compiling():
+                with self._observer.block_scope(i):  # (an enclosing trace inlines it)
+                    return compiled_blocks(self._settings.compile).dense(blk, x, kernel)
+            if kernel.block_forward:
                 return blk(x)
             with self._observer.block_scope(i):
                 return run_block_dense(blk, x, kernel)
@@ -438,6 +475,12 @@ class PruningObserver:
         """A context around the functional execution of ``block`` (gathered, masked, or
         dense through the fused kernel; not around Detectron2's own ``Block.forward``)."""
         return nullcontext()
+
+
+def _checked_compile(mode: str) -> str:
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    return mode
 
 
 def _checked_execution(execution: str, quantum: int) -> Tuple[str, int]:

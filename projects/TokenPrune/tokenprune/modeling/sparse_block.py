@@ -54,7 +54,8 @@ class TokenGroups:
             (the image grid for global blocks, the window for windowed blocks).
         key_valid: (G, L) bool, False on padding slots; None when no group is padded.
         frame: (h, w) size of the attention frame (for relative positions).
-        counts: the G group sizes (host ints).
+        counts: the G group sizes (host ints); empty when built by :meth:`from_tensors`
+            (inside compiled code: one bucket only).
     """
 
     flat_index: Tensor
@@ -66,6 +67,14 @@ class TokenGroups:
     key_valid: Optional[Tensor]
     frame: Tuple[int, int]
     counts: List[int]
+
+    @classmethod
+    def from_tensors(cls, flat_index: Tensor, group: Tensor, slot: Tensor, coords: Tensor,
+                     key_valid: Optional[Tensor], frame: Tuple[int, int]) -> "TokenGroups":
+        """Groups from their tensors alone (G and L from ``coords``, no host sizes), as a
+        compiled function receives them; they run in one bucket (``quantum`` 0)."""
+        return cls(flat_index, group, slot, coords.shape[0], coords.shape[1], coords,
+                   key_valid, frame, [])
 
     @profiled("tp::pack")
     def pack(self, tokens: Tensor) -> Tensor:
