@@ -104,7 +104,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -115,28 +115,28 @@ from ..modeling import PrunedViT, find_pruned_vit, svit_schedule
 from ..modeling.keep_policy import per_block_ratios
 from ..modeling.attention import DEFAULT_ATTENTION
 from ..modeling.autocast import autocast_model
+from ..modeling.compiled import inductor_options
 from ..modeling.sparse_block import group_kept_tokens
 from .benchmark_options import BenchmarkOptions
 from .cost import BackboneSpec
 from .timing import interleaved_times
 
-__all__ = ["BenchmarkVariant", "Bench", "DENSE_KEYS", "prepare_config", "setup",
-           "for_batch", "variants", "applied", "time_variants", "padding_fractions",
+__all__ = ["BenchmarkVariant", "Bench", "CallRecord", "prepare_config", "setup",
+           "for_batch", "variants", "applied", "runner", "time_variants", "padding_fractions",
            "profile_report"]
-
-DENSE_KEYS = ("dense", "dense_sdpa")
 
 
 @dataclass
 class BenchmarkVariant:
     """One row: a forced rate per pruned block (``fixed``), the gates (None) or no pruning."""
 
-    key: str  # "dense", "dense_sdpa", "keep0.7", "svit", "svit_unequal", "gates"
+    key: str  # "dense", "dense_sdpa", "keep0.7", "svit", "svit_unequal", "gates" (+ mode)
     name: str
     fixed: Optional[Dict[int, float]]  # forced rate per pruned block; None: the gates decide
-    gates_off: bool = False
+    gates_off: bool = False  # a dense reference
     attention: str = DEFAULT_ATTENTION
     image_scales: Optional[List[float]] = None
+    compile: str = "none"  # a mode of tokenprune.modeling.compiled.COMPILE_MODES
 
 
 def variants(options: BenchmarkOptions, vit, has_trained_gates: bool,
@@ -169,9 +169,19 @@ def variants(options: BenchmarkOptions, vit, has_trained_gates: bool,
         pruned.append(BenchmarkVariant("gates", "learned gates", None))
     kernels = list(dict.fromkeys(options.attention))
     if len(kernels) == 1:
-        return dense + [replace(v, attention=kernels[0]) for v in pruned]
-    return dense + [replace(v, key=f"{v.key}_{k}", name=f"{v.name} [{k}]", attention=k)
-                    for v in pruned for k in kernels]
+        rows = dense + [replace(v, attention=kernels[0]) for v in pruned]
+    else:
+        rows = dense + [replace(v, key=f"{v.key}_{k}", name=f"{v.name} [{k}]", attention=k)
+                        for v in pruned for k in kernels]
+    modes = list(dict.fromkeys(options.compile))
+    if modes == ["none"]:
+        return rows
+    return [replace(v, key=v.key if m == "none" else f"{v.key}@{m}",
+                    name=f"{v.name}, {_MODE_LABELS[m]}", compile=m)
+            for m in modes for v in rows]
+
+
+_MODE_LABELS = {"none": "eager", "default": "compiled", "freeze": "compiled + freezing"}
 
 
 def prepare_config(cfg, options: BenchmarkOptions):
@@ -222,9 +232,9 @@ def _build(cfg, device: str, allow_untrained_gates: bool):
     return model, find_pruned_vit(model)
 
 
-def _inputs(model, size: int, batch: int, prompt, task_id):
+def _inputs(model, size: int, batch: int, prompt, task_id, seed: int = 1):
     """A seeded random image ``batch`` times: (input dicts, backbone input, guidance)."""
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(seed)
     image = torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8)
     batched = []
     for _ in range(batch):
@@ -242,17 +252,31 @@ def _inputs(model, size: int, batch: int, prompt, task_id):
     return batched, x, guidance
 
 
-def _runners(model, vit, x, batched, guidance,
-             options: BenchmarkOptions) -> Dict[str, Callable[[], object]]:
-    """{scope: call}, each under ``--precision``'s autocast."""
-    vit_call = autocast_model(vit, options.precision, options.device)
-    model_call = autocast_model(model, options.precision, options.device)
+def _runners(model, vit, inputs: List[tuple], current: List[int],
+             options: BenchmarkOptions) -> Dict[Tuple[str, str], Callable[[], object]]:
+    """{(scope, compile mode): call} on image ``current[0]`` of ``inputs`` (from
+    :func:`_inputs`), each under ``--precision``'s autocast; a compiled mode's calls go
+    through ``torch.compile`` of the ViT / the model (the pruned blocks compile themselves,
+    ``pruning(compile=...)``)."""
+    eager = {"backbone": autocast_model(vit, options.precision, options.device),
+             "model": autocast_model(model, options.precision, options.device)}
+    runners = {}
+    for mode in dict.fromkeys(options.compile):
+        for scope, module in eager.items():
+            call = module if mode == "none" else torch.compile(
+                module, options=inductor_options(mode))
+            runners[(scope, mode)] = _image_call(scope, call, vit, inputs, current)
+    return runners
 
-    def backbone():
+
+def _image_call(scope: str, call, vit, inputs: List[tuple], current: List[int]):
+    def run():
+        batched, x, guidance = inputs[current[0] % len(inputs)]
+        if scope == "model":
+            return call(batched)
         with vit.guided(guidance):  # None: unguided, as outside the context
-            return vit_call(x)
-
-    return {"backbone": backbone, "model": lambda: model_call(batched)}
+            return call(x)
+    return run
 
 
 @dataclass
@@ -269,8 +293,9 @@ class Bench:
     input_size: int
     batch: int = 0
     variants: Optional[List[BenchmarkVariant]] = None
-    runners: Optional[Dict[str, Callable[[], object]]] = None
-    x: Optional[torch.Tensor] = None
+    runners: Optional[Dict[Tuple[str, str], Callable[[], object]]] = None
+    x: Optional[torch.Tensor] = None  # the first image's backbone input
+    current: Optional[List[int]] = None  # [index of the image the runners use]
 
 
 def setup(cfg, options: BenchmarkOptions) -> Bench:
@@ -291,53 +316,89 @@ def setup(cfg, options: BenchmarkOptions) -> Bench:
 
 
 def for_batch(bench: Bench, options: BenchmarkOptions, batch: int) -> Bench:
-    """``bench`` with the variants, inputs and calls of a batch of ``batch`` images."""
-    batched, x, guidance = _inputs(bench.model, bench.input_size, batch, options.prompt,
-                                   options.task_id)
-    return replace(bench, batch=batch, x=x,
+    """``bench`` with the variants, inputs (``options.images`` seeded images) and calls of a
+    batch of ``batch`` images."""
+    inputs = [_inputs(bench.model, bench.input_size, batch, options.prompt, options.task_id,
+                      seed=1 + k) for k in range(options.images)]
+    current = [0]
+    return replace(bench, batch=batch, x=inputs[0][1], current=current,
                    variants=variants(options, bench.vit, bench.has_trained_gates, batch),
-                   runners=_runners(bench.model, bench.vit, x, batched, guidance, options))
+                   runners=_runners(bench.model, bench.vit, inputs, current, options))
+
+
+def runner(bench: Bench, v: BenchmarkVariant, scope: str) -> Callable[[], object]:
+    """The call of ``scope`` ("backbone" or "model") that variant ``v`` is timed with."""
+    return bench.runners[(scope, v.compile)]
 
 
 def applied(bench: Bench, variant: BenchmarkVariant):
     """The variant's switches on the PrunedViT (a context)."""
     return bench.vit.pruning(keep_ratio=variant.fixed, gates=not variant.gates_off,
-                             attention=variant.attention, image_scales=variant.image_scales)
+                             attention=variant.attention, image_scales=variant.image_scales,
+                             compile=variant.compile)
+
+
+@dataclass
+class CallRecord:
+    """Every call of one (variant, scope), warm-up rounds first: its seconds and the graphs
+    ``torch.compile`` built (``torch._dynamo`` counters: unique graphs, graph breaks)
+    during it."""
+
+    seconds: List[float] = field(default_factory=list)
+    graphs: List[int] = field(default_factory=list)
+    breaks: int = 0
 
 
 def time_variants(bench: Bench, options: BenchmarkOptions,
                   progress: str) -> Tuple[dict, dict, dict, dict]:
-    """Medians (ms) of wall-clock and CPU time per (variant key, scope), and each variant's
-    keep masks and ratios of its first backbone forward."""
+    """Medians (ms) of wall-clock and CPU time per (variant key, scope), the timed seconds,
+    and what was observed: each variant's keep masks and ratios of every backbone forward
+    (``masks``, ``ratios``: lists over the calls, warm-up first) and a :class:`CallRecord`
+    per (variant key, scope) (``calls``). Round r runs image ``r % options.images``."""
+    from torch._dynamo.utils import counters
     from tqdm import tqdm
 
     pairs = [(v, s) for v in bench.variants for s in bench.scopes]
-    masks, ratios = {}, {}
+    masks: Dict[str, list] = {v.key: [] for v in bench.variants}
+    ratios: Dict[str, list] = {v.key: [] for v in bench.variants}
+    calls = {(v.key, s): CallRecord() for v, s in pairs}
 
     def call(v: BenchmarkVariant, s: str) -> Callable[[], object]:
+        record, run_scope = calls[(v.key, s)], runner(bench, v, s)
+
         def run():
+            graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+            t0 = time.perf_counter()
             with applied(bench, v):
-                return bench.runners[s]()
+                out = run_scope()
+            record.seconds.append(time.perf_counter() - t0)
+            record.graphs.append(counters["stats"]["unique_graphs"] - graphs)
+            record.breaks += sum(counters["graph_break"].values()) - breaks
+            return out
         return run
+
+    def next_round(r: int) -> None:
+        bench.current[0] = r
 
     with tqdm(total=(options.warmup + options.repeats) * len(pairs), desc=progress, unit="run",
               file=sys.stderr, dynamic_ncols=True) as bar, torch.no_grad():
         def after(i: int) -> None:
             v, s = pairs[i]
-            if s == "backbone" and v.key not in masks:
-                masks[v.key] = {b: m.detach().cpu() for b, m in bench.vit.last_keep_masks.items()}
-                ratios[v.key] = {b: float(t.float().mean())
-                                 for b, t in bench.vit.last_keep_ratios.items()}
+            if s == "backbone":
+                masks[v.key].append({b: m.detach().cpu()
+                                     for b, m in bench.vit.last_keep_masks.items()})
+                ratios[v.key].append({b: float(t.float().mean())
+                                      for b, t in bench.vit.last_keep_ratios.items()})
             bar.set_postfix_str(f"{v.name} / {s}", refresh=False)
             bar.update()
 
         wall, cpu = interleaved_times([call(v, s) for v, s in pairs], options.repeats,
                                       options.warmup, cuda=options.device.startswith("cuda"),
-                                      after_call=after)
+                                      after_call=after, before_round=next_round)
     ms = {(v.key, s): 1e3 * statistics.median(t) for (v, s), t in zip(pairs, wall)}
     cpu_ms = {(v.key, s): 1e3 * statistics.median(t) for (v, s), t in zip(pairs, cpu)}
     times = {(v.key, s): t for (v, s), t in zip(pairs, wall)}
-    return ms, cpu_ms, times, dict(masks=masks, ratios=ratios)
+    return ms, cpu_ms, times, dict(masks=masks, ratios=ratios, calls=calls)
 
 
 def padding_fractions(bench: Bench, masks: Dict[int, torch.Tensor]) -> Dict[str, float]:
@@ -373,10 +434,10 @@ def profile_report(bench: Bench) -> str:
     with torch.no_grad():
         for v in bench.variants:
             with applied(bench, v):
-                bench.runners["backbone"]()  # warm
+                runner(bench, v, "backbone")()  # warm
                 with profile(activities=activities) as prof:
                     t0 = time.perf_counter()
-                    bench.runners["backbone"]()
+                    runner(bench, v, "backbone")()
                     wall = time.perf_counter() - t0
             ka = prof.key_averages()
             by_key = {e.key: e for e in ka}

@@ -12,7 +12,7 @@ from typing import Dict, Tuple
 
 import torch
 
-from .benchmark import Bench, applied
+from .benchmark import Bench, applied, runner
 from .benchmark_options import BenchmarkOptions
 from .memory import tensor_peak
 from .memory_probe import PROBE_TAG, probe_request
@@ -23,10 +23,16 @@ __all__ = ["peak_memory"]
 def _tensor_peaks(bench: Bench, device: str) -> Dict[str, Dict[str, float]]:
     out = {}
     with torch.no_grad():
-        for v in bench.variants:
+        for v in _eager_variants(bench):
             with applied(bench, v):
-                out[v.key] = {s: tensor_peak(bench.runners[s], device) for s in bench.scopes}
+                out[v.key] = {s: tensor_peak(runner(bench, v, s), device) for s in bench.scopes}
     return out
+
+
+def _eager_variants(bench: Bench):
+    """The variants whose memory is measured: the eager ones (a compiled variant's first
+    calls compile, and its graphs' buffers are not those of one forward)."""
+    return [v for v in bench.variants if v.compile == "none"]
 
 
 def _resident_peaks_per_process(bench: Bench, options: BenchmarkOptions) -> Tuple[dict, str]:
@@ -40,7 +46,7 @@ def _resident_peaks_per_process(bench: Bench, options: BenchmarkOptions) -> Tupl
     pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(tokenprune.__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
-    for v in bench.variants:
+    for v in _eager_variants(bench):
         proc = subprocess.run([sys.executable, "-m", "tokenprune.analysis.memory_probe"],
                               input=probe_request(probe_options, bench.batch, v.key),
                               capture_output=True, text=True, env=env)

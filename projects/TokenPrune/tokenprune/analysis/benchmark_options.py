@@ -12,6 +12,7 @@ from ..checkpoint import check_device
 from ..errors import ConfigError, InputError
 from ..modeling.attention import DEFAULT_ATTENTION
 from ..modeling.autocast import amp_dtype
+from ..modeling.compiled import COMPILE_MODES, compile_unavailable
 
 __all__ = ["BenchmarkOptions"]
 
@@ -33,6 +34,8 @@ class BenchmarkOptions:
         backbone_only: time the ViT only. memory: "tensors", "rss" or "off".
         profile: also profile one forward per variant. prompt, task_id: model inputs.
         allow_untrained_gates: a pruned config's checkpoint may lack its gates.
+        compile: modes of ``tokenprune.modeling.compiled.COMPILE_MODES``, every variant in
+            each. images: distinct seeded images; round r runs image ``r % images``.
     """
 
     config_file: str
@@ -55,6 +58,8 @@ class BenchmarkOptions:
     prompt: Optional[str] = None
     task_id: Optional[int] = None
     allow_untrained_gates: bool = False
+    compile: Tuple[str, ...] = ("none",)
+    images: int = 1
 
     def check(self) -> None:
         """InputError for settings out of range, DeviceError for a device this machine
@@ -62,10 +67,21 @@ class BenchmarkOptions:
         for r in self.sweep + self.keep_ratio:
             if not (0.0 < r <= 1.0) or math.isnan(r):
                 raise InputError(f"keep ratio {r:g} is outside (0, 1]")
-        for name, value, low in (("--repeats", self.repeats, 1), ("--warmup", self.warmup, 0),
-                                 ("--batch-size", min(self.batch_sizes), 1)):
+        compiled = any(m != "none" for m in self.compile)
+        for name, value, low in (("--repeats", self.repeats, 1),
+                                 ("--warmup", self.warmup, 1 if compiled else 0),
+                                 ("--batch-size", min(self.batch_sizes), 1),
+                                 ("--images", self.images, 1)):
             if value < low:
-                raise InputError(f"{name} must be at least {low}, got {value}")
+                raise InputError(f"{name} must be at least {low}, got {value}"
+                                 + (" (--compile compiles in the warm-up rounds)"
+                                    if name == "--warmup" else ""))
+        bad = [m for m in self.compile if m not in COMPILE_MODES]
+        if bad:
+            raise InputError(f"--compile must be among {', '.join(COMPILE_MODES)}, got {bad[0]}")
+        reason = compile_unavailable(self.device) if compiled else None
+        if reason is not None:
+            raise InputError(f"--compile: {reason}")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"--threads must be at least 1, got {self.threads}")
         if self.input_size is not None and self.input_size <= 0:

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, figure_png
-from .benchmark import (DENSE_KEYS, Bench, BenchmarkVariant, for_batch, padding_fractions,
+from .benchmark import (Bench, BenchmarkVariant, for_batch, padding_fractions,
                         profile_report, setup, time_variants)
 from .benchmark_options import BenchmarkOptions
 from .benchmark_memory import peak_memory
@@ -24,13 +24,26 @@ from .timing import busy_warning, spread
 
 __all__ = ["run_benchmark", "markdown", "summary_markdown"]
 
-DENSE_NAMES = {"dense": "dense (Detectron2)", "dense_sdpa": "dense (SDPA)"}
-
-
-def _baselines(timing, scopes: List[str]) -> Dict[str, str]:
-    """Per scope, the key of the faster dense reference (wall-clock median)."""
+def _baselines(bench: Bench, timing) -> Dict[str, str]:
+    """Per scope, the key of the fastest dense reference (wall-clock median; any kernel and
+    compile mode of the run)."""
     ms = timing[0]
-    return {s: min(DENSE_KEYS, key=lambda k: ms[(k, s)]) for s in scopes}
+    dense = [v.key for v in bench.variants if v.gates_off]
+    return {s: min(dense, key=lambda k: ms[(k, s)]) for s in bench.scopes}
+
+
+def _compile_figures(options: BenchmarkOptions, timing, v: BenchmarkVariant,
+                     scope: str) -> Dict[str, Any]:
+    """A compiled variant's compile cost in one scope: its first call's seconds beyond its
+    median (the compile), the graphs built during its calls (in all and in the timed
+    rounds: recompiles) and the graph breaks; None figures for an eager variant."""
+    rec = timing[3]["calls"][(v.key, scope)]
+    if v.compile == "none":
+        return {"compile_s": None, "graphs": None, "timed_graphs": None, "graph_breaks": None}
+    timed = rec.seconds[options.warmup:]
+    return {"compile_s": rec.seconds[0] - statistics.median(timed),
+            "graphs": sum(rec.graphs), "timed_graphs": sum(rec.graphs[options.warmup:]),
+            "graph_breaks": rec.breaks}
 
 
 def _scope_figures(bench: Bench, options: BenchmarkOptions, timing, v: BenchmarkVariant,
@@ -42,9 +55,10 @@ def _scope_figures(bench: Bench, options: BenchmarkOptions, timing, v: Benchmark
     med = ms[(v.key, scope)]
     return {
         **spread(times[(v.key, scope)]), "times_ms": [1e3 * t for t in times[(v.key, scope)]],
+        **_compile_figures(options, timing, v, scope),
         "throughput_img_s": bench.batch / (med / 1e3),
         "baseline": base, "speedup": ms[(base, scope)] / med,
-        "speedup_vs_detectron2": ms[("dense", scope)] / med,
+        "speedup_vs_detectron2": ms[("dense", scope)] / med,  # eager Detectron2 blocks
         "cpu_time_median_ms": cpu_ms[(v.key, scope)] if on_cpu else None,
         "cpu_time_speedup": (cpu_ms[(base, scope)] / cpu_ms[(v.key, scope)]
                              if on_cpu else None),
@@ -55,19 +69,23 @@ def _variant_row(bench: Bench, options: BenchmarkOptions, timing, mem,
                  v: BenchmarkVariant) -> Dict[str, Any]:
     """One variant's figures, the FLOP-predicted speedup next to the measured one."""
     observed = timing[3]
-    bases = _baselines(timing, bench.scopes)
+    bases = _baselines(bench, timing)
     dense_macs = backbone_macs(bench.spec, gates=False)
-    masks = observed["masks"][v.key]
-    per_image = [backbone_macs(bench.spec, {i: m[b] for i, m in masks.items()},
-                               gates=not v.gates_off) for b in range(bench.batch)]
-    predicted = dense_macs * bench.batch / sum(per_image)
-    kr = observed["ratios"][v.key]
+    # the timed rounds' backbone forwards (their images, if several); masks: the first's
+    timed_masks = observed["masks"][v.key][options.warmup:]
+    masks = timed_masks[0]
+    per_image = [backbone_macs(bench.spec, {i: m[b] for i, m in call.items()},
+                               gates=not v.gates_off)
+                 for call in timed_masks for b in range(bench.batch)]
+    predicted = dense_macs * len(per_image) / sum(per_image)
+    timed_ratios = observed["ratios"][v.key][options.warmup:]
+    kr = {i: statistics.fmean(r[i] for r in timed_ratios) for i in timed_ratios[0]}
     backbone = _scope_figures(bench, options, timing, v, "backbone", bases["backbone"])
     backbone.update(predicted_gmacs_per_image=statistics.fmean(per_image) / 1e9,
                     predicted_speedup=predicted,
                     measured_over_predicted=backbone["speedup"] / predicted)
     return {
-        "key": v.key, "name": v.name, "attention": v.attention,
+        "key": v.key, "name": v.name, "attention": v.attention, "compile": v.compile,
         "image_scales": v.image_scales,
         "kept_per_image": [int(sum(int(m[b].sum()) for m in masks.values()))
                            for b in range(bench.batch)] if masks else None,
@@ -126,9 +144,12 @@ def _measure_batch(base: Bench, options: BenchmarkOptions, prog: str, batch: int
     bench = for_batch(base, options, batch)
     timing = time_variants(bench, options, f"{prog} [batch {batch}]")
     mem, method = peak_memory(bench, options)
-    dense = {f"{DENSE_NAMES[k]} ({s})": timing[2][(k, s)] for k in DENSE_KEYS
+    dense = {f"{v.name} ({s})": timing[2][(v.key, s)] for v in bench.variants if v.gates_off
              for s in bench.scopes}
-    run = {"batch_size": batch, "baselines": _baselines(timing, bench.scopes),
+    bases = _baselines(bench, timing)
+    names = {v.key: v.name for v in bench.variants}
+    run = {"batch_size": batch, "baselines": bases,
+           "baseline_names": {s: names[k] for s, k in bases.items()},
            "busy_warning": busy_warning(dense),
            "variants": [_variant_row(bench, options, timing, mem, v) for v in bench.variants]}
     return bench, run, method
@@ -224,18 +245,21 @@ def markdown(res: dict) -> str:
 
 
 def _run_table(run: dict) -> List[str]:
-    """The table of one batch size."""
-    bases = run["baselines"]
-    lines = [
-        "", f"## Batch {run['batch_size']}: speedups against "
-        + ", ".join(f"{DENSE_NAMES[k]} ({s})" for s, k in bases.items()), "",
-        "| variant | keep ratios (block: kept fraction) | mean keep | "
-        "backbone ms (min / median / max) | backbone speedup | predicted speedup | "
-        "measured / predicted | whole-model ms (min / median / max) | "
-        "whole-model speedup | peak memory MiB (backbone / whole) | "
-        "CPU-time speedup (backbone / whole) | padding |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    """The table of one batch size (with compile columns when a variant is compiled)."""
+    compiled = any(v.get("compile", "none") != "none" for v in run["variants"])
+    head = ("| variant | keep ratios (block: kept fraction) | mean keep | "
+            "backbone ms (min / median / max) | backbone speedup | predicted speedup | "
+            "measured / predicted | whole-model ms (min / median / max) | "
+            "whole-model speedup | peak memory MiB (backbone / whole) | "
+            "CPU-time speedup (backbone / whole) | padding |")
+    rule = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    if compiled:
+        head += " compile s (backbone / whole) | graphs (backbone / whole) | " \
+                "recompiles in the timed rounds | graph breaks |"
+        rule += "---:|---:|---:|---:|"
+    lines = ["", f"## Batch {run['batch_size']}: speedups against the fastest dense, "
+             + ", ".join(f"{name} ({s})" for s, name in run["baseline_names"].items()), "",
+             head, rule]
     for v in run["variants"]:
         ratios = {int(k): r for k, r in v["keep_ratios"].items()}
         b, m, mem = v["backbone"], v.get("model"), v.get("peak_memory_mib")
@@ -244,13 +268,23 @@ def _run_table(run: dict) -> List[str]:
         pad = v["padding"]
         pad_s = (f"{100 * pad['one_bucket']:.0f}% -> {100 * pad['buckets']:.0f}%"
                  if v["keep_ratios"] else "")
-        lines.append(
+        line = (
             f"| {v['name']} | {_ratio_summary(ratios)} | {v['mean_keep_ratio']:.3f} "
             f"| {_spread_cell(b)} | {b['speedup']:.2f}x | {b['predicted_speedup']:.2f}x "
             f"| {b['measured_over_predicted']:.2f} "
             f"| {_spread_cell(m)} | {_fmt(m and m['speedup'], '.2f', 'x')} "
             f"| {mem_s} | {_fmt(b['cpu_time_speedup'], '.2f', 'x')} / "
             f"{_fmt(m and m['cpu_time_speedup'], '.2f', 'x')} | {pad_s} |")
+        if compiled:
+            scopes = [x for x in (b, m) if x]
+            if v.get("compile", "none") == "none":
+                line += " | | | |"
+            else:
+                line += (" " + " / ".join(f"{x['compile_s']:.0f}" for x in scopes) + " | "
+                         + " / ".join(str(x["graphs"]) for x in scopes) + " | "
+                         + " / ".join(str(x["timed_graphs"]) for x in scopes) + " | "
+                         + " / ".join(str(x["graph_breaks"]) for x in scopes) + " |")
+        lines.append(line)
     return lines
 
 

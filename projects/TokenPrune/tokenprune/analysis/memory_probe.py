@@ -19,7 +19,7 @@ from typing import Any, Dict
 import torch
 
 from ..config import load_config
-from .benchmark import applied, for_batch, setup
+from .benchmark import applied, for_batch, runner, setup
 from .benchmark_options import BenchmarkOptions
 from .memory import resident_peaks
 
@@ -42,7 +42,7 @@ def run_probe(request: Dict[str, Any]) -> Dict[str, Any]:
     bench = for_batch(setup(cfg, options), options, int(request["batch"]))
     (variant,) = [v for v in bench.variants if v.key == request["variant"]]
     with torch.no_grad(), applied(bench, variant):
-        peaks, method = resident_peaks({s: bench.runners[s] for s in bench.scopes})
+        peaks, method = resident_peaks({s: runner(bench, variant, s) for s in bench.scopes})
     return {"method": method, "peaks": peaks}
 
 

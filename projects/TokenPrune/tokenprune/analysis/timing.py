@@ -16,7 +16,8 @@ BUSY_SPREAD = 1.3
 
 
 def interleaved_times(calls: Sequence[Callable[[], object]], rounds: int, warmup: int = 1,
-                      cuda: bool = False, after_call: Optional[Callable[[int], None]] = None
+                      cuda: bool = False, after_call: Optional[Callable[[int], None]] = None,
+                      before_round: Optional[Callable[[int], None]] = None
                       ) -> Tuple[List[List[float]], List[List[float]]]:
     """Wall-clock and CPU seconds of every call of ``calls``, interleaved.
 
@@ -24,7 +25,8 @@ def interleaved_times(calls: Sequence[Callable[[], object]], rounds: int, warmup
     the order rotated by one every round, so that slow drift of the machine (thermal, other
     processes) spreads over all calls. CPU time is the process's (``time.process_time``,
     all threads). With ``cuda`` every call is bracketed by ``torch.cuda.synchronize()``.
-    ``after_call(i)`` runs after each call of ``calls[i]``, untimed (progress, statistics).
+    ``after_call(i)`` runs after each call of ``calls[i]``, untimed (progress, statistics);
+    ``before_round(r)`` before round r (0-based, warm-up rounds first), untimed (inputs).
     Returns (wall, cpu): per call, the list of its timed seconds; take their medians.
     """
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -32,6 +34,8 @@ def interleaved_times(calls: Sequence[Callable[[], object]], rounds: int, warmup
     cpu: List[List[float]] = [[] for _ in calls]
     n = len(calls)
     for r in range(warmup + rounds):
+        if before_round is not None:
+            before_round(r)
         for i in [(r + k) % n for k in range(n)]:
             sync()
             c0, t0 = time.process_time(), time.perf_counter()

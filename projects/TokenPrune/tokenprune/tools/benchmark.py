@@ -29,6 +29,7 @@ from ..analysis.benchmark_report import run_benchmark
 from ..fileio import make_output_dir
 from ..errors import InputError
 from ..modeling.attention import ATTENTION_KERNELS, DEFAULT_ATTENTION
+from ..modeling.compiled import COMPILE_MODES
 from .common import add_shared_option, load_tool_config, run_tool, tool_parser
 
 __all__ = ["build_parser", "options_from", "main", "cli"]
@@ -44,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="batch sizes, each measured in turn")
     parser.add_argument("--sweep", type=float, nargs="+", default=None, metavar="R",
                         help="uniform forced keep ratios in (0, 1], one variant each")
-    parser.add_argument("--schedule", choices=["svit"], default=None,
-                        help="also force the config's per-block target keep ratios (default: "
-                             "on when neither --sweep nor --keep-ratio is given)")
+    parser.add_argument("--schedule", choices=["svit", "none"], default=None,
+                        help="svit: also force the config's per-block target keep ratios "
+                             "(the default when neither --sweep nor --keep-ratio is given); "
+                             "none: not")
     parser.add_argument("--input-size", type=int, default=None, metavar="S",
                         help="square input side in pixels (default: the model's square_pad)")
     parser.add_argument("--attention", choices=ATTENTION_KERNELS, nargs="+",
@@ -73,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", default=None,
                         help="input 'prompt' (task-guided models)")
     parser.add_argument("--task-id", type=int, default=None, help="input 'task_id'")
+    parser.add_argument("--compile", nargs="+", choices=COMPILE_MODES, default=["none"],
+                        metavar="MODE",
+                        help="every variant in each mode: none (eager), default "
+                             "(torch.compile), freeze (torch.compile with inductor's "
+                             "freezing); choices: %(choices)s")
+    parser.add_argument("--images", type=int, default=1, metavar="N",
+                        help="N distinct seeded images; round r runs image r %% N (learned "
+                             "gates: different kept counts per round)")
     return parser
 
 
@@ -83,6 +93,7 @@ def options_from(args: argparse.Namespace) -> BenchmarkOptions:
     if args.checkpoint is not None and args.weights == "random":
         raise InputError("--checkpoint loads weights: drop --weights random")
     schedule = args.schedule or (None if args.sweep or args.keep_ratio else "svit")
+    schedule = None if schedule == "none" else schedule
     overrides = tuple(args.opts)
     if args.checkpoint is not None:
         overrides += (f"train.init_checkpoint={args.checkpoint}",)
@@ -95,7 +106,8 @@ def options_from(args: argparse.Namespace) -> BenchmarkOptions:
         weights=args.weights or ("checkpoint" if args.checkpoint else "random"),
         backbone_only=args.backbone_only, memory=args.memory, profile=args.profile,
         prompt=args.prompt, task_id=args.task_id,
-        allow_untrained_gates=args.allow_untrained_gates)
+        allow_untrained_gates=args.allow_untrained_gates, compile=tuple(args.compile),
+        images=args.images)
 
 
 def main(args: argparse.Namespace) -> dict:
