@@ -19,12 +19,12 @@ from .synthetic import (
     generate_synthetic_shapes,
     register_synthetic_shapes,
 )
+from .scene_statistics import scene_statistics
 from .synthetic_study import (
     STUDY_CLASSES,
     STUDY_SPLITS,
     generate_study_scenes,
     register_synthetic_study,
-    scene_statistics,
 )
 from .synthetic_tasks import SYNTHETIC_TASKS, register_synthetic_tasks
 
