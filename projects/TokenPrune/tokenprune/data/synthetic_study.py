@@ -200,9 +200,10 @@ def _overlap(a: _Piece, b: _Piece) -> Optional[Tuple[slice, slice, slice, slice]
 def _place_pieces(
     rng: np.random.Generator, size: int, num_objects: int, shapes: Tuple[str, ...]
 ) -> List[_Piece]:
-    """Sample ``num_objects`` objects of ``shapes`` and place them largest first, each hiding at most
-    ``1 - _MIN_VISIBLE_FRACTION`` of every earlier one; an object that finds no position in
-    ``_PLACEMENT_TRIES`` tries is left out. Returns the placed objects in drawing order."""
+    """Sample ``num_objects`` objects of ``shapes`` and place them largest first, each
+    hiding at most ``1 - _MIN_VISIBLE_FRACTION`` of every earlier one; an object that finds
+    no position in ``_PLACEMENT_TRIES`` tries is left out. Returns the placed objects in
+    drawing order."""
     specs = [
         (shapes[int(rng.integers(len(shapes)))], _TEXTURES[int(rng.integers(len(_TEXTURES)))],
          _log_extent(rng, size), bool(rng.random() < _CAMOUFLAGED_FRACTION))
