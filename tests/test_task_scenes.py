@@ -122,6 +122,10 @@ def test_deterministic(generated, tmp_path):
     assert coco == coco_again
     strip = [{k: v for k, v in r.items() if k != "file_name"} for r in records]
     assert strip == [{k: v for k, v in r.items() if k != "file_name"} for r in records_again]
+    with open(json_file + ".stamp") as f:  # the layout is stamped beside the scene constants
+        scene = json.load(f)["scene"]
+    assert scene["layout"]["shapes"][-1] == "star" and scene["layout"]["min_objects"] == 10
+    assert "min_extent" in scene and "camouflaged" in scene
     _, other, _ = _generate(str(tmp_path / "other"), num=3, seed=6)
     assert other["annotations"] != [a for a in scenes["annotations"] if a["image_id"] <= 3]
 
