@@ -22,7 +22,7 @@ from tokenprune.data import (
     register_synthetic_study,
     scene_statistics,
 )
-from tokenprune.data.synthetic_study import segmentation_mask
+from tokenprune.data.scene_statistics import segmentation_mask
 
 NUM_IMAGES = 36
 

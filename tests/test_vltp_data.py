@@ -172,7 +172,7 @@ def test_synthetic_task_relevance_on_known_objects():
         "the shapes in the left half": {"circle", "triangle"},
         "the green or blue shapes": {"triangle", "square"},
     }
-    assert set(expected) == {p for p, _ in SYNTHETIC_TASKS}
+    assert set(expected) == {t.prompt for t in SYNTHETIC_TASKS}
     for r in records:
         assert r["prompt"] == SYNTHETIC_TASKS[r["task_id"]][0]
         assert r["image_id"] == 100 * r["source_image_id"] + r["task_id"]

@@ -7,11 +7,14 @@ the task-split ground truth) and mask mIoU / cIoU of their union (VLTP's measure
 from detectron2.config import LazyCall as L
 from detectron2.evaluation import COCOEvaluator
 
+from tokenprune.data import TaskDatasetMapper
 from tokenprune.evaluation import TaskMaskIoUEvaluator
 
 from .synthetic_data import dataloader
 
 dataloader.train.dataset.names = "synthetic_tasks_train"
+# the targets of position tasks ("the shapes in the left half") follow the random flip
+dataloader.train.mapper._target_ = TaskDatasetMapper
 dataloader.test.dataset.names = "synthetic_tasks_val"
 dataloader.evaluator = [
     L(COCOEvaluator)(dataset_name="${...test.dataset.names}"),

@@ -99,7 +99,7 @@ def draw_study_samples(json_file: str, image_root: str, out_path: str, num: int 
     from matplotlib.patches import Patch
     from PIL import Image
 
-    from ..data.synthetic_study import scene_statistics, segmentation_mask
+    from ..data.scene_statistics import scene_statistics, segmentation_mask
 
     with open(json_file) as f:
         coco = json.load(f)

@@ -4,8 +4,10 @@ ablation study (:mod:`.synthetic_study`), COCO-format helpers, and what a config
 
 Importing this package registers ``synthetic_shapes_{train,val,minival}``,
 ``synthetic_mixcolor_{train,val,minival}``, ``synthetic_tasks_{train,val}``,
-``synthetic_study_{train,val,minival,pilot_train,pilot_val}``
+``synthetic_study_{train,val,minival,pilot_train,pilot_val}``,
+``synthetic_task_scenes_{train,val,minival,pilot_train,pilot_val}``
 (cheap: their files are generated on first use) and ``coco_tasks_*`` (from $DETECTRON2_DATASETS).
+:class:`TaskDatasetMapper` is the training mapper of the generated task datasets.
 """
 
 from .catalog import dataset_names, first_images_dataset, first_test_inputs, test_metadata
@@ -19,18 +21,21 @@ from .synthetic import (
     generate_synthetic_shapes,
     register_synthetic_shapes,
 )
+from .scene_statistics import scene_statistics
 from .synthetic_study import (
     STUDY_CLASSES,
     STUDY_SPLITS,
     generate_study_scenes,
     register_synthetic_study,
-    scene_statistics,
 )
+from .synthetic_task_scenes import SCENE_TASKS, register_synthetic_task_scenes
 from .synthetic_tasks import SYNTHETIC_TASKS, register_synthetic_tasks
+from .task_mapper import TaskDatasetMapper
 
 register_synthetic_shapes()
 register_synthetic_tasks()
 register_synthetic_study()
+register_synthetic_task_scenes()
 register_coco_tasks()
 
 __all__ = [
@@ -40,6 +45,9 @@ __all__ = [
     "test_metadata",
     "COCO_TASKS",
     "SYNTHETIC_TASKS",
+    "SCENE_TASKS",
+    "TaskDatasetMapper",
+    "register_synthetic_task_scenes",
     "register_coco_tasks",
     "register_synthetic_tasks",
     "write_coco_tasks_layout",

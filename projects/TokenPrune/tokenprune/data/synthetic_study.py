@@ -35,16 +35,19 @@ placement gives up on an object after a number of tries (92% of the crowded imag
 val split keep 12 or more). Every annotation describes the object's visible pixels exactly
 (a polygon when a polygonal object is fully visible, RLE otherwise), with ``area`` and
 ``bbox`` from that mask, and records "shape", "texture", "color" (the base [r, g, b]) and "camouflaged".
+
+The study's shapes and densities are :data:`STUDY_LAYOUT`; other scene datasets (the task
+scenes of :mod:`.synthetic_task_scenes`) pass their own :class:`SceneLayout` to the same
+generator.
 """
 
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
-import pycocotools.mask as mask_util
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from PIL import Image, ImageDraw
@@ -62,18 +65,32 @@ from .synthetic import (
 
 __all__ = [
     "STUDY_CLASSES",
+    "STUDY_LAYOUT",
     "STUDY_SPLITS",
+    "SceneLayout",
     "generate_study_scenes",
     "register_synthetic_study",
-    "scene_statistics",
-    "segmentation_mask",
 ]
 
-_SHAPES = ("circle", "square", "triangle")
 _TEXTURES = ("striped", "dotted")
 
-STUDY_CLASSES: Tuple[str, ...] = tuple(f"{t} {s}" for s in _SHAPES for t in _TEXTURES)
-"""Category names in id order ("striped circle", "dotted circle", ...); json ids 1..6."""
+
+@dataclass(frozen=True)
+class SceneLayout:
+    """What a scene dataset built on this generator chooses: its shapes (any of
+    :func:`.synthetic._polygon`'s and "circle"), its density buckets ((name, min, max
+    objects), equal shares of the images) and the fewest objects an image may keep (an image
+    whose placement kept fewer is rendered again from where its random stream stands)."""
+
+    shapes: Tuple[str, ...]
+    densities: Tuple[Tuple[str, int, int], ...]
+    min_objects: int
+    description: str
+
+    @property
+    def classes(self) -> Tuple[str, ...]:
+        """Category names in id order: texture x shape, e.g. "striped circle"; ids 1..K."""
+        return tuple(f"{t} {s}" for s in self.shapes for t in _TEXTURES)
 
 STUDY_SPLITS: Dict[str, Tuple[str, int, int]] = {
     # the reported run
@@ -90,6 +107,10 @@ _FORMAT_VERSION = 4  # bump when the rendered images or the json change for the 
 # (name, min, max objects): a third of the images each, so the token share of objects spans
 # ~2% (sparse) to ~75% (crowded) and a fixed keep rate cannot suit every image
 _DENSITIES = (("sparse", 0, 2), ("medium", 3, 11), ("crowded", 12, 25))
+STUDY_LAYOUT = SceneLayout(("circle", "square", "triangle"), _DENSITIES, 0,
+                           "TokenPrune synthetic study scenes")
+STUDY_CLASSES: Tuple[str, ...] = STUDY_LAYOUT.classes
+"""Category names in id order ("striped circle", "dotted circle", ...); json ids 1..6."""
 # circumdiameter, log-uniform: from _MIN_EXTENT px to this fraction of the image size.
 # COCO's "large" (visible area > 96^2) is 14% of a 256 px image: with 0.45 only circles over
 # 108 px reach it and 0.3% of the objects were large (val split, format 1), with 0.6 2.3%,
@@ -176,12 +197,15 @@ def _overlap(a: _Piece, b: _Piece) -> Optional[Tuple[slice, slice, slice, slice]
             slice(top - b.top, bottom - b.top), slice(left - b.left, right - b.left))
 
 
-def _place_pieces(rng: np.random.Generator, size: int, num_objects: int) -> List[_Piece]:
-    """Sample ``num_objects`` objects and place them largest first, each hiding at most
-    ``1 - _MIN_VISIBLE_FRACTION`` of every earlier one; an object that finds no position in
-    ``_PLACEMENT_TRIES`` tries is left out. Returns the placed objects in drawing order."""
+def _place_pieces(
+    rng: np.random.Generator, size: int, num_objects: int, shapes: Tuple[str, ...]
+) -> List[_Piece]:
+    """Sample ``num_objects`` objects of ``shapes`` and place them largest first, each
+    hiding at most ``1 - _MIN_VISIBLE_FRACTION`` of every earlier one; an object that finds
+    no position in ``_PLACEMENT_TRIES`` tries is left out. Returns the placed objects in
+    drawing order."""
     specs = [
-        (_SHAPES[int(rng.integers(len(_SHAPES)))], _TEXTURES[int(rng.integers(len(_TEXTURES)))],
+        (shapes[int(rng.integers(len(shapes)))], _TEXTURES[int(rng.integers(len(_TEXTURES)))],
          _log_extent(rng, size), bool(rng.random() < _CAMOUFLAGED_FRACTION))
         for _ in range(num_objects)
     ]
@@ -267,12 +291,12 @@ def _draw_distractors(rng: np.random.Generator, canvas: np.ndarray) -> None:
 
 
 def _render_scene(
-    rng: np.random.Generator, size: int, num_objects: int
+    rng: np.random.Generator, size: int, num_objects: int, shapes: Tuple[str, ...]
 ) -> Tuple[np.ndarray, List[_Piece]]:
     """Returns a (size, size, 3) uint8 RGB image and its objects in drawing order."""
     canvas = _background(rng, size).astype(np.float64)
     _draw_distractors(rng, canvas)
-    pieces = _place_pieces(rng, size, num_objects)
+    pieces = _place_pieces(rng, size, num_objects, shapes)
     for p in pieces:
         region = canvas[p.top:p.top + p.mask.shape[0], p.left:p.left + p.mask.shape[1]]
         if p.camouflaged:
@@ -300,24 +324,26 @@ def _annotation(p: _Piece, size: int) -> Dict[str, Any]:
     }
 
 
-def _densities(seed: int, num_images: int) -> List[int]:
-    """The density bucket (index into _DENSITIES) of each image: exact thirds, shuffled."""
+def _densities(seed: int, num_images: int, num_buckets: int) -> List[int]:
+    """The density bucket of each image: exact shares, shuffled."""
     position = np.random.default_rng([seed]).permutation(num_images)
-    return [int(p) * len(_DENSITIES) // num_images for p in position]
+    return [int(p) * num_buckets // num_images for p in position]
 
 
 def _render_images(
-    image_dir: str, file_names: List[str], seed: int, image_size: int
+    image_dir: str, file_names: List[str], seed: int, image_size: int, layout: SceneLayout
 ) -> Tuple[list, list]:
     """Render and save every image; returns the COCO (images, annotations) lists."""
     images, annotations = [], []
-    category_of = {name: i + 1 for i, name in enumerate(STUDY_CLASSES)}
-    for image_id, (file_name, bucket) in enumerate(
-        zip(file_names, _densities(seed, len(file_names))), start=1
-    ):
+    category_of = {name: i + 1 for i, name in enumerate(layout.classes)}
+    buckets = _densities(seed, len(file_names), len(layout.densities))
+    for image_id, (file_name, bucket) in enumerate(zip(file_names, buckets), start=1):
         rng = np.random.default_rng([seed, image_id])
-        density, low, high = _DENSITIES[bucket]
-        pixels, pieces = _render_scene(rng, image_size, int(rng.integers(low, high + 1)))
+        density, low, high = layout.densities[bucket]
+        pieces: Optional[List[_Piece]] = None
+        while pieces is None or len(pieces) < layout.min_objects:
+            pixels, pieces = _render_scene(rng, image_size, int(rng.integers(low, high + 1)),
+                                           layout.shapes)
         _save_image(pixels, os.path.join(image_dir, file_name))
         images.append({"id": image_id, "file_name": file_name, "width": image_size,
                        "height": image_size, "density": density})
@@ -330,85 +356,36 @@ def _render_images(
 
 
 def generate_study_scenes(
-    json_file: str, image_dir: str, num_images: int, seed: int, image_size: int = 256
+    json_file: str, image_dir: str, num_images: int, seed: int, image_size: int = 256,
+    layout: SceneLayout = STUDY_LAYOUT,
 ) -> str:
     """
     Write ``num_images`` PNG images of ``image_size`` x ``image_size`` pixels
     (``000001.png``, ...) into ``image_dir`` and their COCO instance annotations into
-    ``json_file``. The same arguments give byte-identical files; if they were already
-    generated with the same arguments and scene constants, nothing is rewritten
-    (``<json_file>.stamp`` records both). Returns ``json_file``.
+    ``json_file``, with the shapes and object counts of ``layout`` (default: the study's).
+    The same arguments give byte-identical files; if they were already generated with the
+    same arguments and scene constants, nothing is rewritten (``<json_file>.stamp`` records
+    both). Returns ``json_file``.
     """
+    scene = dict(_SCENE_CONSTANTS)
+    if layout != STUDY_LAYOUT:  # the study's stamps predate layouts and stay valid as they are
+        scene["layout"] = asdict(layout)
     params = {
         "version": _FORMAT_VERSION,
         "num_images": int(num_images),
         "seed": int(seed),
         "image_size": int(image_size),
-        "scene": json.loads(json.dumps(_SCENE_CONSTANTS)),  # tuples as the stamp's lists
+        "scene": json.loads(json.dumps(scene)),  # tuples as the stamp's lists
     }
     categories = [{"id": i + 1, "name": name, "supercategory": "shape"}
-                  for i, name in enumerate(STUDY_CLASSES)]
+                  for i, name in enumerate(layout.classes)]
     file_names = [f"{i:06d}.png" for i in range(1, num_images + 1)]
-    info = {"description": "TokenPrune synthetic study scenes", "version": str(_FORMAT_VERSION),
+    info = {"description": layout.description, "version": str(_FORMAT_VERSION),
             "seed": int(seed)}
     return _generate_once(
         json_file, image_dir, params, file_names, info, categories,
-        lambda: _render_images(image_dir, file_names, seed, image_size),
+        lambda: _render_images(image_dir, file_names, seed, image_size, layout),
     )
-
-
-def segmentation_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """A COCO segmentation (polygons or RLE) -> (height, width) bool mask."""
-    if isinstance(segmentation, list):
-        return mask_util.decode(
-            mask_util.merge(mask_util.frPyObjects(segmentation, height, width))).astype(bool)
-    if isinstance(segmentation["counts"], list):
-        segmentation = mask_util.frPyObjects(segmentation, height, width)
-    return mask_util.decode(segmentation).astype(bool)
-
-
-def scene_statistics(json_file: str, patch: int = 16) -> Dict[str, Any]:
-    """
-    What a COCO json's scenes hold, for the tests and the docs.
-
-    Returns:
-        dict with "num_images", "num_objects"; per image, in the json's order:
-        "objects_per_image" (int), "density" (the image entry's "density", None when absent)
-        and "token_share" (the fraction of the image's ``patch`` x ``patch`` px tokens, the
-        grid padded to whole tokens, with a pixel of an object's visible mask);
-        "area_fractions": {"small", "medium", "large"}, the fractions of the annotations by
-        COCO's area ranges (area < 32^2, up to 96^2, above); "camouflaged_share": the
-        fraction of annotations with a true "camouflaged" (0 when there are none).
-    """
-    with open(json_file) as f:
-        coco = json.load(f)
-    anns_of: Dict[int, List[Dict[str, Any]]] = {img["id"]: [] for img in coco["images"]}
-    for ann in coco["annotations"]:
-        anns_of[ann["image_id"]].append(ann)
-    counts, shares = [], []
-    for img in coco["images"]:
-        h, w = img["height"], img["width"]
-        gh, gw = -(-h // patch), -(-w // patch)
-        union = np.zeros((gh * patch, gw * patch), dtype=bool)
-        for ann in anns_of[img["id"]]:
-            union[:h, :w] |= segmentation_mask(ann["segmentation"], h, w)
-        counts.append(len(anns_of[img["id"]]))
-        shares.append(float(union.reshape(gh, patch, gw, patch).any(axis=(1, 3)).mean()))
-    areas = np.array([a["area"] for a in coco["annotations"]], dtype=float)
-    num = max(1, len(areas))
-    return {
-        "num_images": len(coco["images"]),
-        "num_objects": len(coco["annotations"]),
-        "objects_per_image": counts,
-        "density": [img.get("density") for img in coco["images"]],
-        "token_share": shares,
-        "area_fractions": {
-            "small": float(np.sum(areas < 32**2)) / num,
-            "medium": float(np.sum((areas >= 32**2) & (areas <= 96**2))) / num,
-            "large": float(np.sum(areas > 96**2)) / num,
-        },
-        "camouflaged_share": sum(bool(a.get("camouflaged")) for a in coco["annotations"]) / num,
-    }
 
 
 def _load_study(name: str) -> List[Dict[str, Any]]:

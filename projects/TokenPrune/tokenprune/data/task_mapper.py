@@ -1,0 +1,43 @@
+"""The training mapper of the generated task datasets: relevance after the augmentation.
+
+A pair record (:mod:`.tasks`) holds its relevant objects as the image was generated, and
+every object of the image. A task that reads positions ("the shapes in the left half", "the
+leftmost triangle") has other targets on a flipped image, so at training this mapper moves
+every object's box with the image's transforms, applies the task's rule to the moved objects
+and hands the relevant ones to Detectron2's DatasetMapper as the annotations. Without a
+geometric change, or for a task that ignores positions, they are the record's annotations.
+Evaluation needs none of this: it sees the images as generated, whose targets the records and
+the pairs' COCO json hold. Records without "objects" (COCO-Tasks) are mapped as DatasetMapper
+maps them.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+from detectron2.data import DatasetMapper
+from detectron2.data.transforms import TransformList
+
+from .synthetic_task_scenes import TASK_SCENE_SET
+from .synthetic_tasks import SYNTHETIC_TASK_SET
+from .tasks import TaskSet, objects_after
+
+__all__ = ["TASK_SETS", "TaskDatasetMapper"]
+
+TASK_SETS: Dict[str, TaskSet] = {s.name: s for s in (SYNTHETIC_TASK_SET, TASK_SCENE_SET)}
+"""A record's "task_set" -> its tasks."""
+
+
+class TaskDatasetMapper(DatasetMapper):
+    """Detectron2's DatasetMapper (same arguments) whose training targets are the task's
+    relevant objects on the augmented image: the rule of the record's task
+    (``TASK_SETS[record["task_set"]]``) applied to every object's transformed box."""
+
+    def _transform_annotations(
+        self, dataset_dict: Dict[str, Any], transforms: TransformList, image_shape: Tuple[int, int]
+    ) -> None:
+        objects = dataset_dict.pop("objects", None)
+        if objects is not None:
+            task = TASK_SETS[dataset_dict["task_set"]].tasks[dataset_dict["task_id"]]
+            relevant = task.rule(objects_after(transforms, objects), image_shape[1])
+            dataset_dict["annotations"] = [o for o, r in zip(objects, relevant) if r]
+        super()._transform_annotations(dataset_dict, transforms, image_shape)
