@@ -176,6 +176,41 @@ def test_benchmark_outputs(tmp_path, gated_checkpoint, capsys):
     assert "is not a benchmark results.json" in line
 
 
+def test_benchmark_compile_rows(tmp_path, gated_checkpoint):
+    """--compile none default: every variant in each mode, speedups against the fastest
+    dense row; a compiled row reports its compile time and graphs; learned gates over
+    several images (--images)."""
+    out = tmp_path / "bench"
+    benchmark.cli(["--config-file", SVIT_CFG, "--schedule", "none", "--weights", "checkpoint",
+                   "--compile", "none", "default", "--images", "3", "--backbone-only",
+                   "--memory", "tensors", "--output", str(out), "--input-size", "64",
+                   "--repeats", "2", "--warmup", "1", "--", *TINY_SVIT, *LIGHT_HEADS,
+                   f"train.init_checkpoint={gated_checkpoint}"])
+    res = json.loads((out / "results.json").read_text())
+    (run1,) = res["runs"]
+    v = {x["key"]: x for x in run1["variants"]}
+    assert list(v) == ["dense", "dense_sdpa", "gates", "dense@default", "dense_sdpa@default",
+                       "gates@default"]
+    assert [x["compile"] for x in v.values()] == ["none"] * 3 + ["default"] * 3
+    base = run1["baselines"]["backbone"]
+    assert base in ("dense", "dense_sdpa", "dense@default", "dense_sdpa@default")
+    assert v[base]["backbone"]["speedup"] == 1.0
+    assert all(x["backbone"]["speedup"] <= 1.0 for k, x in v.items() if "dense" in k)
+    assert run1["baseline_names"]["backbone"] == v[base]["name"]
+    for key in ("dense", "gates"):
+        eager, compiled = v[key]["backbone"], v[f"{key}@default"]["backbone"]
+        assert eager["compile_s"] is None and eager["graphs"] is None
+        assert compiled["compile_s"] > 0 and compiled["timed_graphs"] >= 0
+        assert v[key]["peak_memory_mib"]["backbone"] >= 0
+        assert v[f"{key}@default"]["peak_memory_mib"] is None  # eager rows only
+    assert v["dense@default"]["backbone"]["graphs"] >= 1
+    # the same images in both modes, the same decisions: the same mean kept fractions
+    assert v["gates"]["keep_ratios"] == pytest.approx(v["gates@default"]["keep_ratios"])
+    rows = _table_rows((out / "results.md").read_text())
+    assert rows[5][0] == "learned gates, compiled" and len(rows[5]) == 16
+    assert rows[2][12:] == ["", "", "", ""]
+
+
 def test_benchmark_dense_config_backbone_only_rss(tmp_path):
     """A dense config is converted to SViT's schedule; resident-set memory per process."""
     out = tmp_path / "bench"
@@ -250,7 +285,7 @@ def test_visualize_one_row_per_task(tmp_path, images, capsys):
 
 # --------------------------------------------------------------------------- bad input
 BENCH_BAD = ["keep_zero", "keep_above_one", "output_not_writable", "unregistered_dataset",
-             "cuda_missing"]
+             "cuda_missing", "compile_without_warmup", "no_images", "compile_bogus"]
 VIS_BAD = ["not_an_image", "missing_image", "image_is_folder", "output_not_writable",
            "missing_dataset", "keep_above_one", "unpaired_prompts", "cuda_missing"]
 CUDA_MISSING = "--device=cuda: CUDA is not available on this machine"
@@ -272,12 +307,22 @@ def test_benchmark_bad_input(case, tmp_path, capsys, monkeypatch):
         out = tmp_path / "file" / "out"
     elif case == "unregistered_dataset":
         opts.append("dataloader.test.dataset.names=no_such_dataset")
+    elif case == "compile_without_warmup":  # FAST has --warmup 0
+        flags += ["--compile", "none", "freeze"]
+    elif case == "no_images":
+        flags += ["--images", "0"]
+    elif case == "compile_bogus":
+        flags += ["--compile", "fast"]
     line = cli_error(benchmark.cli, ["--config-file", SVIT_CFG, *flags, "--output", str(out),
                                      *FAST, "--", *opts], "tokenprune.tools.benchmark", capsys)
     assert {"keep_zero": "keep ratio 0 is outside (0, 1]",
             "keep_above_one": "keep ratio 1.5 is outside (0, 1]",
             "output_not_writable": "cannot write to output folder",
             "unregistered_dataset": "'no_such_dataset' is not registered",
+            "compile_without_warmup": "--warmup must be at least 1, got 0 (--compile "
+                                      "compiles in the warm-up rounds)",
+            "no_images": "--images must be at least 1, got 0",
+            "compile_bogus": "argument --compile: invalid choice: 'fast'",
             "cuda_missing": CUDA_MISSING}[case] in line
     assert not (out.exists() and RESULT_FILES & set(os.listdir(out)))
     assert case != "cuda_missing" or not out.exists()
