@@ -69,7 +69,12 @@ def test_compile_model_and_switches():
             vit.compile_blocks(bad)
         with pytest.raises(ValueError, match="compile mode must be one of"):
             compile_model(vit, bad)
+    with pytest.raises(ValueError, match="not flex"):
+        with vit.pruning(attention="flex"):
+            pass
     vit.compile_blocks("none")
+    with vit.pruning(attention="flex"), pytest.raises(ValueError, match="not flex"):
+        vit.compile_blocks("default")
     assert COMPILE_MODES == ("none", "default", "freeze")
 
 

@@ -44,6 +44,23 @@ one bucket (every group padded to the fullest, as before bucketing) and with the
 ``--batch-size 1 2 4 8`` measures every batch size in one run (the same image repeated);
 ``--precision bfloat16|float16`` runs every call under ``torch.autocast``.
 
+``--compile none default freeze`` measures every variant (the dense references included) in
+each mode, named "eager", "compiled" and "compiled + freezing" (inductor's ``freezing``:
+weights folded in as constants); the speedups are against the **fastest dense row** of the
+run, any kernel and mode. A compiled variant runs ``torch.compile`` of the ViT (backbone
+scope) or of the whole model, and its PrunedViT compiles its blocks
+(``pruning(compile=...)``, :mod:`tokenprune.modeling.compiled`: a dense ViT is traced
+whole; a pruned one keeps its decisions eager around compiled blocks). Its first call
+compiles (so ``--warmup`` must be at least 1); it reports the compile seconds (the first
+call's time beyond its median), the graphs built during its calls (``torch._dynamo``'s
+unique graphs; a graph shared with a row measured before it counts there), those built in
+the timed rounds (recompiles) and the graph breaks. The flex kernel has no compiled row
+(it compiles itself on CUDA). Peak memory is measured for the eager rows only.
+``--images N`` runs N distinct seeded images: round r (warm-up rounds first) runs image
+``r % N`` in every variant, so learned gates keep other counts every round (and a compiled
+model meets them, recompiles included, in its timed rounds); the FLOP prediction and the
+kept fractions are then the mean over the timed rounds.
+
 A dense config (a plain ViT backbone) is converted in memory into a PrunedViT with SViT's
 schedule (``tokenprune.modeling.svit_schedule``); the parameter names are the same, so
 ``--weights checkpoint`` loads the dense checkpoint into it (the gates stay random, so
@@ -178,7 +195,7 @@ def variants(options: BenchmarkOptions, vit, has_trained_gates: bool,
         return rows
     return [replace(v, key=v.key if m == "none" else f"{v.key}@{m}",
                     name=f"{v.name}, {_MODE_LABELS[m]}", compile=m)
-            for m in modes for v in rows]
+            for m in modes for v in rows if m == "none" or v.attention != "flex"]
 
 
 _MODE_LABELS = {"none": "eager", "default": "compiled", "freeze": "compiled + freezing"}

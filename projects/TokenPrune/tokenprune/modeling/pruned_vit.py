@@ -267,6 +267,7 @@ class PrunedViT(ViT):
             raise ValueError("a model that discards tokens needs an inherit policy")
         kernel = self._settings.kernel if attention is None else attention_kernel(attention)
         mode = self._settings.compile if compile is None else _checked_compile(compile)
+        _check_compiled_kernel(mode, kernel)
         saved, self._settings = self._settings, InferenceSettings(policy, kernel, gates, mode)
         try:
             yield
@@ -277,7 +278,8 @@ class PrunedViT(ViT):
         """From now on, inference runs every block as a compiled function in ``mode``
         (:data:`~.compiled.COMPILE_MODES`; "none": eager again). The graphs are built at
         the first calls and bounded whatever the kept counts (see :mod:`.compiled`)."""
-        self._settings = replace(self._settings, compile=_checked_compile(mode))
+        _check_compiled_kernel(_checked_compile(mode), self._settings.kernel)
+        self._settings = replace(self._settings, compile=mode)
 
     @contextmanager
     def observed(self, observer: "PruningObserver") -> Iterator[None]:
@@ -481,6 +483,14 @@ def _checked_compile(mode: str) -> str:
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
     return mode
+
+
+def _check_compiled_kernel(mode: str, kernel: AttentionKernel) -> None:
+    """ValueError for a compile mode with the flex kernel (FlexAttention compiles its own
+    kernel on CUDA; inductor cannot lower it inside a compiled block on a CPU)."""
+    if mode != "none" and kernel.name == "flex":
+        raise ValueError(f"compile {mode!r} runs the sdpa and eager kernels, not flex "
+                         "(FlexAttention is compiled on its own on CUDA)")
 
 
 def _checked_execution(execution: str, quantum: int) -> Tuple[str, int]:
