@@ -40,8 +40,8 @@ def test_demo_good_run_shows_only_its_own_output(tmp_path, gated_checkpoint):
     no C++ compiler is found (an empty PATH): one line says so, then the run is eager."""
     folder, out = _folder(tmp_path), tmp_path / "out"
     proc = run(DEMO + ["--config-file", SVIT_CFG, "--input", str(folder / "a.jpg"),
-                       str(folder / "c.png"), "--output", str(out), "--device", "cpu",
-                       "--compile", *TINY_SVIT, *LIGHT,
+                       str(folder / "c.png"), "--output", str(out), "--compile",
+                       "--device", "cpu", *TINY_SVIT, *LIGHT,
                        f"train.init_checkpoint={gated_checkpoint}"],
                env={"PYTHONWARNINGS": "", "PATH": ""}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
