@@ -36,13 +36,19 @@ def _folder(tmp_path):
 
 def test_demo_good_run_shows_only_its_own_output(tmp_path, gated_checkpoint):
     """The real entry point; the dependencies' warnings (timm, torch.jit, pkg_resources,
-    torch.meshgrid, fvcore, ...) are hidden, and shown with --verbose."""
+    torch.meshgrid, fvcore, ...) are hidden, and shown with --verbose. ``--compile`` where
+    no C++ compiler is found (an empty PATH): one line says so, then the run is eager."""
     folder, out = _folder(tmp_path), tmp_path / "out"
     proc = run(DEMO + ["--config-file", SVIT_CFG, "--input", str(folder / "a.jpg"),
-                       str(folder / "c.png"), "--output", str(out), "--device", "cpu",
-                       *TINY_SVIT, *LIGHT, f"train.init_checkpoint={gated_checkpoint}"],
-               env={"PYTHONWARNINGS": ""}, timeout=300)
+                       str(folder / "c.png"), "--output", str(out), "--compile",
+                       "--device", "cpu", *TINY_SVIT, *LIGHT,
+                       f"train.init_checkpoint={gated_checkpoint}"],
+               env={"PYTHONWARNINGS": "", "PATH": ""}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    unavailable = [ln for ln in proc.stderr.splitlines() if "torch.compile" in ln]
+    assert len(unavailable) == 1 and "unavailable (inductor needs a C++ compiler" in \
+        unavailable[0] and unavailable[0].endswith("running eagerly"), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
     assert "2 image(s) in" in proc.stdout
     assert f"{gated_checkpoint}: loaded " in proc.stdout and "; new 0" in proc.stdout
     assert not [ln for ln in proc.stderr.splitlines() if "Warning" in ln], proc.stderr[-3000:]
@@ -102,7 +108,8 @@ def _load_with_pycocotools(results, rows, tmp_path):
     assert all(a["area"] > 0 for a in ann)  # from the RLE masks
 
 
-@pytest.mark.parametrize("case", ["missing_input", "batch_zero", "cuda_missing", "unknown_gate"])
+@pytest.mark.parametrize("case", ["missing_input", "batch_zero", "cuda_missing", "unknown_gate",
+                                  "bad_compile"])
 def test_demo_bad_arguments(case, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     images = str(_folder(tmp_path))
@@ -113,7 +120,9 @@ def test_demo_bad_arguments(case, tmp_path, capsys, monkeypatch):
         "cuda_missing": ([images], "cuda", [],
                          "--device=cuda: CUDA is not available on this machine"),
         "unknown_gate": ([images], "cpu", ["model.backbone.net.gate=mlpp"],
-                         "unknown gate 'mlpp' (did you mean mlp?)")}[case]
+                         "unknown gate 'mlpp' (did you mean mlp?)"),
+        "bad_compile": ([images, "--compile", "bogus"], "cpu", [],
+                        "argument --compile: invalid choice: 'bogus' (choose from")}[case]
     line = cli_error(demo.cli, ["--config-file", SVIT_CFG, "--output", str(out), "--device",
                                 device, "--input", *args, "--", *TINY_SVIT, *opts],
                      "tokenprune.tools.demo", capsys)

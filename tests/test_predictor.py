@@ -75,6 +75,43 @@ def test_batch_equals_single_calls(predictor):
         assert b.keep_ratios == pytest.approx(single.keep_ratios)
 
 
+def test_compiled_predictor_gives_the_eager_predictions(predictor):
+    """compile=True: the inference compiled once (the first call pays it); the boxes, scores
+    and keep ratios of the eager predictor; ``model`` stays the eager module."""
+    compiled = Predictor(predictor.cfg, device="cpu", confidence_threshold=0.0,
+                         allow_untrained_gates=True, compile=True)
+    compiled.model.load_state_dict(predictor.model.state_dict())
+    assert compiled.compile == "default" and find_pruned_vit(compiled.model) is not None
+    image = _rgb(150, 200, 5)
+    eager, pred = predictor(image), compiled(image)
+    _same_instances(pred.instances, eager.instances, atol=1e-3)
+    assert pred.keep_ratios == pytest.approx(eager.keep_ratios, abs=1e-6)
+    assert min(pred.keep_ratios.values()) < 1.0
+    for i, m in pred.keep_masks.items():
+        assert np.array_equal(m, eager.keep_masks[i])
+
+
+def test_compile_bad_mode_and_unavailable_compiler(predictor, monkeypatch, caplog):
+    """A bad mode is one ConfigError naming the modes; without a C++ compiler the model
+    runs eagerly after one warning line."""
+    from tokenprune.errors import ConfigError
+    from tokenprune.modeling import compiled
+
+    with pytest.raises(ConfigError, match=r"compile must be one of none, default, freeze, "
+                                          r"got 'fast'"):
+        Predictor(predictor.cfg, device="cpu", compile="fast", allow_untrained_gates=True)
+    monkeypatch.setattr(compiled, "compile_unavailable", lambda device="cpu": "no compiler")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tokenprune"):
+        p = Predictor(predictor.cfg, device="cpu", confidence_threshold=0.0,
+                      allow_untrained_gates=True, compile="freeze")
+    assert [r.getMessage() for r in caplog.records] == [
+        "torch.compile is unavailable (no compiler): running eagerly"]
+    p.model.load_state_dict(predictor.model.state_dict())
+    image = _rgb(150, 200, 6)
+    _same_instances(p(image).instances, predictor(image).instances)
+
+
 def test_confidence_threshold():
     """The commands' default (``--confidence-threshold``) is the Predictor's."""
     assert inspect.signature(Predictor).parameters["confidence_threshold"].default \

@@ -208,6 +208,8 @@ _MODEL_ARGUMENT_CASES = {  # config, overrides, flags, what the line says
     "bad_gate_noise_anneal": (SVIT_CFG, ["train.gate_noise_anneal=2.0"], [],
                               "gate_noise_anneal"),
     "bad_amp_precision": (DENSE_CFG, ["train.amp.precision=float8"], [], "float8"),
+    "bad_compile": (SVIT_CFG, ["train.compile=bogus"], ["--eval-only"],
+                    "train.compile must be one of none, default, freeze, got 'bogus'"),
     "eval_only_without_checkpoint": (DENSE_CFG, ["train.init_checkpoint="], ["--eval-only"],
                                      "--eval-only needs a checkpoint"),
 }
@@ -271,12 +273,21 @@ def test_eval_only_refuses_untrained_gates(gateless_checkpoint, tmp_path, train_
 
 
 def test_eval_only_pruning_figures_in_console_and_metrics(gateless_checkpoint, tmp_path,
-                                                          train_in_process, capsys):
+                                                          train_in_process, capsys, caplog,
+                                                          monkeypatch):
     """--allow-untrained-gates evaluates a checkpoint without gates; the kept fractions and
-    GFLOPs of the evaluation reach the console and metrics.json."""
+    GFLOPs of the evaluation reach the console and metrics.json. ``train.compile=default``
+    where inductor cannot run: one warning line, then the eager evaluation."""
+    from tokenprune.modeling import compiled
+
+    monkeypatch.setattr(compiled, "compile_unavailable", lambda device="cpu": "no compiler")
     opts = TINY_SVIT + [f"train.init_checkpoint={gateless_checkpoint}",
-                        f"train.output_dir={tmp_path}", "train.flops_num_images=1"]
-    train_in_process(SVIT_CFG, opts, "--eval-only", "--allow-untrained-gates")
+                        f"train.output_dir={tmp_path}", "train.flops_num_images=1",
+                        "train.compile=default"]
+    with caplog.at_level("WARNING", logger="tokenprune"):
+        train_in_process(SVIT_CFG, opts, "--eval-only", "--allow-untrained-gates")
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("tokenprune")] == [
+        "torch.compile is unavailable (no compiler): running eagerly"]
     log = capsys.readouterr().out
     assert "; new 18 (backbone.net.gates.1" in log
     line = next(ln for ln in log.splitlines() if "Pruning over " in ln)
@@ -288,3 +299,18 @@ def test_eval_only_pruning_figures_in_console_and_metrics(gateless_checkpoint, t
     assert record["flops/backbone_gflops"] < record["flops/total_gflops"]
     assert 0 < record["flops/backbone_ratio"] < 1.5  # untrained gates: their cost may exceed 1
     assert "bbox/AP" in record and "segm/AP" in record
+
+
+def test_compiled_evaluation_counts_flops_on_the_eager_model():
+    """compiled_for_inference compiles for the evaluation only: after it the PrunedViT's
+    blocks are eager again, so fvcore's torch.jit trace (the evaluation's FLOPs) runs."""
+    from tokenprune.analysis import count_model_flops
+    from tokenprune.engine.compiling import compiled_for_inference
+
+    model = instantiate(load_config(SVIT_CFG, TINY_SVIT).model).eval()
+    inputs = [{"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "height": 64, "width": 64}]
+    with compiled_for_inference(model, "default", "cpu") as runner:
+        assert runner._orig_mod is model  # compiled at its first call (not made here)
+        with pytest.raises(RuntimeError, match="torch.jit.trace a dynamo-optimized"):
+            count_model_flops(model, inputs)
+    assert count_model_flops(model, inputs).backbone > 0

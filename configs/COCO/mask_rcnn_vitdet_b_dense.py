@@ -45,6 +45,7 @@ train.output_dir = "output/coco_vitdet_b_dense"
 train.flops_period = 0
 train.flops_num_images = 2  # FLOPs (FlopsHook, evaluation) on the first N test images
 train.gate_noise_anneal = 0.0  # SViT: Gumbel noise 1 throughout (GateNoiseHook)
+train.compile = "none"  # --eval-only: "default" or "freeze" runs the evaluation torch.compiled
 # a fresh seed each run, PyTorch's fastest kernels and thread count; for a reproducible run
 # (slower on a GPU) set train.seed=0 train.deterministic=True train.num_threads=N
 train.seed = -1

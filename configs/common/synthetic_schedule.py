@@ -22,6 +22,7 @@ train.flops_period = 0
 train.flops_num_images = 2  # FLOPs (FlopsHook, evaluation) on the first N test images
 train.amp.precision = "bfloat16"  # with train.amp.enabled=True: autocast (also on a CPU)
 train.gate_noise_anneal = 0.0  # SViT: Gumbel noise 1 throughout (GateNoiseHook)
+train.compile = "none"  # --eval-only: "default" or "freeze" runs the evaluation torch.compiled
 
 optimizer = model_zoo.get_config("common/optim.py").AdamW
 optimizer.lr = 3e-4

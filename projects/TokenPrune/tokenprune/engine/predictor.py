@@ -8,10 +8,16 @@ Detectron2's ``DefaultPredictor`` needs a yacs config; this is its LazyConfig co
     pred.instances                            # Detectron2 Instances, original image size
     pred.keep_ratios                          # {block index: kept fraction of the tokens}
     preds = predictor.predict_batch([img1, img2])   # one forward, unequal sizes
+    fast = Predictor(config, checkpoint=..., compile=True)   # torch.compile (inductor)
 
 Preprocessing is the config's test mapper (``dataloader.test.mapper``: ``image_format`` and
 ``augmentations``, e.g. ViTDet's ``ResizeShortestEdge``); outputs are rescaled to the input
 size with Detectron2's ``detector_postprocess``, as the meta-architecture does.
+
+With ``compile`` the model's inference (the PrunedViT's blocks, the rest of the network) is
+compiled once, at construction (:func:`~tokenprune.modeling.compiled.compile_model`); the
+first prediction pays the compile. Where inductor cannot run (no C++ compiler) one warning
+line says so and the model runs eagerly.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+import torch.nn as nn
 from omegaconf import DictConfig
 
 import detectron2.data.transforms as T
@@ -32,7 +39,9 @@ from detectron2.structures import Instances
 from ..config import apply_overrides, load_config
 from ..errors import BadImageError, ConfigError, InputError
 from ..modeling.autocast import amp_dtype
+from ..modeling.compiled import compile_model
 from ..modeling.meta_arch import find_pruned_vit
+from .compiling import compile_mode
 
 __all__ = ["CONFIDENCE_THRESHOLD", "Predictor", "Prediction", "PreparedImage",
            "TestPreprocessing", "read_image"]
@@ -182,6 +191,18 @@ class TestPreprocessing:
         return image
 
 
+class _Inference(nn.Module):
+    """``model.inference`` without its postprocessing as a module's forward: what the
+    Predictor runs (and compiles)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: List[Dict]) -> List[Instances]:
+        return self.model.inference(inputs, do_postprocess=False)
+
+
 class Predictor:
     """A model built from a LazyConfig for inference on images (see module docstring).
 
@@ -198,12 +219,18 @@ class Predictor:
             under ``torch.autocast`` at that dtype.
         allow_untrained_gates: run with gates the checkpoint lacks (they prune at random),
             or with random weights when there is no checkpoint.
+        compile: a mode of :data:`~tokenprune.modeling.compiled.COMPILE_MODES` ("none",
+            "default": inductor, "freeze": inductor with frozen weights), or True
+            ("default") / False ("none"): the inference compiled once, here; the first
+            prediction pays the compile. ``model`` stays the eager module (its PrunedViT's
+            statistics, state dict); the predictions run the compiled one.
     """
 
     def __init__(self, config: Union[str, DictConfig], checkpoint: Optional[str] = None,
                  overrides: Sequence[str] = (), device: Optional[str] = None,
                  confidence_threshold: float = CONFIDENCE_THRESHOLD,
-                 precision: Optional[str] = None, allow_untrained_gates: bool = False):
+                 precision: Optional[str] = None, allow_untrained_gates: bool = False,
+                 compile: Union[bool, str] = False):
         from ..checkpoint import check_device, load_model
 
         if isinstance(config, str):
@@ -220,11 +247,13 @@ class Predictor:
         self.input_format = self.preprocessing.input_format
         self.metadata = self.preprocessing.metadata
         self.confidence_threshold = confidence_threshold
+        self.compile = compile_mode(compile)
         device = device or cfg.train.device
         check_device(device)
         self._device_type = torch.device(device).type
         self._amp = None if precision in (None, "float32") else amp_dtype(precision, device)
         self.model = load_model(cfg, device, allow_untrained_gates=allow_untrained_gates)
+        self._inference = compile_model(_Inference(self.model), self.compile, device)
         vit = find_pruned_vit(self.model)
         self.patch_size = int(vit.patch_embed.proj.stride[0]) if vit is not None else 16
 
@@ -244,7 +273,7 @@ class Predictor:
             return []
         inputs = [p.inputs for p in prepared]
         with torch.autocast(self._device_type, dtype=self._amp, enabled=self._amp is not None):
-            raw = self.model.inference(inputs, do_postprocess=False)
+            raw = self._inference(inputs)
         vit = find_pruned_vit(self.model)
         out = []
         for b, (p, r) in enumerate(zip(prepared, raw)):

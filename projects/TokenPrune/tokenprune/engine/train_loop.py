@@ -25,6 +25,7 @@ from ..data import dataset_names, first_test_inputs, prepare_dataset
 from ..errors import ConfigError
 from ..modeling.meta_arch import find_pruned_vit
 from .amp import AMP_PRECISIONS, amp_dtype, build_trainer
+from .compiling import compiled_for_inference, train_compile_mode
 from .determinism import check_determinism_config, configure_run, rng_preserving
 from .eval_pruning import KeepRatioMeter, report_eval_pruning
 from .hooks import KeepRatioHook, build_flops_hook, build_gate_noise_hook, gate_noise_anneal
@@ -63,6 +64,7 @@ def check_train_config(cfg: DictConfig) -> None:
             amp_dtype(precision, cfg.train.device)
         except ConfigError as e:
             raise ConfigError(f"train.amp.precision={precision}: {e}") from e
+    train_compile_mode(cfg)
 
 
 def checkpoint_to_load(cfg: DictConfig, resume: bool) -> str:
@@ -74,21 +76,25 @@ def checkpoint_to_load(cfg: DictConfig, resume: bool) -> str:
     return cfg.train.init_checkpoint or ""
 
 
-def do_test(cfg: DictConfig, model: torch.nn.Module) -> Dict[str, Any]:
+def do_test(cfg: DictConfig, model: torch.nn.Module, compile: str = "none") -> Dict[str, Any]:
     """Run the configured evaluator(s) on the test loader; print and return the results.
+    ``compile``: the evaluation runs ``model`` compiled in that mode
+    (:func:`~.compiling.compiled_for_inference`; "none": eager).
 
     For a pruned model also the kept fraction per block and its mean over the evaluated
     images, and the GFLOPs on the first ``train.flops_num_images`` (default 2; 0: not
     counted) test images: logged, and put in the active EventStorage
     (:func:`~.eval_pruning.report_eval_pruning`).
     """
-    return test_with_keep_ratios(cfg, model, cfg.train.get("flops_num_images", 2))[0]
+    return test_with_keep_ratios(cfg, model, cfg.train.get("flops_num_images", 2), compile)[0]
 
 
-def test_with_keep_ratios(cfg: DictConfig, model: torch.nn.Module, flops_images: int
+def test_with_keep_ratios(cfg: DictConfig, model: torch.nn.Module, flops_images: int,
+                          compile: str = "none"
                           ) -> Tuple[Dict[str, Any], Dict[int, torch.Tensor]]:
     """:func:`do_test` with the GFLOPs counted on the first ``flops_images`` test images (0:
-    none); also returns the kept fractions it measured ({block: (images,)}, {} when dense)."""
+    none; on the eager model); also returns the kept fractions it measured ({block:
+    (images,)}, {} when dense)."""
     if "evaluator" not in cfg.dataloader:
         return {}, {}
     evaluator = instantiate(cfg.dataloader.evaluator)
@@ -96,7 +102,8 @@ def test_with_keep_ratios(cfg: DictConfig, model: torch.nn.Module, flops_images:
         evaluator = DatasetEvaluators(list(evaluator))
     meter = KeepRatioMeter(model)
     try:
-        results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
+        with compiled_for_inference(model, compile, cfg.train.device) as runner:
+            results = inference_on_dataset(runner, instantiate(cfg.dataloader.test), evaluator)
     finally:
         ratios = meter.close()
     if comm.is_main_process():
@@ -108,10 +115,12 @@ def test_with_keep_ratios(cfg: DictConfig, model: torch.nn.Module, flops_images:
 
 
 def do_eval_only(cfg: DictConfig, model: torch.nn.Module) -> Dict[str, Any]:
-    """:func:`do_test` once (``train_net.py --eval-only``); its results and pruning figures
-    appended to ``train.output_dir``/metrics.json, as the training's evaluations are."""
+    """:func:`do_test` once (``train_net.py --eval-only``), ``model`` compiled as
+    ``train.compile`` says (default "none"; training stays eager); its results and pruning
+    figures appended to ``train.output_dir``/metrics.json, as the training's evaluations
+    are."""
     with EventStorage() as storage:
-        results = do_test(cfg, model)
+        results = do_test(cfg, model, train_compile_mode(cfg))
         if comm.is_main_process():
             storage.put_scalars(**flatten_results_dict(results), smoothing_hint=False)
             JSONWriter(os.path.join(cfg.train.output_dir, "metrics.json")).write()

@@ -3,13 +3,16 @@
     python -m tokenprune.tools.demo --config-file configs/Synthetic/mask_rcnn_vitdet_t_svit.py \\
         --input photos/ more/*.jpg one.png --output out/demo [--checkpoint FILE] \\
         [--batch-size 4] [--confidence-threshold 0.5] [--keep-ratio 0.5] \\
-        [--task-id 2 | --prompt "something to sit on"] [-- key=value ...]
+        [--task-id 2 | --prompt "something to sit on"] [--compile [MODE]] [-- key=value ...]
 
 Writes into ``--output``, per image, ``<name>_detections.png`` and ``<name>_keep.png`` (the
 tokens each pruned block kept), and for all images ``results.json`` (COCO results) and
 ``keep_ratios.csv`` (keep ratios and latency per image); see
 :mod:`tokenprune.engine.results`. Weights: ``train.init_checkpoint`` (or ``--checkpoint``);
 a pruned model's checkpoint must hold its gates unless ``--allow-untrained-gates``.
+``--compile`` compiles the model once (torch.compile, inductor), then runs every input; the
+first batch pays the compile. Where inductor cannot run (no C++ compiler) one line on stderr
+says so and the demo runs eagerly.
 Bad arguments stop with one line (exit 2) before anything is written; unreadable images
 are skipped and listed at the end (exit 1).
 """
@@ -24,6 +27,7 @@ import torch
 from ..checkpoint import check_device
 from ..errors import InputError
 from ..fileio import make_output_dir
+from ..modeling.compiled import COMPILE_MODES
 from .common import load_tool_config, run_tool, tool_parser
 
 PROG = "tokenprune.tools.demo"
@@ -42,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="input 'task_id' (task-guided models)")
     parser.add_argument("--prompt", default=None,
                         help="input 'prompt' (task-guided models, text guidance)")
+    parser.add_argument("--compile", nargs="?", const="default", default="none",
+                        choices=COMPILE_MODES, metavar="MODE",
+                        help="torch.compile the model once before the inputs: "
+                             f"{', '.join(COMPILE_MODES)} (freeze: inductor with the weights "
+                             "frozen); --compile alone: default")
     return parser
 
 
@@ -56,7 +65,8 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_tool_config(args, need_data=False, splits=("test",))  # metadata: class names
     predictor = Predictor(cfg, device=args.device, precision=args.precision,
                           confidence_threshold=args.confidence_threshold,
-                          allow_untrained_gates=args.allow_untrained_gates)
+                          allow_untrained_gates=args.allow_untrained_gates,
+                          compile=args.compile)
     out_dir = make_output_dir(args.output)
     guidance = {k: v for k, v in (("task_id", args.task_id), ("prompt", args.prompt))
                 if v is not None}

@@ -20,8 +20,10 @@ __all__ = ["THIRD_PARTY_CATEGORIES", "THIRD_PARTY_LOGGERS", "OWN_MODULES", "VERB
 
 THIRD_PARTY_CATEGORIES = (FutureWarning, DeprecationWarning, UserWarning)
 #: Loggers of dependencies that log a warning the user can do nothing about (torch.fx: once per
-#: process, when Detectron2's ``is_fx_tracing`` runs during a FLOP count).
-THIRD_PARTY_LOGGERS = ("torch.fx._symbolic_trace",)
+#: process, when Detectron2's ``is_fx_tracing`` runs during a FLOP count; torch._dynamo: the
+#: graph breaks in Detectron2's code under ``--compile``; torch.utils.cpp_extension: "No CUDA
+#: runtime is found" when inductor builds its CPU kernels).
+THIRD_PARTY_LOGGERS = ("torch.fx._symbolic_trace", "torch._dynamo", "torch.utils.cpp_extension")
 OWN_MODULES = r"(tokenprune|__main__)(\.|$)"  # warnings the project's own code raises
 VERBOSE_FLAG = "--verbose"
 
