@@ -15,10 +15,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, figure_png
-from .benchmark import (Bench, BenchmarkVariant, for_batch, padding_fractions,
-                        profile_report, setup, time_variants)
+from .benchmark import Bench, BenchmarkVariant, for_batch, padding_fractions, setup, time_variants
 from .benchmark_options import BenchmarkOptions
 from .benchmark_memory import peak_memory
+from .benchmark_profile import profile_report
 from .cost import backbone_macs, uniform_keep_speedups
 from .timing import busy_warning, spread
 

@@ -38,7 +38,8 @@ from .attention import AttentionKernel
 from .sparse_block import TokenGroups, run_block_dense, run_block_on_groups
 
 __all__ = ["COMPILE_MODES", "CompiledBlocks", "compiled_blocks", "gathered_block",
-           "compile_unavailable", "compile_model", "inductor_options", "RECOMPILE_LIMIT"]
+           "compile_unavailable", "compile_model", "inductor_options", "RECOMPILE_LIMIT",
+           "checked_compile_mode", "check_compiled_kernel"]
 
 COMPILE_MODES = ("none", "default", "freeze")
 RECOMPILE_LIMIT = 64  # dynamo's limit per function (8 by default); freeze: a graph per block
@@ -52,6 +53,21 @@ def inductor_options(mode: str) -> Optional[dict]:
         raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, "
                          f"got {mode!r}")
     return {"freezing": True} if mode == "freeze" else None
+
+
+def checked_compile_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`COMPILE_MODES`, else ValueError."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    return mode
+
+
+def check_compiled_kernel(mode: str, kernel: AttentionKernel) -> None:
+    """ValueError for a compile mode with the flex kernel (FlexAttention compiles its own
+    kernel on CUDA; inductor cannot lower it inside a compiled block on a CPU)."""
+    if mode != "none" and kernel.name == "flex":
+        raise ValueError(f"compile {mode!r} runs the sdpa and eager kernels, not flex "
+                         "(FlexAttention is compiled on its own on CUDA)")
 
 
 def gathered_block(block: nn.Module, x: Tensor, flat_index: Tensor, group: Tensor,
@@ -130,8 +146,6 @@ def compile_model(model: nn.Module, mode: str = "default", device: str = "cpu") 
     Returns ``model`` itself for "none", or when compiling cannot run here (one warning line
     saying why: :func:`compile_unavailable`). Compilation happens at the first calls.
     """
-    from .pruned_vit import PrunedViT
-
     if mode == "none":
         return model
     options = inductor_options(mode)
@@ -140,6 +154,6 @@ def compile_model(model: nn.Module, mode: str = "default", device: str = "cpu") 
         logger.warning("torch.compile is unavailable (%s): running eagerly", reason)
         return model
     for m in model.modules():
-        if isinstance(m, PrunedViT):
+        if hasattr(m, "compile_blocks"):  # a PrunedViT (its public switch)
             m.compile_blocks(mode)
     return torch.compile(model, options=options)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-__all__ = ["keep_count", "svit_ratios", "svit_schedule", "per_block_ratios", "KeepPolicy"]
+__all__ = ["keep_count", "svit_ratios", "svit_schedule", "per_block_ratios",
+           "target_keep_ratios", "checked_pruned_blocks", "KeepPolicy"]
 
 Ratios = Union[float, Sequence[float], Mapping[int, float]]
 
@@ -55,6 +56,34 @@ def per_block_ratios(value: Ratios, blocks: Sequence[int], name: str) -> Dict[in
         raise ValueError(f"{name} has {len(values)} entries for {len(blocks)} pruned blocks "
                          f"{list(blocks)} (or give one number for all)")
     return dict(zip(blocks, values))
+
+
+def target_keep_ratios(blocks: Sequence[int], keep_ratios: Union[None, float, Sequence[float]],
+                       keep_base: Optional[float]) -> Dict[int, float]:
+    """{block: target keep ratio} of the pruned ``blocks`` from ``keep_ratios`` (one for
+    all, or one per block; None: 0.7) or SViT's schedule from ``keep_base``
+    (:func:`svit_ratios`); ValueError if both are given or a ratio is out of range."""
+    if keep_base is None:
+        return per_block_ratios(0.7 if keep_ratios is None else keep_ratios, blocks,
+                                "keep_ratios")
+    if keep_ratios is not None:
+        raise ValueError(f"give keep_ratios or keep_base, not both (keep_ratios="
+                         f"{keep_ratios}, keep_base={keep_base})")
+    return dict(zip(blocks, svit_ratios(len(blocks), keep_base)))
+
+
+def checked_pruned_blocks(pruned_blocks: Sequence[int], vit_blocks: Sequence) -> List[int]:
+    """Sorted distinct indices into ``vit_blocks`` (a ViT's ``blocks``), none with a
+    residual conv block; ValueError if not."""
+    depth = len(vit_blocks)
+    blocks = sorted(int(i) for i in pruned_blocks)
+    if len(set(blocks)) != len(blocks) or any(not 0 <= i < depth for i in blocks):
+        raise ValueError(f"pruned_blocks must be distinct indices in [0, {depth}), "
+                         f"got {list(pruned_blocks)}")
+    for i in blocks:
+        if vit_blocks[i].use_residual_block:
+            raise ValueError(f"block {i} has a residual conv block and cannot be pruned")
+    return blocks
 
 
 @dataclass(frozen=True)

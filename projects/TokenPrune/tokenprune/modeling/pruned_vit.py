@@ -34,7 +34,7 @@ dense ViT), :meth:`PrunedViT.observed` hands the decisions and the gathered bloc
 """
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import (
     Callable, ClassVar, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Union,
@@ -48,9 +48,11 @@ from detectron2.modeling.backbone.utils import get_abs_pos
 from detectron2.modeling.backbone.vit import ViT
 
 from .attention import DEFAULT_ATTENTION, AttentionKernel, attention_kernel, profiler_range
-from .compiled import COMPILE_MODES, compiled_blocks
+from .compiled import check_compiled_kernel, checked_compile_mode, compiled_blocks
+from .observer import PruningObserver
 from .gates import build_gates, gumbel_keep_decision
-from .keep_policy import KeepPolicy, Ratios, keep_count, per_block_ratios, svit_ratios
+from .keep_policy import (KeepPolicy, Ratios, checked_pruned_blocks, keep_count, per_block_ratios,
+                          target_keep_ratios)
 from .sparse_block import (DEFAULT_QUANTUM, group_kept_tokens, run_block_dense,
                            run_block_gathered, run_block_masked)
 from .tome import build_reducer
@@ -149,8 +151,8 @@ class PrunedViT(ViT):
             vit_kwargs: arguments of detectron2's ViT.
         """
         super().__init__(**vit_kwargs)
-        self.pruned_blocks = self._checked_blocks(pruned_blocks)
-        self.keep_ratios = self._checked_targets(keep_ratios, keep_base)
+        self.pruned_blocks = checked_pruned_blocks(pruned_blocks, self.blocks)
+        self.keep_ratios = target_keep_ratios(self.pruned_blocks, keep_ratios, keep_base)
         ratios = None
         if fixed_keep_ratio is not None:
             ratios = per_block_ratios(fixed_keep_ratio, self.pruned_blocks, "fixed_keep_ratio")
@@ -194,30 +196,6 @@ class PrunedViT(ViT):
         self.last_keep_masks: Dict[int, Tensor] = {}
         self.last_gate_log_probs: Dict[int, Tensor] = {}
         self.last_grid = grid
-
-    def _checked_targets(self, keep_ratios: Union[None, float, Sequence[float]],
-                         keep_base: Optional[float]) -> Dict[int, float]:
-        """{block: target keep ratio} from ``keep_ratios`` or ``keep_base`` (ValueError if
-        both are given or a ratio is out of range)."""
-        if keep_base is None:
-            return per_block_ratios(0.7 if keep_ratios is None else keep_ratios,
-                                    self.pruned_blocks, "keep_ratios")
-        if keep_ratios is not None:
-            raise ValueError(f"give keep_ratios or keep_base, not both (keep_ratios="
-                             f"{keep_ratios}, keep_base={keep_base})")
-        return dict(zip(self.pruned_blocks, svit_ratios(len(self.pruned_blocks), keep_base)))
-
-    def _checked_blocks(self, pruned_blocks: Sequence[int]) -> List[int]:
-        """Sorted distinct block indices without a residual conv block (ValueError if not)."""
-        depth = len(self.blocks)
-        blocks = sorted(int(i) for i in pruned_blocks)
-        if len(set(blocks)) != len(blocks) or any(not 0 <= i < depth for i in blocks):
-            raise ValueError(f"pruned_blocks must be distinct indices in [0, {depth}), "
-                             f"got {list(pruned_blocks)}")
-        for i in blocks:
-            if self.blocks[i].use_residual_block:
-                raise ValueError(f"block {i} has a residual conv block and cannot be pruned")
-        return blocks
 
     @contextmanager
     def guided(self, guidance: Optional[Tensor]) -> Iterator[None]:
@@ -266,8 +244,8 @@ class PrunedViT(ViT):
         elif not (self.preserve or policy.inherit):
             raise ValueError("a model that discards tokens needs an inherit policy")
         kernel = self._settings.kernel if attention is None else attention_kernel(attention)
-        mode = self._settings.compile if compile is None else _checked_compile(compile)
-        _check_compiled_kernel(mode, kernel)
+        mode = self._settings.compile if compile is None else checked_compile_mode(compile)
+        check_compiled_kernel(mode, kernel)
         saved, self._settings = self._settings, InferenceSettings(policy, kernel, gates, mode)
         try:
             yield
@@ -278,7 +256,7 @@ class PrunedViT(ViT):
         """From now on, inference runs every block as a compiled function in ``mode``
         (:data:`~.compiled.COMPILE_MODES`; "none": eager again). The graphs are built at
         the first calls and bounded whatever the kept counts (see :mod:`.compiled`)."""
-        _check_compiled_kernel(_checked_compile(mode), self._settings.kernel)
+        check_compiled_kernel(checked_compile_mode(mode), self._settings.kernel)
         self._settings = replace(self._settings, compile=mode)
 
     @contextmanager
@@ -457,40 +435,6 @@ class PrunedViT(ViT):
         if self.keep_ratio_loss_per_image:
             return ((keep.mean(dim=1) - target) ** 2).mean()
         return (keep.mean() - target) ** 2
-
-
-class PruningObserver:
-    """What :meth:`PrunedViT.observed` hands the inference path of the pruned blocks; this
-    base class changes nothing. FLOP counting (:mod:`tokenprune.analysis.flops`) overrides
-    it to trace the decisions as constants and to scope the gathered blocks.
-    """
-
-    def decide(self, block: int, decide: Callable[[], Tensor], log_probs: Tensor) -> Tensor:
-        """The (B, N) bool keep mask of ``block``: ``decide()`` on the gate's ``log_probs``."""
-        return decide()
-
-    def before_dense_block(self, block: int, x: Tensor) -> Tensor:
-        """The input of ``block`` when its decision keeps every token (it runs densely)."""
-        return x
-
-    def block_scope(self, block: int) -> ContextManager:
-        """A context around the functional execution of ``block`` (gathered, masked, or
-        dense through the fused kernel; not around Detectron2's own ``Block.forward``)."""
-        return nullcontext()
-
-
-def _checked_compile(mode: str) -> str:
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
-    return mode
-
-
-def _check_compiled_kernel(mode: str, kernel: AttentionKernel) -> None:
-    """ValueError for a compile mode with the flex kernel (FlexAttention compiles its own
-    kernel on CUDA; inductor cannot lower it inside a compiled block on a CPU)."""
-    if mode != "none" and kernel.name == "flex":
-        raise ValueError(f"compile {mode!r} runs the sdpa and eager kernels, not flex "
-                         "(FlexAttention is compiled on its own on CUDA)")
 
 
 def _checked_execution(execution: str, quantum: int) -> Tuple[str, int]:
