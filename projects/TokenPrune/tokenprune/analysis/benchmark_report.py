@@ -58,7 +58,9 @@ def _scope_figures(bench: Bench, options: BenchmarkOptions, timing, v: Benchmark
         **_compile_figures(options, timing, v, scope),
         "throughput_img_s": bench.batch / (med / 1e3),
         "baseline": base, "speedup": ms[(base, scope)] / med,
-        "speedup_vs_detectron2": ms[("dense", scope)] / med,  # eager Detectron2 blocks
+        # against the eager Detectron2 blocks (None when the run has no eager mode)
+        "speedup_vs_detectron2": (ms[("dense", scope)] / med if ("dense", scope) in ms
+                                  else None),
         "cpu_time_median_ms": cpu_ms[(v.key, scope)] if on_cpu else None,
         "cpu_time_speedup": (cpu_ms[(base, scope)] / cpu_ms[(v.key, scope)]
                              if on_cpu else None),
