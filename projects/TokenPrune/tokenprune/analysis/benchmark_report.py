@@ -127,6 +127,7 @@ def _results(bench: Bench, options: BenchmarkOptions, cfg, prog: str, runs,
                         else platform.processor() or platform.machine()),
         "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
         "precision": options.precision, "attention": list(options.attention),
+        "compile": list(options.compile), "images": options.images,
         "bucket_quantum": bench.vit.bucket_quantum,
         "input_size": bench.input_size, "backbone_input_hw": list(x.shape[-2:]),
         "token_grid": list(spec.grid),
@@ -230,12 +231,21 @@ def markdown(res: dict) -> str:
         f"- weights: {res['weights']}; warm-up rounds {res['warmup']}, timed rounds "
         f"{res['repeats']} (min / median / max, variants interleaved; speedups of medians)",
         f"- peak memory: {res['memory_method']}",
-        "- speedups: against the faster dense reference of each scope (named per table); "
-        "medians of wall-clock time; on a CPU also of this process's CPU time (all threads), "
-        "which is less sensitive to other processes on a shared machine",
+        "- speedups: against the fastest dense row of each scope (any kernel and compile "
+        "mode; named per table); medians of wall-clock time; on a CPU also of this "
+        "process's CPU time (all threads), which is less sensitive to other processes on a "
+        "shared machine",
         "- padding: slots the gathered attention computes beyond the kept tokens, with one "
         "bucket (every group padded to the fullest) -> with the buckets",
     ]
+    modes = list(dict.fromkeys(v.get("compile", "none") for r in res["runs"]
+                               for v in r["variants"]))
+    if modes != ["none"]:
+        lines.append(f"- compile modes: {', '.join(modes)}; a compiled row's compile s is its "
+                     "first call's time beyond its median; graphs: torch._dynamo's unique "
+                     "graphs built during its calls (a graph a row measured before it built "
+                     "is counted there), in all and in the timed rounds; graph breaks during "
+                     "its calls")
     lines += [f"- note: {n}" for n in res["notes"]]
     lines += [f"- **warning** (batch {r['batch_size']}): {r['busy_warning']}"
               for r in res["runs"] if r.get("busy_warning")]

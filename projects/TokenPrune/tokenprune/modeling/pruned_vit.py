@@ -36,9 +36,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import (
-    Callable, ClassVar, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Union,
-)
+from typing import ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
