@@ -22,8 +22,6 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-import torch
-
 from ..checkpoint import check_device
 from ..errors import InputError
 from ..fileio import make_output_dir
