@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import detectron2.data.transforms as T
-from detectron2.config import LazyConfig
+from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Boxes, BoxMode, Instances
@@ -29,6 +29,7 @@ from tokenprune.data.synthetic_task_scenes import (
 )
 from tokenprune.data.synthetic_tasks import SYNTHETIC_TASKS, synthetic_task_records
 from tokenprune.data.tasks import task_pair_records
+from tokenprune.errors import InputError
 from tokenprune.evaluation import TaskMaskIoUEvaluator, union_mask
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -292,3 +293,39 @@ def test_data_config():
     assert cfg.dataloader.train.dataset.names == "synthetic_task_scenes_train"
     assert cfg.dataloader.test.dataset.names == "synthetic_task_scenes_val"
     assert cfg.dataloader.train.mapper._target_ is TaskDatasetMapper
+    assert cfg.dataloader.test.mapper._target_ is TaskDatasetMapper
+    assert cfg.dataloader.test.mapper.held_out_prompts is False
+
+
+def _test_loader_node(held_out_prompts):
+    cfg = LazyConfig.load(os.path.join(REPO, "configs", "common",
+                                       "synthetic_task_scenes_data.py"))
+    cfg.dataloader.test.dataset.names = "synthetic_task_scenes_minival"
+    cfg.dataloader.test.num_workers = 0
+    cfg.dataloader.test.mapper.held_out_prompts = held_out_prompts
+    return cfg.dataloader.test
+
+
+@pytest.mark.parametrize("held_out_prompts", [False, True])
+def test_test_loader_feeds_held_out_paraphrases(held_out_prompts):
+    """The switch gives the test inputs their task's first held-out paraphrase as prompt;
+    without it they carry the training prompt. Task ids are unchanged."""
+    inputs = [batch[0] for _, batch in zip(range(12), instantiate(_test_loader_node(
+        held_out_prompts)))]
+    assert len({d["task_id"] for d in inputs}) > 1
+    for d in inputs:
+        task = SCENE_TASKS[d["task_id"]]
+        assert d["prompt"] == (task.paraphrases[0] if held_out_prompts else task.prompt)
+
+
+@pytest.mark.parametrize("paraphrases", [None, []])
+def test_held_out_prompts_refuse_records_without_paraphrases(paraphrases):
+    mapper = instantiate(_test_loader_node(True).mapper)
+    record = dict(DatasetCatalog.get("synthetic_task_scenes_minival")[0])
+    record.pop("paraphrases")
+    if paraphrases is not None:
+        record["paraphrases"] = paraphrases
+    with pytest.raises(InputError, match="no held-out paraphrase") as err:
+        mapper(record)
+    assert len(str(err.value).splitlines()) == 1
+

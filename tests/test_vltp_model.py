@@ -153,6 +153,50 @@ def test_synthetic_vltp_trains_and_evaluates_with_each_guidance_source(source, t
             "flops/backbone_ratio", "task_seg/mIoU", "segm/AP"} <= keys
 
 
+SCENES_CFGS = [VLTP_CFG.replace("_vltp.py", f"_scenes_{name}.py")
+               for name in ("task_dense", "vltp_frozen_vit")]
+# TINY_VLTP on the task scenes, trained and evaluated on the 8 minival scenes (the 800
+# training scenes would take a test most of a minute to generate)
+TINY_SCENES = [o for o in TINY_VLTP if not o.startswith("dataloader.test.dataset")] + [
+    f"dataloader.{split}.dataset.names=synthetic_task_scenes_minival"
+    for split in ("train", "test")]
+
+
+@pytest.mark.parametrize("config", SCENES_CFGS, ids=["task_dense", "vltp_frozen_vit"])
+def test_task_scene_configs_train_and_evaluate(config, tmp_path, train_in_process):
+    cfg = load_config(config, [])
+    assert cfg.model.guidance.num_tasks == 11
+    assert cfg.dataloader.test.dataset.names == "synthetic_task_scenes_val"
+    # the tiny unpruned task model keeps no gates
+    overrides = TINY_SCENES if "vltp" in config else [
+        o for o in TINY_SCENES if not o.startswith(("model.backbone.net.pruned_blocks",
+                                                    "model.backbone.net.keep_ratios"))]
+    out = str(tmp_path / "out")
+    train_in_process(config, overrides + ["train.max_iter=2", "train.eval_period=0",
+                                          "train.flops_period=0", f"train.output_dir={out}"])
+    with open(os.path.join(out, "metrics.json")) as f:
+        keys = set().union(*(json.loads(line) for line in f if line.strip()))
+    assert {"task_seg/mIoU", "segm/AP"} <= keys
+
+
+def test_frozen_vit_trains_only_decoders_and_heads():
+    """The paper's setting: the ViT's own weights get a zero rate, its decoders 10x, the
+    neck, heads, guidance and FiLM the base rate; one AdamW step moves only those."""
+    cfg = load_config(SCENES_CFGS[1], [o for o in TINY_SCENES if not o.startswith("dataloader")])
+    model = instantiate(cfg.model)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    group_lr = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    sum(p.sum() for p in model.parameters()).backward()
+    optimizer.step()
+    for name, p in model.named_parameters():
+        frozen = name.startswith("backbone.net.") and ".gates." not in name
+        expected = 0.0 if frozen else 1e-3 if ".gates." in name else 1e-4
+        assert group_lr[id(p)] == pytest.approx(expected), name
+        assert torch.equal(p, before[name]) == frozen, name
+
+
 def test_new_module_lr_factor():
     from tokenprune.engine.lr import new_module_lr_factor
 

@@ -7,7 +7,8 @@ Importing this package registers ``synthetic_shapes_{train,val,minival}``,
 ``synthetic_study_{train,val,minival,pilot_train,pilot_val}``,
 ``synthetic_task_scenes_{train,val,minival,pilot_train,pilot_val}``
 (cheap: their files are generated on first use) and ``coco_tasks_*`` (from $DETECTRON2_DATASETS).
-:class:`TaskDatasetMapper` is the training mapper of the generated task datasets.
+:class:`TaskDatasetMapper` is the mapper of the generated task datasets (training targets
+after the augmentation; held-out prompts at evaluation).
 """
 
 from .catalog import dataset_names, first_images_dataset, first_test_inputs, test_metadata
