@@ -356,11 +356,11 @@ def applied(bench: Bench, variant: BenchmarkVariant):
 
 @dataclass
 class CallRecord:
-    """Every call of one (variant, scope), warm-up rounds first: its seconds and the graphs
-    ``torch.compile`` built (``torch._dynamo`` counters: unique graphs, graph breaks)
-    during it."""
+    """The calls of one (variant, scope): the first call's seconds (it compiles), and per
+    call, warm-up rounds first, the graphs ``torch.compile`` built during it (``torch._dynamo``
+    counters: unique graphs; graph breaks summed)."""
 
-    seconds: List[float] = field(default_factory=list)
+    first_s: Optional[float] = None
     graphs: List[int] = field(default_factory=list)
     breaks: int = 0
 
@@ -383,11 +383,13 @@ def time_variants(bench: Bench, options: BenchmarkOptions,
         record, run_scope = calls[(v.key, s)], runner(bench, v, s)
 
         def run():
-            graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+            graphs = counters["stats"]["unique_graphs"]
+            breaks = sum(counters["graph_break"].values())
             t0 = time.perf_counter()
             with applied(bench, v):
                 out = run_scope()
-            record.seconds.append(time.perf_counter() - t0)
+            if record.first_s is None:
+                record.first_s = time.perf_counter() - t0
             record.graphs.append(counters["stats"]["unique_graphs"] - graphs)
             record.breaks += sum(counters["graph_break"].values()) - breaks
             return out

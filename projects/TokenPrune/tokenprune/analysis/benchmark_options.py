@@ -12,7 +12,7 @@ from ..checkpoint import check_device
 from ..errors import ConfigError, InputError
 from ..modeling.attention import DEFAULT_ATTENTION
 from ..modeling.autocast import amp_dtype
-from ..modeling.compiled import COMPILE_MODES, compile_unavailable
+from ..modeling.compiled import checked_compile_mode, compile_unavailable
 
 __all__ = ["BenchmarkOptions"]
 
@@ -76,9 +76,11 @@ class BenchmarkOptions:
                 raise InputError(f"{name} must be at least {low}, got {value}"
                                  + (" (--compile compiles in the warm-up rounds)"
                                     if name == "--warmup" else ""))
-        bad = [m for m in self.compile if m not in COMPILE_MODES]
-        if bad:
-            raise InputError(f"--compile must be among {', '.join(COMPILE_MODES)}, got {bad[0]}")
+        for mode in self.compile:
+            try:
+                checked_compile_mode(mode, "--compile")
+            except ValueError as e:
+                raise InputError(str(e)) from None
         reason = compile_unavailable(self.device) if compiled else None
         if reason is not None:
             raise InputError(f"--compile: {reason}")

@@ -17,8 +17,7 @@ import torch.nn as nn
 from omegaconf import DictConfig
 
 from ..errors import ConfigError
-from ..modeling.compiled import COMPILE_MODES, compile_model
-from ..modeling.pruned_vit import PrunedViT
+from ..modeling.compiled import checked_compile_mode, compile_model, set_block_compile
 
 __all__ = ["compile_mode", "train_compile_mode", "compiled_for_inference"]
 
@@ -28,9 +27,10 @@ def compile_mode(value: Union[bool, str], name: str = "compile") -> str:
     "none"); anything else is a ConfigError naming the setting ``name`` and the modes."""
     if isinstance(value, bool):
         return "default" if value else "none"
-    if value not in COMPILE_MODES:
-        raise ConfigError(f"{name} must be one of {', '.join(COMPILE_MODES)}, got {value!r}")
-    return value
+    try:
+        return checked_compile_mode(value, name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def train_compile_mode(cfg: DictConfig) -> str:
@@ -49,6 +49,4 @@ def compiled_for_inference(model: nn.Module, mode: str, device: str) -> Iterator
         yield compile_model(model, mode, device)
     finally:
         if mode != "none":
-            for m in model.modules():
-                if isinstance(m, PrunedViT):
-                    m.compile_blocks("none")
+            set_block_compile(model, "none")

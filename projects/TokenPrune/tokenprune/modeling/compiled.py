@@ -39,7 +39,7 @@ from .sparse_block import TokenGroups, run_block_dense, run_block_on_groups
 
 __all__ = ["COMPILE_MODES", "CompiledBlocks", "compiled_blocks", "gathered_block",
            "compile_unavailable", "compile_model", "inductor_options", "RECOMPILE_LIMIT",
-           "checked_compile_mode", "check_compiled_kernel"]
+           "checked_compile_mode", "check_compiled_kernel", "set_block_compile"]
 
 COMPILE_MODES = ("none", "default", "freeze")
 RECOMPILE_LIMIT = 64  # dynamo's limit per function (8 by default): graphs of every mode,
@@ -50,16 +50,16 @@ logger = logging.getLogger(__name__)
 
 def inductor_options(mode: str) -> Optional[dict]:
     """``torch.compile``'s ``options`` for a mode of :data:`COMPILE_MODES` (not "none")."""
-    if mode not in COMPILE_MODES[1:]:
-        raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, "
-                         f"got {mode!r}")
+    if checked_compile_mode(mode, "compile mode") == "none":
+        raise ValueError("compile mode 'none' runs eagerly: it has no inductor options")
     return {"freezing": True} if mode == "freeze" else None
 
 
-def checked_compile_mode(mode: str) -> str:
-    """``mode`` if it is one of :data:`COMPILE_MODES`, else ValueError."""
+def checked_compile_mode(mode: str, name: str = "compile") -> str:
+    """``mode`` if it is one of :data:`COMPILE_MODES`, else ValueError naming the setting
+    ``name``."""
     if mode not in COMPILE_MODES:
-        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+        raise ValueError(f"{name} must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
     return mode
 
 
@@ -154,7 +154,13 @@ def compile_model(model: nn.Module, mode: str = "default", device: str = "cpu") 
     if reason is not None:
         logger.warning("torch.compile is unavailable (%s): running eagerly", reason)
         return model
-    for m in model.modules():
-        if hasattr(m, "compile_blocks"):  # a PrunedViT (its public switch)
-            m.compile_blocks(mode)
+    set_block_compile(model, mode)
     return torch.compile(model, options=options)
+
+
+def set_block_compile(model: nn.Module, mode: str) -> None:
+    """Every PrunedViT in ``model`` runs its blocks in ``mode`` from now on (its public
+    switch ``compile_blocks``; "none": eagerly)."""
+    for m in model.modules():
+        if hasattr(m, "compile_blocks"):
+            m.compile_blocks(mode)
