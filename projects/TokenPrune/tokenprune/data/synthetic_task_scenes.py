@@ -40,7 +40,8 @@ from detectron2.data.transforms import HFlipTransform, TransformList
 
 from .synthetic import default_data_root
 from .synthetic_study import SceneLayout, generate_study_scenes
-from .tasks import Rule, Task, TaskSet, objects_after, register_task_pairs, task_pairs_from_file
+from .tasks import (Rule, Task, TaskSet, each_object_rule, objects_after, ranked_rule,
+                    register_task_pairs, task_pairs_from_file)
 
 __all__ = ["SCENE_TASKS", "TASK_SCENE_LAYOUT", "TASK_SCENE_SET", "TASK_SCENE_SPLITS",
            "register_synthetic_task_scenes"]
@@ -75,19 +76,6 @@ def _cx(o: Dict[str, Any]) -> float:
 
 def _cy(o: Dict[str, Any]) -> float:
     return o["bbox"][1] + o["bbox"][3] / 2
-
-
-def _ranked(test: _Test, key: Callable[[Dict[str, Any]], float], k: int, largest: bool) -> Rule:
-    """The ``k`` objects passing ``test`` with the largest (or smallest) ``key``; none when
-    fewer than ``k`` pass. Ties: the object drawn first."""
-
-    def rule(objects: List[Dict[str, Any]], width: int) -> List[bool]:
-        candidates = [i for i, o in enumerate(objects) if test(o)]
-        sign = -1.0 if largest else 1.0
-        chosen = set(sorted(candidates, key=lambda i: sign * key(objects[i]))[:k])
-        return [i in chosen and len(candidates) >= k for i in range(len(objects))]
-
-    return rule
 
 
 def _anchor(rule: Rule, objects: List[Dict[str, Any]], width: int) -> Optional[int]:
@@ -128,26 +116,26 @@ def _nearest(test: _Test, anchor: Rule, relation: _Relation = lambda o, a: True)
 
 
 def _all(test: _Test) -> Rule:
-    return lambda objects, width: [test(o) for o in objects]
+    return each_object_rule(lambda o, width: test(o))
 
 
 def _area(o: Dict[str, Any]) -> float:
     return o["area"]
 
 
-_LARGEST_SQUARE = _ranked(_is("square"), _area, 1, largest=True)
-_LARGEST_CIRCLE = _ranked(_is("circle"), _area, 1, largest=True)
+_LARGEST_SQUARE = ranked_rule(_is("square"), _area, 1, largest=True)
+_LARGEST_CIRCLE = ranked_rule(_is("circle"), _area, 1, largest=True)
 
 SCENE_TASKS: Tuple[Task, ...] = (
     Task("the striped triangles", _all(_is("triangle", "striped")),
          ("every triangle with stripes",)),
     Task("the dotted circles", _all(_is("circle", "dotted")), ("all circles covered in dots",)),
     Task("the largest square", _LARGEST_SQUARE, ("the biggest square",)),
-    Task("the two smallest stars", _ranked(_is("star"), _area, 2, largest=False),
+    Task("the two smallest stars", ranked_rule(_is("star"), _area, 2, largest=False),
          ("the pair of tiniest stars",)),
-    Task("the leftmost triangle", _ranked(_is("triangle"), _cx, 1, largest=False),
+    Task("the leftmost triangle", ranked_rule(_is("triangle"), _cx, 1, largest=False),
          ("the triangle furthest to the left",)),
-    Task("the two rightmost stars", _ranked(_is("star"), _cx, 2, largest=True),
+    Task("the two rightmost stars", ranked_rule(_is("star"), _cx, 2, largest=True),
          ("the pair of stars furthest to the right",)),
     Task("the circle just left of the largest square",
          _nearest(_is("circle"), _LARGEST_SQUARE, lambda o, a: _cx(o) < _cx(a)),
@@ -158,9 +146,9 @@ SCENE_TASKS: Tuple[Task, ...] = (
     Task("the dotted object nearest the largest circle",
          _nearest(_is(texture="dotted"), _LARGEST_CIRCLE),
          ("the dotted shape closest to the biggest circle",)),
-    Task("the largest dotted object", _ranked(_is(texture="dotted"), _area, 1, largest=True),
+    Task("the largest dotted object", ranked_rule(_is(texture="dotted"), _area, 1, largest=True),
          ("the biggest shape with dots",)),
-    Task("the smallest striped object", _ranked(_is(texture="striped"), _area, 1, largest=False),
+    Task("the smallest striped object", ranked_rule(_is(texture="striped"), _area, 1, largest=False),
          ("the tiniest shape with stripes",)),
 )
 """Task ids 0..10: (prompt, rule, paraphrases). "left of" / "above": the object's box centre

@@ -17,12 +17,13 @@ are the ones its pixels show on the left.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from detectron2.data import MetadataCatalog
 
 from .synthetic import SYNTHETIC_SPLITS, default_data_root, generate_synthetic_shapes
-from .tasks import Rule, Task, TaskSet, register_task_pairs, task_pair_records, task_pairs_from_file
+from .tasks import (Rule, Task, TaskSet, each_object_rule, ranked_rule, register_task_pairs,
+                    task_pair_records, task_pairs_from_file)
 
 __all__ = [
     "SYNTHETIC_TASKS",
@@ -34,33 +35,22 @@ __all__ = [
 ]
 
 
-def _each(test: Callable[[Dict[str, Any], int], bool]) -> Rule:
-    """A rule that judges every object on its own: test(annotation, image_width)."""
-    return lambda anns, width: [test(a, width) for a in anns]
-
-
-def _extreme_area(pick: Callable[..., Any]) -> Rule:
-    """A rule that marks the one object of largest (pick=max) or smallest (min) visible area."""
-
-    def rule(anns: List[Dict[str, Any]], width: int) -> List[bool]:
-        if not anns:
-            return []
-        best = pick(range(len(anns)), key=lambda i: anns[i]["area"])  # ties: first object
-        return [i == best for i in range(len(anns))]
-
-    return rule
+def _extreme_area(largest: bool) -> Rule:
+    """A rule that marks the one object of largest (or smallest) visible area (ties: the
+    first object)."""
+    return ranked_rule(lambda a: True, lambda a: a["area"], 1, largest)
 
 
 SYNTHETIC_TASKS: Tuple[Task, ...] = (
-    Task("the red shapes", _each(lambda a, w: a["color"] == "red")),
-    Task("shapes with corners", _each(lambda a, w: a["shape"] != "circle")),
-    Task("the largest object", _extreme_area(max)),
-    Task("the smallest object", _extreme_area(min)),
-    Task("the yellow star", _each(lambda a, w: a["shape"] == "star" and a["color"] == "yellow")),
-    Task("something with three corners", _each(lambda a, w: a["shape"] == "triangle")),
+    Task("the red shapes", each_object_rule(lambda a, w: a["color"] == "red")),
+    Task("shapes with corners", each_object_rule(lambda a, w: a["shape"] != "circle")),
+    Task("the largest object", _extreme_area(True)),
+    Task("the smallest object", _extreme_area(False)),
+    Task("the yellow star", each_object_rule(lambda a, w: a["shape"] == "star" and a["color"] == "yellow")),
+    Task("something with three corners", each_object_rule(lambda a, w: a["shape"] == "triangle")),
     Task("the shapes in the left half",
-         _each(lambda a, w: a["bbox"][0] + a["bbox"][2] / 2 < w / 2)),
-    Task("the green or blue shapes", _each(lambda a, w: a["color"] in ("green", "blue"))),
+         each_object_rule(lambda a, w: a["bbox"][0] + a["bbox"][2] / 2 < w / 2)),
+    Task("the green or blue shapes", each_object_rule(lambda a, w: a["color"] in ("green", "blue"))),
 )
 """Task ids 0..7. A rule maps an image's shapes annotations (with "shape", "color", "area" =
 visible pixels, "bbox" [x, y, w, h]) and the image width to relevance flags. "largest" /

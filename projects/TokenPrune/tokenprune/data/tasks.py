@@ -35,6 +35,8 @@ __all__ = [
     "Rule",
     "Task",
     "TaskSet",
+    "each_object_rule",
+    "ranked_rule",
     "objects_after",
     "register_task_pairs",
     "task_guidance_vector",
@@ -58,6 +60,25 @@ class Task(NamedTuple):
 class TaskSet(NamedTuple):
     name: str  # the records' "task_set": how a mapper finds the rules again
     tasks: Tuple[Task, ...]  # task id = index
+
+
+def each_object_rule(test: Callable[[Dict[str, Any], int], bool]) -> Rule:
+    """A rule that judges every object on its own: ``test(object, image_width)``."""
+    return lambda objects, width: [test(o, width) for o in objects]
+
+
+def ranked_rule(test: Callable[[Dict[str, Any]], bool], key: Callable[[Dict[str, Any]], float],
+                k: int, largest: bool) -> Rule:
+    """The ``k`` objects passing ``test`` with the largest (or smallest) ``key``; none when
+    fewer than ``k`` pass. Ties: the object drawn first."""
+
+    def rule(objects: List[Dict[str, Any]], width: int) -> List[bool]:
+        candidates = [i for i, o in enumerate(objects) if test(o)]
+        sign = -1.0 if largest else 1.0
+        chosen = set(sorted(candidates, key=lambda i: sign * key(objects[i]))[:k])
+        return [i in chosen and len(candidates) >= k for i in range(len(objects))]
+
+    return rule
 
 
 GUIDANCE_VECTOR_DIM = 384
