@@ -259,7 +259,8 @@ def test_registration_and_evaluation(tmp_path):
     prefix = f"t_task_scenes_{uuid.uuid4().hex[:8]}"
     register_synthetic_task_scenes(str(tmp_path), prefix=prefix)
     assert not os.listdir(tmp_path), "registration must not generate anything"
-    assert set(TASK_SCENE_SPLITS) == {"train", "val", "minival", "pilot_train", "pilot_val"}
+    assert set(TASK_SCENE_SPLITS) == {"train", "val", "minival", "pilot_train", "pilot_val",
+                                     "study_val", "pilot_study_val"}
     assert len({seed for _, seed in TASK_SCENE_SPLITS.values()}) == len(TASK_SCENE_SPLITS)
     name = f"{prefix}_minival"
     records = DatasetCatalog.get(name)

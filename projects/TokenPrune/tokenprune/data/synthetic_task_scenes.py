@@ -58,6 +58,9 @@ TASK_SCENE_SPLITS: Dict[str, Tuple[int, int]] = {
     # the pilot that fixes the recipe: its own data seed and its own validation scenes
     "pilot_train": (800, 70),
     "pilot_val": (300, 71),
+    # the VLTP study's evaluation images (about 9 pairs each): a study evaluates some 90 rows
+    "study_val": (64, 63),
+    "pilot_study_val": (64, 73),
 }
 """Split of the registered ``synthetic_task_scenes_{split}`` -> (number of scenes, seed)."""
 

@@ -36,7 +36,7 @@ from .workers import progress, run_workers, split_seeds
 from .variants import (GATE_LR_FACTOR, GATE_NOISE_ANNEAL, KEEP_TARGETS, MATCHED_TO, SCALES,
                        VARIANTS, Scale, Variant, seeds_of, study_configs, variant_config)
 
-__all__ = ["run_ablation", "progress"]
+__all__ = ["run_ablation", "progress", "trained_once", "collect_seconds"]
 
 
 class _OnlyTrainingLines(logging.Filter):
@@ -113,6 +113,24 @@ def _finished(run: str) -> Optional[str]:
     except OSError:
         return None
     return os.path.join(run, "model_final.pth") if done else None
+
+
+def trained_once(output: str, key: str, cfg, run: str, seed: int, iters: int, init: str,
+                 log_period: int, **train_kw) -> str:
+    """``run``/model_final.pth, trained first (:func:`_train`) if its training did not
+    finish; its seconds go to ``output``/seconds/train_<key>_seed<seed>.json."""
+    checkpoint = _finished(run)
+    if checkpoint is None:
+        what = f"fine-tun%s '{key}'" if init else f"train%s {key}"
+        progress(f"{what % 'ing'} seed {seed}{' from dense' if init else ''}: "
+                 f"{iters} iterations")
+        secs = _train(cfg, run, seed, iters, init, log_period, **train_kw)
+        # one file per run: workers never write the same file
+        atomic_write_json(os.path.join(output, "seconds", f"train_{key}_seed{seed}.json"),
+                          {"seconds": secs})
+        progress(f"{what % 'ed'} seed {seed} in {secs:.0f} s")
+        checkpoint = os.path.join(run, "model_final.pth")
+    return checkpoint
 
 
 def _load(cfg, checkpoint: str):
@@ -259,19 +277,8 @@ class _Study:
 
     def _trained(self, key: str, cfg, run: str, seed: int, iters: int, init: str,
                  **train_kw) -> str:
-        """``run``/model_final.pth, trained first if its training did not finish."""
-        checkpoint = _finished(run)
-        if checkpoint is None:
-            what = f"fine-tun%s '{key}'" if init else f"train%s {key}"
-            progress(f"{what % 'ing'} seed {seed}{' from dense' if init else ''}: "
-                     f"{iters} iterations")
-            secs = _train(cfg, run, seed, iters, init, self.scale.log_period, **train_kw)
-            # one file per run: workers never write the same file
-            atomic_write_json(os.path.join(self.output, "seconds", f"train_{key}_seed{seed}.json"),
-                              {"seconds": secs})
-            progress(f"{what % 'ed'} seed {seed} in {secs:.0f} s")
-            checkpoint = os.path.join(run, "model_final.pth")
-        return checkpoint
+        return trained_once(self.output, key, cfg, run, seed, iters, init,
+                            self.scale.log_period, **train_kw)
 
     def dense_weights(self) -> str:
         """The one dense model every row starts from (its data prepared and the model trained
@@ -401,17 +408,23 @@ def run_ablation(output: str, scale_name: str = "quick", jobs: int = 1,
             run_workers(output, scale_name, parts, extra)
         elif todo:
             study.run_seeds(scale.seeds, "the study")
-    seconds = study.state["seconds"]
-    seconds["last_run"] = time.perf_counter() - started
-    seconds["all_runs"] = seconds.get("all_runs", 0.0) + seconds["last_run"]
+    collect_seconds(output, study.state, time.perf_counter() - started)
+    found = study.found()
+    write_outputs(output, study.state, found, _learning_curve(output, scale.dense_iters))
+    progress(f"done in {study.state['seconds']['last_run']:.0f} s: {os.path.join(output, 'table.md')}")
+    return dict(rows=summarize(found), state=study.state)
+
+
+def collect_seconds(output: str, state: Dict[str, Any], last_run: float) -> None:
+    """Into ``state``["seconds"]: this run's and all runs' seconds and every training's
+    (``output``/seconds/*.json); ``state`` written to ``output``/ablation.json."""
+    seconds = state["seconds"]
+    seconds["last_run"] = last_run
+    seconds["all_runs"] = seconds.get("all_runs", 0.0) + last_run
     for name in sorted(os.listdir(os.path.join(output, "seconds"))):
         with open(os.path.join(output, "seconds", name)) as f:
             seconds[name[:-len(".json")]] = json.load(f)["seconds"]
-    atomic_write_json(os.path.join(output, "ablation.json"), study.state)
-    found = study.found()
-    write_outputs(output, study.state, found, _learning_curve(output, scale.dense_iters))
-    progress(f"done in {seconds['last_run']:.0f} s: {os.path.join(output, 'table.md')}")
-    return dict(rows=summarize(found), state=study.state)
+    atomic_write_json(os.path.join(output, "ablation.json"), state)
 
 
 def _learning_curve(output: str, iters: int) -> List[Tuple[int, float, float]]:
