@@ -220,6 +220,9 @@ def _open_state(output: str, scale_name: str, scale: Scale, update: bool) -> Dic
     if os.path.isfile(state_path):
         with open(state_path) as f:
             state = json.load(f)
+        if state.get("study", "svit") != "svit":
+            raise InputError(f"{output} holds a --study {state['study']} run; use another "
+                             f"output folder")
         if state.get("scale") != scale_name:
             raise InputError(f"{output} holds a --scale {state.get('scale')} ablation; use "
                              f"another output folder for --scale {scale_name}")
