@@ -13,7 +13,8 @@ from ..fileio import atomic_write_bytes, atomic_write_text, figure_png
 from .statistics import HOLDS, VERDICT_RULE, paired, verdict
 from .variants import FINDINGS, KEEP_TOLERANCE, VALIDITY, VARIANTS
 
-__all__ = ["summarize", "judge", "validity_checks", "write_outputs", "METRICS"]
+__all__ = ["summarize", "judge", "validity_checks", "write_outputs", "METRICS", "seed_pairs",
+           "interval_text"]
 
 #: Per-seed metrics of a row that enter the paired comparisons (AP points, 0-100).
 METRICS = ("box_ap", "mask_ap", "box_ap_s", "box_ap_m", "box_ap_l", "sparse_box_ap",
@@ -44,7 +45,7 @@ def summarize(found: Dict[str, List[dict]]) -> List[Dict[str, Any]]:
     return rows
 
 
-def _pair(by: Dict[str, Dict[str, Any]], a: str, b: str, key: str = "box_ap"):
+def seed_pairs(by: Dict[str, Dict[str, Any]], a: str, b: str, key: str = "box_ap"):
     """(seeds both rows have, a's values, b's values) of ``key``."""
     va, vb = by[a]["by_seed"][key], by[b]["by_seed"][key]
     common = sorted(set(va) & set(vb))
@@ -59,16 +60,16 @@ def validity_checks(rows: List[Dict[str, Any]]) -> List[Tuple[str, bool, str]]:
     for statement, a, b, least in VALIDITY:
         if a not in by or b not in by:
             continue
-        seeds, va, vb = _pair(by, a, b)
+        seeds, va, vb = seed_pairs(by, a, b)
         summary = paired(va, vb)
         passed = (summary.mean >= least) if least is not None else (
             verdict(summary, "above") == HOLDS)
         out.append((statement, passed, f"{a} - {b}: {summary.mean:+.2f} box AP, 95% interval "
-                                       f"{_interval(summary.ci95)} over {len(seeds)} seeds"))
+                                       f"{interval_text(summary.ci95)} over {len(seeds)} seeds"))
     worst, pairs = 0.0, 0
     for f in FINDINGS:
         if f.a in by and f.b in by and "dense" not in (f.a + f.b):
-            _, ka, kb = _pair(by, f.a, f.b, "keep_ratio")
+            _, ka, kb = seed_pairs(by, f.a, f.b, "keep_ratio")
             worst = max([worst, *(abs(x - y) for x, y in zip(ka, kb))])
             pairs += 1
     if pairs:
@@ -88,15 +89,16 @@ def judge(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             continue
         summaries = {}
         for key in METRICS:
-            seeds, va, vb = _pair(by, f.a, f.b, key)
+            seeds, va, vb = seed_pairs(by, f.a, f.b, key)
             summaries[key] = paired(va, vb)
         out.append(dict(finding=f, seeds=seeds, summaries=summaries,
                         verdict=verdict(summaries["box_ap"], f.kind, f.margin)))
     return out
 
 
-def _interval(ci: Tuple[float, float]) -> str:
-    return "n/a" if math.isnan(ci[0]) else f"[{ci[0]:+.1f}, {ci[1]:+.1f}]"
+def interval_text(ci: Tuple[float, float], digits: int = 1) -> str:
+    """``(low, high)`` -> "[+low, +high]" with ``digits`` decimals; "n/a" when undefined."""
+    return "n/a" if math.isnan(ci[0]) else f"[{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
 
 
 _CSV_COLUMNS = ("variant", "label", "seeds", "box_ap", "box_ap_sd", "mask_ap", "mask_ap_sd",
@@ -133,12 +135,12 @@ def _findings_tables(judged: List[Dict[str, Any]], valid: bool) -> List[str]:
         lines.append(
             f"| {f.claim} | {f.a} vs {f.b} | {len(j['seeds'])} | "
             f"{' / '.join(f'{d:+.1f}' for d in s.diffs)} | {s.mean:+.2f} ± {s.sd:.2f} | "
-            f"{_interval(s.ci95)} | {_interval(s.ci90)} | {s.p:.3f} | **{word}** |")
+            f"{interval_text(s.ci95)} | {interval_text(s.ci90)} | {s.p:.3f} | **{word}** |")
     lines += ["", "The same pairs on the other measures (mean a - b, 95% interval):", "",
               "| Finding | mask AP | AP small | AP medium | AP large | sparse images (0-2 "
               "objects) | crowded images (12+) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for j in judged:
-        cells = [f"{j['summaries'][k].mean:+.1f} {_interval(j['summaries'][k].ci95)}"
+        cells = [f"{j['summaries'][k].mean:+.1f} {interval_text(j['summaries'][k].ci95)}"
                  for k in METRICS[1:]]
         lines.append(f"| {j['finding'].claim} | {' | '.join(cells)} |")
     return lines

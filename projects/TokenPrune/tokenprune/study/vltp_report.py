@@ -10,6 +10,7 @@ import statistics
 from typing import Any, Dict, List, Tuple
 
 from ..fileio import atomic_write_text
+from .report import interval_text, seed_pairs
 from .statistics import COMPARABLE, HOLDS, VERDICT_RULE, paired, verdict
 from .vltp import (KEEP_POINTS, KEEP_TOLERANCE, METHOD_LABELS, MIOU_MARGIN, SETTINGS, VALIDITY,
                    findings, rows)
@@ -40,13 +41,11 @@ def summarize_vltp(found: Dict[str, List[dict]]) -> Dict[str, Dict[str, Any]]:
 
 
 def _pair(by: Dict[str, Dict[str, Any]], a: str, b: str, key: str = "miou"):
-    va, vb = by[a]["by_seed"][key], by[b]["by_seed"][key]
-    common = sorted(set(va) & set(vb))
-    return common, [va[s] for s in common], [vb[s] for s in common]
+    return seed_pairs(by, a, b, key)
 
 
 def _interval(ci: Tuple[float, float]) -> str:
-    return f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
+    return interval_text(ci, 2)
 
 
 def judge_vltp(by: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
