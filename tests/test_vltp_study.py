@@ -47,6 +47,9 @@ def test_quick_study_evaluates_every_row_and_judges_every_finding(quick):
     ratios = [by[f"frozen_guided_{p}"]["vit_flops_ratio"] for p in vltp.KEEP_POINTS]
     assert ratios == sorted(ratios, reverse=True)
     assert len(report["findings"]) == len(vltp.findings())
+    # the task model started from the pretrained detector the study trained first
+    assert os.path.isfile(os.path.join(out, "runs", "pretrain", "model_final.pth"))
+    assert report["state"]["pretrained"] == "trained in runs/pretrain"
     table = open(os.path.join(out, "table.md")).read()
     for heading in ("### frozen", "### whole", "## Validity checks", "## Findings",
                     "Verdict rule"):
@@ -148,6 +151,8 @@ def test_workers_get_balanced_units():
 @pytest.mark.parametrize("args, message", [
     (["--study", "vltp", "--svit-config", "x.py"], "--svit-config does not apply"),
     (["--vltp-config", "x.py"], "--vltp-config does not apply"),
+    (["--pretrained", "x.pth"], "--pretrained does not apply"),
+    (["--study", "vltp", "--pretrained", "/nonexistent.pth"], "pretrained checkpoint not found"),
     (["--study", "vltp", "--jobs", "0"], "--jobs must be 1 or more"),
     (["--study", "vltp", "--dense-checkpoint", "/nonexistent.pth"], "checkpoint not found"),
     (["--study", "vltp", "--vltp-config", "/nonexistent.py"], "config file not found"),

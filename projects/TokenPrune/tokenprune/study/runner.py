@@ -122,8 +122,8 @@ def trained_once(output: str, key: str, cfg, run: str, seed: int, iters: int, in
     checkpoint = _finished(run)
     if checkpoint is None:
         what = f"fine-tun%s '{key}'" if init else f"train%s {key}"
-        progress(f"{what % 'ing'} seed {seed}{' from dense' if init else ''}: "
-                 f"{iters} iterations")
+        start = f" from {os.path.basename(os.path.dirname(init))}" if init else ""
+        progress(f"{what % 'ing'} seed {seed}{start}: {iters} iterations")
         secs = _train(cfg, run, seed, iters, init, log_period, **train_kw)
         # one file per run: workers never write the same file
         atomic_write_json(os.path.join(output, "seconds", f"train_{key}_seed{seed}.json"),

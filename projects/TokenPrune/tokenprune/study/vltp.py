@@ -6,7 +6,10 @@ SViT study (:func:`tokenprune.study.statistics.verdict`), reported by
 :mod:`tokenprune.study.vltp_report`.
 
 One unpruned task model (``configs/Study/mask_rcnn_vit_study_task_dense.py``: the SViT study's
-12-block, 128-wide ViT, task-conditioned) is trained once. In each of two settings every
+12-block, 128-wide ViT, task-conditioned) is trained once, from a detector pretrained on the
+SViT study's scenes (``configs/Study/mask_rcnn_vit_study_dense.py``, all objects, 6 classes:
+the stand-in for the pretrained encoder every VLTP model starts from; trained from scratch,
+the task model reached 1-7 mIoU in the pilot). In each of two settings every
 trained row is fine-tuned from it for the same budget, once per seed (the seed sets the data
 order and the new weights):
 
@@ -36,10 +39,11 @@ from ..modeling.baselines import BASELINE_ARGS, net_overrides
 
 __all__ = ["Row", "Finding", "Scale", "TRAININGS", "SETTINGS", "KEEP_POINTS", "TRAIN_BASE",
            "SCALES", "VALIDITY", "KEEP_TOLERANCE", "MIOU_MARGIN", "TASK_DENSE_CONFIG",
-           "VLTP_CONFIG", "rows", "findings", "keep_schedule", "row_config", "units",
+           "VLTP_CONFIG", "PRETRAIN_CONFIG", "PRETRAIN_SEED", "rows", "findings", "keep_schedule", "row_config", "units",
            "unit_cost"]
 
 NET = "model.backbone.net"
+PRETRAIN_CONFIG = "Study/mask_rcnn_vit_study_dense.py"
 TASK_DENSE_CONFIG = "Study/mask_rcnn_vit_study_task_dense.py"
 VLTP_CONFIG = "Study/mask_rcnn_vit_study_vltp.py"
 
@@ -64,6 +68,9 @@ KEEP_POINTS: Dict[str, Tuple[float, str]] = {
 TRAIN_BASE = KEEP_POINTS["40"][0]
 #: Points evaluated in the whole-model table (the two claims' points).
 WHOLE_POINTS = ("25", "40")
+#: The pretraining's seed, the same at every scale: the pilot's pretrained detector is the
+#: full run's (``--pretrained``), and retraining it gives the same recipe.
+PRETRAIN_SEED = 0
 #: Learning-rate factor of the decoders (both settings), as in the SViT study.
 GATE_LR_FACTOR = 10.0
 
@@ -171,10 +178,16 @@ VALIDITY: List[Tuple[str, str, str]] = [
 
 @dataclass(frozen=True)
 class Scale:
-    """How big a run is. ``dense_iters`` / ``finetune_iters``: iterations (batch 4);
-    ``overrides``: every config; ``pruned_blocks``: three equal stages; ``seeds``: the
-    fine-tune seeds; ``dense_seed``; ``dense_threads``; ``flops_images``."""
+    """How big a run is. ``pretrain_iters`` / ``dense_iters`` / ``finetune_iters``:
+    iterations (batch 4) of the pretrained detector, the unpruned task model and each
+    fine-tune; ``pretrain_data``: the pretraining's (train, test) dataset names;
+    ``overrides``: every task config (``model_overrides``: also the pretraining's);
+    ``pruned_blocks``: three equal stages; ``seeds``: the fine-tune seeds; ``dense_seed``:
+    the pretraining's and the task model's; ``dense_threads``; ``flops_images``."""
 
+    pretrain_iters: int
+    pretrain_data: Tuple[str, str]
+    model_overrides: Tuple[str, ...]
     dense_iters: int
     finetune_iters: int
     overrides: Tuple[str, ...]
@@ -187,32 +200,37 @@ class Scale:
     description: str = ""
 
 
-def _data(train: str, test: str) -> Tuple[str, ...]:
-    return (f"dataloader.train.dataset.names=synthetic_task_scenes_{train}",
-            f"dataloader.test.dataset.names=synthetic_task_scenes_{test}",
+def _data(train: str, test: str, prefix: str = "synthetic_task_scenes") -> Tuple[str, ...]:
+    return (f"dataloader.train.dataset.names={prefix}_{train}",
+            f"dataloader.test.dataset.names={prefix}_{test}",
             "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
-            "train.num_threads=1",
-            # at most 3 objects are relevant: 10 detections per pair are plenty
-            "model.roi_heads.box_predictor.test_topk_per_image=10")
+            "train.num_threads=1")
+
+
+# at most 3 objects are relevant: 10 detections per pair are plenty
+_TOPK = ("model.roi_heads.box_predictor.test_topk_per_image=10",)
+_TINY = (f"{NET}.depth=4", f"{NET}.embed_dim=64", f"{NET}.num_heads=2", *_TOPK)
 
 
 SCALES: Dict[str, Scale] = {
-    "quick": Scale(dense_iters=6, finetune_iters=2,
-                   overrides=(*_data("minival", "minival"), f"{NET}.depth=4",
-                              f"{NET}.embed_dim=64", f"{NET}.num_heads=2"),
+    "quick": Scale(pretrain_iters=4, pretrain_data=("minival", "minival"),
+                   model_overrides=_TINY, dense_iters=6, finetune_iters=2,
+                   overrides=(*_data("minival", "minival"), *_TINY),
                    pruned_blocks=(1, 2, 3), seeds=(0, 1), dense_seed=0, dense_threads=1,
                    flops_images=1, log_period=2,
                    description="4-block 64-wide ViT, blocks 1-3 pruned, the task scenes' "
                                "minival (8 images) for training and evaluation: a smoke "
                                "test, the numbers mean nothing"),
-    "pilot": Scale(dense_iters=1500, finetune_iters=100,
-                   overrides=_data("pilot_train", "pilot_study_val"),
+    "pilot": Scale(pretrain_iters=2000, pretrain_data=("pilot_train", "pilot_val"),
+                   model_overrides=_TOPK, dense_iters=1000, finetune_iters=100,
+                   overrides=(*_data("pilot_train", "pilot_study_val"), *_TOPK),
                    pruned_blocks=tuple(range(3, 12)), seeds=(0, 1), dense_seed=0,
                    dense_threads=2, flops_images=2, log_period=50,
                    description="12-block 128-wide ViT, blocks 3-11 pruned, the pilot's task "
                                "scenes (800 training images, 64 evaluation images)"),
-    "full": Scale(dense_iters=1500, finetune_iters=100,
-                  overrides=_data("train", "study_val"),
+    "full": Scale(pretrain_iters=2000, pretrain_data=("pilot_train", "pilot_val"),
+                  model_overrides=_TOPK, dense_iters=1000, finetune_iters=100,
+                  overrides=(*_data("train", "study_val"), *_TOPK),
                   pruned_blocks=tuple(range(3, 12)), seeds=(1, 2, 3, 4, 5), dense_seed=1,
                   dense_threads=2, flops_images=2, log_period=50,
                   description="12-block 128-wide ViT, blocks 3-11 pruned, fresh task scenes "
@@ -239,11 +257,15 @@ def row_config(scale: Scale, setting: str, method: str, point: Optional[str] = N
                training: bool = False, configs: Optional[Tuple[str, str]] = None):
     """The LazyConfig of a fine-tune (``training``) or of an evaluated row.
 
-    ``method``: a :data:`TRAININGS` name, ``"random"`` or ``"task_dense"`` (the unpruned task
-    model's own training); ``configs``: (task dense, VLTP) config paths, default the
+    ``method``: a :data:`TRAININGS` name, ``"random"``, ``"task_dense"`` (the unpruned task
+    model's own training) or ``"pretrain"`` (the detector it starts from); ``configs``: (task dense, VLTP) config paths, default the
     project's."""
     dense_path, vltp_path = configs or (project_config(TASK_DENSE_CONFIG),
                                         project_config(VLTP_CONFIG))
+    if method == "pretrain":
+        return load_config(project_config(PRETRAIN_CONFIG),
+                           [*_data(*scale.pretrain_data, prefix="synthetic_study"),
+                            *scale.model_overrides])
     if method == "task_dense":
         return load_config(dense_path, list(scale.overrides))
     blocks = list(scale.pruned_blocks)

@@ -23,8 +23,9 @@ from ..errors import InputError
 from ..fileio import atomic_write_json, make_output_dir
 from .runner import _load, _logging_to, collect_seconds, trained_once
 from .variants import GATE_NOISE_ANNEAL
-from .vltp import (GATE_LR_FACTOR, KEEP_POINTS, SCALES, SETTING_TRAININGS, TASK_DENSE_CONFIG,
-                   TRAIN_BASE, VLTP_CONFIG, Row, Scale, row_config, rows, unit_cost, units)
+from .vltp import (GATE_LR_FACTOR, KEEP_POINTS, PRETRAIN_SEED, SCALES, SETTING_TRAININGS,
+                   TASK_DENSE_CONFIG, TRAIN_BASE, VLTP_CONFIG, Row, Scale, row_config, rows,
+                   unit_cost, units)
 from .vltp_report import write_vltp_outputs
 from .workers import balance, progress, run_workers
 
@@ -46,7 +47,8 @@ def parse_unit(text: str) -> Tuple[str, int]:
 
 def _recipe(scale: Scale) -> Dict[str, Any]:
     """What the saved runs depend on: a folder made with another recipe is not resumed."""
-    return dict(dense_iters=scale.dense_iters, finetune_iters=scale.finetune_iters,
+    return dict(pretrain_iters=scale.pretrain_iters, dense_iters=scale.dense_iters,
+                finetune_iters=scale.finetune_iters,
                 dense_seed=scale.dense_seed, train_base=TRAIN_BASE,
                 gate_lr_factor=GATE_LR_FACTOR, gate_noise_anneal=GATE_NOISE_ANNEAL,
                 keep_points={p: base for p, (base, _) in KEEP_POINTS.items()})
@@ -56,11 +58,12 @@ class _VltpStudy:
     """One run of the VLTP study into ``output``."""
 
     def __init__(self, output: str, scale_name: str, dense_checkpoint: Optional[str],
-                 configs: Tuple[str, str], worker: bool):
+                 pretrained: Optional[str], configs: Tuple[str, str], worker: bool):
         if scale_name not in SCALES:
             raise InputError(f"unknown scale {scale_name!r}; choose from {sorted(SCALES)}")
         self.output, self.scale_name, self.scale = output, scale_name, SCALES[scale_name]
-        self.dense_checkpoint, self.configs = dense_checkpoint, configs
+        self.dense_checkpoint, self.pretrained, self.configs = (dense_checkpoint, pretrained,
+                                                                configs)
         self.log_path = os.path.join(output, "log.txt")
         self.state = self._open_state(update=not worker)
         self._dense_path: Optional[str] = None
@@ -105,15 +108,28 @@ class _VltpStudy:
         return trained_once(self.output, key, cfg, run, seed, iters, init,
                             self.scale.log_period, **kw)
 
+    def _prepared(self, method: str):
+        cfg = self.config("frozen", method)
+        for name in dataset_names(cfg):
+            prepare_dataset(name)
+        return cfg
+
+    def pretrained_weights(self) -> str:
+        """The detector the unpruned task model starts from (given, or trained)."""
+        if self.pretrained:
+            return self.pretrained
+        return self._trained("pretrain", self._prepared("pretrain"),
+                             os.path.join(self.output, "runs", "pretrain"), PRETRAIN_SEED,
+                             self.scale.pretrain_iters, "", threads=self.scale.dense_threads)
+
     def dense_weights(self) -> str:
-        """The unpruned task model every fine-tune starts from (trained on the first call)."""
+        """The unpruned task model every fine-tune starts from (trained on the first call,
+        from :meth:`pretrained_weights`)."""
         if self._dense_path is None:
-            cfg = self.config("frozen", "task_dense")
-            for name in dataset_names(cfg):
-                prepare_dataset(name)
+            cfg = self._prepared("task_dense")
             self._dense_path = self.dense_checkpoint or self._trained(
                 "task_dense", cfg, os.path.join(self.output, "runs", "task_dense"),
-                self.scale.dense_seed, self.scale.dense_iters, "",
+                self.scale.dense_seed, self.scale.dense_iters, self.pretrained_weights(),
                 threads=self.scale.dense_threads)
         return self._dense_path
 
@@ -191,7 +207,7 @@ class _VltpStudy:
 
 def run_vltp_study(output: str, scale_name: str = "quick", jobs: int = 1,
                    dense_checkpoint: Optional[str] = None, dense_config: Optional[str] = None,
-                   vltp_config: Optional[str] = None,
+                   vltp_config: Optional[str] = None, pretrained: Optional[str] = None,
                    worker_units: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run (or resume) the VLTP study into ``output``; returns the report's rows, findings
     and the state.
@@ -199,13 +215,16 @@ def run_vltp_study(output: str, scale_name: str = "quick", jobs: int = 1,
     Args:
         jobs: worker processes (one per CPU core) for the units after the task model.
         dense_checkpoint: an unpruned task model to start from instead of training one.
+        pretrained: the detector the unpruned task model starts from, instead of training
+            it (e.g. the pilot's: the pretraining is the same at every scale).
         dense_config / vltp_config: None for the project's.
         worker_units: run as a worker: only these ``SETTING:SEED`` units, no report.
     """
     if jobs < 1:
         raise InputError(f"--jobs must be 1 or more, got {jobs}")
-    if dense_checkpoint and not os.path.isfile(dense_checkpoint):
-        raise InputError(f"unpruned task checkpoint not found: {dense_checkpoint}")
+    for what, path in (("unpruned task", dense_checkpoint), ("pretrained", pretrained)):
+        if path and not os.path.isfile(path):
+            raise InputError(f"{what} checkpoint not found: {path}")
     configs = (dense_config or project_config(TASK_DENSE_CONFIG),
                vltp_config or project_config(VLTP_CONFIG))
     for path in configs:
@@ -213,7 +232,8 @@ def run_vltp_study(output: str, scale_name: str = "quick", jobs: int = 1,
             raise InputError(f"config file not found: {path}")
     make_output_dir(output)
     worker = worker_units is not None
-    study = _VltpStudy(output, scale_name, dense_checkpoint, configs, worker)
+    study = _VltpStudy(output, scale_name, dense_checkpoint, pretrained, configs, worker)
+    study.state.update(pretrained=pretrained or "trained in runs/pretrain")
     started = time.perf_counter()
     if worker:
         work = [parse_unit(u) for u in worker_units]
@@ -232,7 +252,7 @@ def run_vltp_study(output: str, scale_name: str = "quick", jobs: int = 1,
         if len(parts) > 1:
             extra = ["--study", "vltp"] + [f"--{k}={v}" for k, v in (
                 ("dense-checkpoint", dense_checkpoint), ("dense-config", dense_config),
-                ("vltp-config", vltp_config)) if v]
+                ("vltp-config", vltp_config), ("pretrained", pretrained)) if v]
             run_workers(output, scale_name, parts, extra)
         elif parts:
             study.run_units(pending, "the study")

@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--svit-config", default=None, metavar="FILE",
                         help="default: the project's configs/Study/"
                              "mask_rcnn_vit_study_svit.py (svit only)")
+    parser.add_argument("--pretrained", default=None, metavar="FILE",
+                        help="vltp only: the detector the unpruned task model starts from "
+                             "(the pretraining is the same at every scale, so a pilot's "
+                             "runs/pretrain/model_final.pth serves), instead of training it")
     parser.add_argument("--vltp-config", default=None, metavar="FILE",
                         help="default: the project's configs/Study/"
                              "mask_rcnn_vit_study_vltp.py (vltp only)")
@@ -61,12 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> Dict[str, Any]:
     units = args.worker_units.split(",") if args.worker_units is not None else None
-    wrong = "--svit-config" if args.study == "vltp" else "--vltp-config"
-    if getattr(args, wrong[2:].replace("-", "_")) is not None:
-        raise InputError(f"{wrong} does not apply to --study {args.study}")
+    others = ("--svit-config",) if args.study == "vltp" else ("--vltp-config", "--pretrained")
+    for wrong in others:
+        if getattr(args, wrong[2:].replace("-", "_")) is not None:
+            raise InputError(f"{wrong} does not apply to --study {args.study}")
     if args.study == "vltp":
         return run_vltp_study(args.output, args.scale, args.jobs, args.dense_checkpoint,
-                              args.dense_config, args.vltp_config, worker_units=units)
+                              args.dense_config, args.vltp_config, args.pretrained,
+                              worker_units=units)
     seeds = [int(s) for s in units] if units is not None else None
     return run_ablation(args.output, args.scale, args.jobs, args.dense_checkpoint,
                         args.dense_config, args.svit_config, worker_seeds=seeds)
