@@ -9,21 +9,12 @@ The VLTP study (``python -m tokenprune.tools.ablation --study vltp``, docs/study
 it once, then fine-tunes every row from it with mask_rcnn_vit_study_vltp.py.
 """
 from tokenprune.data import SCENE_TASKS
-from tokenprune.modeling import PrunedViT, TaskConditionedRCNN
 
-from ..common.guidance import GUIDANCE_DIM, guidance_node
 from ..common.synthetic_task_scenes_data import dataloader
+from ..common.vltp import make_task_conditioned
 from .mask_rcnn_vit_study_dense import lr_multiplier, model, optimizer, train
 
-model._target_ = TaskConditionedRCNN
-model.guidance = guidance_node(num_tasks=len(SCENE_TASKS))
-model.guidance_dim = GUIDANCE_DIM
-model.relevance_loss_weight = 0.0
-model.roi_heads.num_classes = 1
-# a PrunedViT without pruned blocks is Detectron2's ViT; the VLTP config adds the decoders
-model.backbone.net._target_ = PrunedViT
-model.backbone.net.pruned_blocks = []
-model.backbone.net.keep_ratios = []
+make_task_conditioned(model, num_tasks=len(SCENE_TASKS))
 
 train.max_iter = 2000
 train.eval_period = 1000

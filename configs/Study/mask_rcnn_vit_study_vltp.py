@@ -9,20 +9,11 @@ text guidance. The study (docs/study.md, "The VLTP study") sets each row's switc
 its whole-model table replaces the frozen encoder by the gates-at-10x recipe.
 """
 from tokenprune.engine.lr import freeze_vit
-from tokenprune.modeling import svit_schedule
 
-from ..common.guidance import GUIDANCE_DIM
-from ..common.svit import make_svit
+from ..common.vltp import make_vltp
 from .mask_rcnn_vit_study_task_dense import dataloader, lr_multiplier, model, optimizer, train
 
-make_svit(model, depth=12)
-model.backbone.net.update(svit_schedule(12, base=0.75))
-model.backbone.net.reactivate = False
-model.backbone.net.dynamic = False
-model.backbone.net.gate = "guided"
-# inherit mode: a token must pass every decoder, so each starts by keeping ~95%
-model.backbone.net.gate_kwargs = dict(guidance_dim=GUIDANCE_DIM, init_keep_bias=3.0)
-model.relevance_loss_weight = 1.0
+make_vltp(model, depth=12, base=0.75)
 
 train.init_checkpoint = "output/study_task_dense/model_final.pth"
 train.output_dir = "output/study_vltp"

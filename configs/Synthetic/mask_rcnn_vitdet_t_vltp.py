@@ -11,20 +11,10 @@ still active (keep probability about 0.9): inference keeps the top-k at the targ
 ``model.guidance.name=text|vector`` switch the guidance source.
 """
 from tokenprune.engine.lr import gate_lr
-from tokenprune.modeling import svit_schedule
-
-from ..common.guidance import GUIDANCE_DIM
-from ..common.svit import make_svit
+from ..common.vltp import make_vltp
 from .mask_rcnn_vitdet_t_task_dense import dataloader, lr_multiplier, model, optimizer, train
 
-make_svit(model, depth=12)
-model.backbone.net.update(svit_schedule(12, base=0.75))
-model.backbone.net.reactivate = False
-model.backbone.net.dynamic = False
-model.backbone.net.gate = "guided"
-# inherit mode: a token must pass every decoder, so each starts by keeping ~95% (not 73%)
-model.backbone.net.gate_kwargs = dict(guidance_dim=GUIDANCE_DIM, init_keep_bias=3.0)
-model.relevance_loss_weight = 1.0
+make_vltp(model, depth=12, base=0.75)
 
 train.init_checkpoint = "output/synthetic_task_dense/model_final.pth"
 train.output_dir = "output/synthetic_vltp"
