@@ -20,7 +20,8 @@ __all__ = ["summarize_vltp", "judge_vltp", "write_vltp_outputs", "VLTP_METRICS"]
 #: Per-seed metrics of a row (percent), the first enters the findings.
 VLTP_METRICS = ("miou", "miou_nonempty", "ciou", "box_ap", "mask_ap")
 _COSTS = ("vit_flops_ratio", "vit_gflops", "decoder_gflops", "keep_ratio", "empty_pairs")
-CANNOT_DECIDE = "cannot decide (a validity check failed)"
+#: A finding's verdict when a validity check failed, followed by "(rule: <verdict>)".
+CANNOT_DECIDE = "cannot decide"
 
 
 def summarize_vltp(found: Dict[str, List[dict]]) -> Dict[str, Dict[str, Any]]:
@@ -76,7 +77,7 @@ def judge_vltp(by: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
             seeds, va, vb = _pair(by, f.a, f.b)
             s = paired(va, vb)
             v = verdict(s, f.kind, MIOU_MARGIN)
-            judged.append((f, s, v if valid else CANNOT_DECIDE, seeds))
+            judged.append((f, s, v if valid else f"{CANNOT_DECIDE} (rule: {v})", seeds))
     return dict(checks=checks, valid=valid, findings=judged)
 
 
@@ -116,7 +117,8 @@ def _markdown(state: Dict[str, Any], by: Dict[str, Dict[str, Any]],
     lines += ["## Validity checks", ""]
     lines += [f"- {'PASS' if ok else 'FAIL'}: {s} ({m})" for s, ok, m in judged["checks"]]
     if not judged["valid"]:
-        lines += ["", "A validity check failed: the study cannot decide its findings."]
+        lines += ["", "A validity check failed: the study cannot decide its findings; what "
+                      "the rule would say is in parentheses."]
     lines += ["", "## Findings (paired over seeds, mIoU points)", "",
               "| claim | a - b per seed | mean +- sd | 95% interval | 90% interval | "
               "sign-flip p | verdict |", "|---|---|---:|---|---|---:|---|"]
