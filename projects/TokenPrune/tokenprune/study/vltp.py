@@ -183,7 +183,7 @@ class Scale:
     fine-tune; ``pretrain_data``: the pretraining's (train, test) dataset names;
     ``overrides``: every task config (``model_overrides``: also the pretraining's);
     ``pruned_blocks``: three equal stages; ``seeds``: the fine-tune seeds; ``dense_seed``:
-    the pretraining's and the task model's; ``dense_threads``; ``flops_images``."""
+    the task model's (the pretraining's is :data:`PRETRAIN_SEED`); ``dense_threads``; ``flops_images``."""
 
     pretrain_iters: int
     pretrain_data: Tuple[str, str]

@@ -3,7 +3,7 @@ task scenes (``--study vltp``), paired over seeds.
 
     python -m tokenprune.tools.ablation --output DIR [--study svit|vltp]
                                         [--scale quick|pilot|full] [--jobs N]
-                                        [--dense-checkpoint FILE]
+                                        [--dense-checkpoint FILE] [--pretrained FILE]
 
 SViT: rows and recipe :mod:`tokenprune.study.variants`, the run :mod:`tokenprune.study.runner`,
 the report :mod:`tokenprune.study.report`. VLTP: :mod:`tokenprune.study.vltp`,
