@@ -389,7 +389,9 @@ def test_guidance_rows_are_normalised():
         assert torch.allclose(out.var(dim=1, unbiased=False), torch.ones(2), atol=1e-3)
 
 
-def test_text_guidance_rejects_bad_prompts_without_loading_the_encoder():
+def test_text_guidance_rejects_bad_prompts_without_loading_the_encoder(monkeypatch):
+    # an empty cache: another test file in the same pytest worker may have loaded the encoder
+    monkeypatch.setattr(guidance_module, "_LOADED_ENCODERS", {})
     g = TextGuidance(dim=8, max_prompt_chars=40)
     for bad in ("", "   ", "x" * 41, None, 3):
         with pytest.raises(InputError):
