@@ -7,7 +7,7 @@ import io
 import math
 import os
 import statistics
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List
 
 from ..fileio import atomic_write_text
 from .report import interval_text, seed_pairs
@@ -41,29 +41,22 @@ def summarize_vltp(found: Dict[str, List[dict]]) -> Dict[str, Dict[str, Any]]:
     return out
 
 
-def _pair(by: Dict[str, Dict[str, Any]], a: str, b: str, key: str = "miou"):
-    return seed_pairs(by, a, b, key)
-
-
-def _interval(ci: Tuple[float, float]) -> str:
-    return interval_text(ci, 2)
-
-
 def judge_vltp(by: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     """The validity checks (statement, passed, measurement) and the findings (claim, paired
     summary, verdict) of the rows in ``by``."""
     checks = []
     for statement, a, b in VALIDITY:
         if a in by and b in by:
-            seeds, va, vb = _pair(by, a, b)
+            seeds, va, vb = seed_pairs(by, a, b, "miou")
             s = paired(va, vb)
             checks.append((statement, verdict(s, "above") == HOLDS,
-                           f"{a} - {b}: {s.mean:+.2f} mIoU, 95% interval {_interval(s.ci95)} "
+                           f"{a} - {b}: {s.mean:+.2f} mIoU, 95% interval "
+                           f"{interval_text(s.ci95, 2)} "
                            f"over {len(seeds)} seeds"))
     worst, pairs = 0.0, 0
     for f in findings():
         if f.a in by and f.b in by and by[f.b]["point"]:
-            _, ka, kb = _pair(by, f.a, f.b, "keep_ratio")
+            _, ka, kb = seed_pairs(by, f.a, f.b, "keep_ratio")
             worst = max([worst, *(abs(x - y) for x, y in zip(ka, kb))])
             pairs += 1
     if pairs:
@@ -74,7 +67,7 @@ def judge_vltp(by: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     judged = []
     for f in findings():
         if f.a in by and f.b in by:
-            seeds, va, vb = _pair(by, f.a, f.b)
+            seeds, va, vb = seed_pairs(by, f.a, f.b, "miou")
             s = paired(va, vb)
             v = verdict(s, f.kind, MIOU_MARGIN)
             judged.append((f, s, v if valid else f"{CANNOT_DECIDE} (rule: {v})", seeds))
@@ -125,7 +118,7 @@ def _markdown(state: Dict[str, Any], by: Dict[str, Dict[str, Any]],
     for f, s, v, _ in judged["findings"]:
         diffs = ", ".join(f"{d:+.2f}" for d in s.diffs)
         lines.append(f"| {f.claim} | {diffs} | {s.mean:+.2f} +- {s.sd:.2f} | "
-                     f"{_interval(s.ci95)} | {_interval(s.ci90)} | {s.p:.3f} | {v} |")
+                     f"{interval_text(s.ci95, 2)} | {interval_text(s.ci90, 2)} | {s.p:.3f} | {v} |")
     lines += ["", "Verdict rule: " + VERDICT_RULE.format(margin=MIOU_MARGIN).replace(
         " AP", " mIoU") + f"; '{COMPARABLE}' is the claim 'no loss'.", ""]
     return "\n".join(lines)
